@@ -1,0 +1,38 @@
+# mtl: `make pretrain metatrain metatest` runs the whole method; `make test` runs the tests.
+# PIPELINE picks the experiment, ARGS passes extra CLI options (e.g. ARGS="--set meta.shot=5").
+
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+PIPELINE    ?= pipelines/glyphs-1shot.yaml
+CHECKPOINTS ?= checkpoints
+ARGS        ?=
+PORT        ?= 6006
+
+STAMP := $(VENV)/.installed
+RUN   := $(BIN)/mtl
+
+.PHONY: setup pretrain metatrain metatest test lint tensorboard clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+pretrain metatrain metatest: $(STAMP)
+	$(RUN) $@ $(PIPELINE) --checkpoints $(CHECKPOINTS) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/pytest $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check mtl tests
+	$(BIN)/ruff format --check mtl tests
+
+tensorboard: $(STAMP)
+	$(BIN)/tensorboard --logdir $(CHECKPOINTS) --port $(PORT)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,86 @@
+"""Stage checkpoints: atomic writes, safe loads (``weights_only=True``), and clear errors.
+
+A checkpoint is a plain dict of tensors and Python builtins::
+
+    {"format": 1, "version": "0.1.0", "stage": "pretrain", "config": {...resolved config...},
+     "class_names": [...], "metric": {"val_acc": ..., "val_ci95": ..., "epoch": ...}, ...stage state...}
+
+Each stage keeps ``best.pt`` (chosen on validation classes) and ``last.pt`` in
+``<checkpoints>/<name>/<stage>/``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtl import __version__
+from mtl.errors import MtlError
+
+FORMAT = 1
+STAGES = ("pretrain", "metatrain", "metatest")
+# What a user runs to produce each stage's checkpoint.
+MAKE = {"pretrain": "make pretrain", "metatrain": "make metatrain"}
+
+
+def stage_dir(checkpoints: str | Path, name: str, stage: str) -> Path:
+    return Path(checkpoints).expanduser() / name / stage
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    A crash or a full disk leaves the previous file untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": __version__, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise MtlError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path, *, stage: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a stage checkpoint, or fail with one line that says what is wrong and what to run."""
+    if not path.is_file():
+        hint = f"; run `{MAKE[stage]}` first" if stage in MAKE else ""
+        raise MtlError(f"no {stage} checkpoint at {path}{hint}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MtlError(f"{path} is not a readable mtl checkpoint ({reason[:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "stage" not in ckpt:
+        raise MtlError(f"{path} is not an mtl checkpoint (format {FORMAT})")
+    if ckpt["stage"] != stage:
+        raise MtlError(f"{path} is a {ckpt['stage']} checkpoint, expected {stage}")
+    return ckpt
+
+
+def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: Path, keys: tuple[str, ...]) -> None:
+    """Refuse a checkpoint made for another dataset or backbone, naming the differing keys."""
+    diffs = []
+    for dotted in keys:
+        ours, theirs = config, ckpt.get("config", {})
+        for part in dotted.split("."):
+            ours = ours.get(part) if isinstance(ours, dict) else None
+            theirs = theirs.get(part) if isinstance(theirs, dict) else None
+        if ours != theirs:
+            diffs.append(f"{dotted}: checkpoint {theirs!r} vs pipeline {ours!r}")
+    if diffs:
+        raise MtlError(f"{path} was made with a different setup ({'; '.join(diffs)})")

@@ -1,0 +1,289 @@
+"""Pipeline configuration: YAML files with ``extends:``, ``--set key=value`` overrides, strict validation.
+
+A pipeline file is a nested mapping whose keys mirror the dataclasses below. Every key is checked: an
+unknown key, a value of the wrong type or a value outside its allowed range raises :class:`MtlError`
+with the dotted key name (``meta.shot: expected int, got 'five'``). The resolved config (defaults filled
+in, overrides applied) is what every stage receives and what it saves beside its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtl.errors import MtlError
+
+
+def _opt(default: Any = None, *, choices: tuple | None = None, min: float | None = None, doc: str = ""):
+    """A dataclass field with validation metadata (``choices`` or a lower bound ``min``)."""
+    meta = {"choices": choices, "min": min, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    if dataclasses.is_dataclass(default):
+        return field(default_factory=type(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class GlyphsConfig:
+    preset: str = _opt("easy", choices=("easy", "hard"))
+    classes: int = _opt(100, min=3)
+    images_per_class: int = _opt(100, min=2)
+    seed: int = _opt(0, doc="the dataset's own seed (independent of the training seed)")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _opt("glyphs", doc="'glyphs' (built in) or the name of a dataset prepared at data.root")
+    root: str = _opt("~/.cache/mtl", doc="glyphs: cache folder; other datasets: the prepared dataset folder")
+    image_size: int = _opt(84, min=8)
+    channels: int = _opt(3, choices=(1, 3))
+    mean: list[float] | None = _opt(None, doc="per-channel normalisation mean (default: ImageNet / 0.5)")
+    std: list[float] | None = _opt(None)
+    glyphs: GlyphsConfig = _opt(GlyphsConfig())
+
+
+@dataclass
+class BackboneConfig:
+    name: str = _opt("resnet12", doc="resnet12 | resnet12_paper | resnet25 | timm:<model>")
+    widths: list[int] | None = _opt(None, doc="resnet12 stage widths, e.g. [64, 160, 320, 640]")
+    drop_rate: float = _opt(0.0, min=0.0)
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    crop_scale: list[float] = _opt([0.6, 1.0], doc="random-resized-crop area range")
+    flip: bool = _opt(True, doc="random horizontal flip")
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = _opt(100, min=1)
+    batch_size: int = _opt(128, min=1)
+    lr: float = _opt(0.1, min=0.0)
+    momentum: float = _opt(0.9, min=0.0)
+    nesterov: bool = True
+    weight_decay: float = _opt(5e-4, min=0.0)
+    schedule: str = _opt("step", choices=("step", "cosine"))
+    step_size: int = _opt(30, min=1, doc="epochs between LR decays (step schedule)")
+    gamma: float = _opt(0.2, min=0.0)
+    label_smoothing: float = _opt(0.0, min=0.0)
+    augment: AugmentConfig = _opt(AugmentConfig())
+    val_episodes: int = _opt(600, min=1, doc="few-shot validation episodes after each epoch")
+
+
+@dataclass
+class MetaConfig:
+    way: int = _opt(5, min=2)
+    shot: int = _opt(1, min=1)
+    query: int = _opt(15, min=1)
+    epochs: int = _opt(100, min=1)
+    episodes_per_epoch: int = _opt(100, min=1, doc="tasks per epoch")
+    meta_batch: int = _opt(1, min=1, doc="tasks per meta-update")
+    inner_steps: int = _opt(100, min=0)
+    inner_lr: float = _opt(0.01, min=0.0)
+    first_order: bool = False
+    lr_ss: float = _opt(1e-4, min=0.0, doc="Adam lr of the SS weights (and BN affine)")
+    lr_theta: float = _opt(1e-3, min=0.0, doc="Adam lr of the base-learner initialisation θ")
+    step_size: int = _opt(10, min=1, doc="epochs between meta-LR decays")
+    gamma: float = _opt(0.5, min=0.0)
+    bn: str = _opt("frozen", choices=("frozen", "affine"))
+    val_episodes: int = _opt(600, min=1)
+
+
+@dataclass
+class TestConfig:
+    episodes: int = _opt(600, min=1)
+    query: int = _opt(15, min=1)
+    seed: int = _opt(0, doc="seed of the fixed test episodes (the same for every run and method)")
+    inner_steps: int | None = _opt(None, min=0, doc="default: meta.inner_steps")
+    batch_size: int = _opt(256, min=1, doc="images per batch when computing features")
+
+
+@dataclass
+class PaperConfig:
+    method: str = ""
+    acc: float | None = None
+    ci95: float | None = None
+
+
+@dataclass
+class Config:
+    name: str = "glyphs-1shot"
+    seed: int = 0
+    device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
+    data: DataConfig = _opt(DataConfig())
+    backbone: BackboneConfig = _opt(BackboneConfig())
+    pretrain: PretrainConfig = _opt(PretrainConfig())
+    meta: MetaConfig = _opt(MetaConfig())
+    test: TestConfig = _opt(TestConfig())
+    paper: PaperConfig = _opt(PaperConfig(), doc="the published number for this setting, printed beside ours")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a pipeline file (following ``extends:``), apply ``key=value`` overrides, validate."""
+    raw: dict = _read_yaml(Path(path)) if path is not None else {}
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(raw, key, value)
+    return from_dict(raw)
+
+
+def from_dict(raw: dict) -> Config:
+    """Build and validate a :class:`Config` from a nested mapping (e.g. the one saved in a checkpoint)."""
+    cfg = _build(Config, raw, prefix="")
+    _cross_check(cfg)
+    return cfg
+
+
+def _cross_check(cfg: Config) -> None:
+    """Constraints that involve more than one key."""
+    low, high = (cfg.pretrain.augment.crop_scale + [None, None])[:2]
+    if len(cfg.pretrain.augment.crop_scale) != 2 or not 0 < low <= high <= 1:
+        raise MtlError("pretrain.augment.crop_scale: expected [low, high] with 0 < low <= high <= 1")
+    for key in ("mean", "std"):
+        stats = getattr(cfg.data, key)
+        if stats is not None and len(stats) != cfg.data.channels:
+            raise MtlError(
+                f"data.{key}: expected {cfg.data.channels} values (data.channels), got {len(stats)}"
+            )
+    if cfg.data.std is not None and min(cfg.data.std) <= 0:
+        raise MtlError("data.std: values must be > 0")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.expanduser()
+    if not path.is_file():
+        raise MtlError(f"pipeline file not found: {path}")
+    if path.resolve() in seen:
+        raise MtlError(f"{path}: 'extends' forms a cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise MtlError(f"{path}: not valid YAML{line}") from None
+    if not isinstance(data, dict):
+        raise MtlError(f"{path}: a pipeline must be a mapping of keys to values")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise MtlError(f"{path}: 'extends' must be a file path")
+    base = _read_yaml(path.parent / parent, (*seen, path.resolve()))
+    return _merge(base, data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise MtlError(f"bad --set '{item}': expected key=value, e.g. --set meta.shot=5")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise MtlError(f"--set {key}: '{'.'.join(parents[: i + 1])}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "pipeline"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise MtlError(f"{where}: expected a section (mapping), got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise MtlError(f"{prefix}{key}: unknown key{hint}")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, raw[name], f"{prefix}{name}.")
+        else:
+            values[name] = _check(f"{prefix}{name}", raw[name], kind, f.metadata)
+    return cls(**values)
+
+
+def _check(key: str, value: Any, kind: Any, meta: typing.Mapping) -> Any:
+    value = _coerce(key, value, kind)
+    choices, low = meta.get("choices"), meta.get("min")
+    if choices is not None and value not in choices:
+        raise MtlError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+    if low is not None and value is not None and value < low:
+        raise MtlError(f"{key}: must be >= {low}, got {value!r}")
+    return value
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if origin is list:
+        if not isinstance(value, list):
+            raise MtlError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (
+        kind is bool
+        and not isinstance(value, bool)
+        or not isinstance(value, kind)
+        or (kind is int and isinstance(value, bool))
+    ):
+        raise MtlError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,281 @@
+"""The prepared dataset: one folder of ``.npy`` arrays per dataset, written atomically, read memory-mapped.
+
+Layout of a prepared folder::
+
+    manifest.json             format version, source format, image shape, per-split sizes, fingerprint
+    {split}_images.npy        (N, H, W, C) uint8, RGB (C=3) or grey (C=1)
+    {split}_labels.npy        (N,) int64, values 0..K-1
+    {split}_classes.json      K class names, index = label
+
+Every stage reads this layout, whatever the dataset came from. ``manifest.json`` is written last and the
+folder only appears under its final name once it is complete, so a half-written dataset is never loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtl.errors import MtlError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_TMP_NAME = re.compile(r"^\..+\.(tmp|old)-\d+$")
+_HASH_CHUNK = 64 << 20  # bytes of images hashed at a time, so GB-sized memmaps never load whole
+_RESERVED = ("format_version", "source_format", "image_shape", "splits", "fingerprint")
+
+
+@dataclass(eq=False)
+class Split:
+    """The images of one split with their labels and class names.
+
+    Attributes:
+        images: ``(N, H, W, C)`` uint8, C = 3 (RGB) or 1 (grey); may be a read-only ``np.memmap``.
+        labels: ``(N,)`` int64 class index of every image, values ``0..K-1``.
+        class_names: ``K`` names, index = label.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    _by_class: list[np.ndarray] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be a (N, H, W, C) uint8 array, got {_describe(self.images)}")
+        if self.images.shape[-1] not in (1, 3):
+            raise ValueError(f"images must have 1 or 3 channels (last axis), got shape {self.images.shape}")
+        labels = np.asarray(self.labels)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be a (N,) integer array, got {_describe(labels)}")
+        if len(labels) != len(self.images):
+            raise ValueError(f"{len(labels)} labels for {len(self.images)} images")
+        self.labels = labels.astype(np.int64, copy=False)
+        self.class_names = [str(name) for name in self.class_names]
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(self.class_names)):
+            raise ValueError(f"labels must lie in 0..{len(self.class_names) - 1} (one per class name)")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)``."""
+        h, w, c = self.images.shape[1:]
+        return int(h), int(w), int(c)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def indices_by_class(self) -> list[np.ndarray]:
+        """``K`` sorted int64 arrays: the image indices of each class (computed once)."""
+        if self._by_class is None:
+            order = np.argsort(self.labels, kind="stable")  # stable keeps indices sorted within a class
+            counts = np.bincount(self.labels, minlength=self.num_classes)
+            self._by_class = np.split(order, np.cumsum(counts)[:-1])
+        return self._by_class
+
+
+def _describe(a: Any) -> str:
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype} array of shape {a.shape}"
+    return type(a).__name__
+
+
+def dataset_fingerprint(splits: dict[str, Split]) -> str:
+    """First 16 hex digits of a sha256 over every split's name, image bytes, labels and class names."""
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        split = splits[name]
+        h.update(json.dumps([name, list(split.images.shape)]).encode())
+        rows = max(1, _HASH_CHUNK // int(np.prod(split.image_shape)))
+        for start in range(0, len(split), rows):
+            h.update(np.ascontiguousarray(split.images[start : start + rows]).data)
+        h.update(split.labels.astype("<i8").tobytes())
+        h.update(json.dumps(split.class_names).encode())
+    return h.hexdigest()[:16]
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes renames / new entries durable; some platforms cannot open directories, which is harmless.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_file(path: Path, write) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_file(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def save_dataset(
+    dest: Path, splits: dict[str, Split], *, source_format: str, extra: dict | None = None
+) -> Path:
+    """Write ``splits`` as a prepared dataset at ``dest`` atomically; returns ``dest``.
+
+    Everything goes to a hidden sibling folder first, which replaces ``dest`` (if any) only once it is
+    complete, so an interrupted write never leaves a ``dest`` that :func:`load_split` accepts.
+    """
+    dest = Path(dest).expanduser()
+    extra = dict(extra or {})
+    if not splits:
+        raise ValueError("no splits to save")
+    for name, split in splits.items():
+        if not _SPLIT_NAME.match(name):
+            raise ValueError(f"split name {name!r} must match {_SPLIT_NAME.pattern}")
+        if not isinstance(split, Split):
+            raise ValueError(f"split {name!r} is a {type(split).__name__}, not a Split")
+    shapes = {split.image_shape for split in splits.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"all splits must share one image shape, got {sorted(shapes)}")
+    if clash := sorted(set(extra) & set(_RESERVED)):
+        raise ValueError(f"extra manifest keys {clash} clash with reserved keys")
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        for name, split in splits.items():
+            _write_file(tmp / f"{name}_images.npy", lambda f, s=split: np.save(f, s.images))
+            _write_file(tmp / f"{name}_labels.npy", lambda f, s=split: np.save(f, s.labels))
+            _write_json(tmp / f"{name}_classes.json", split.class_names)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "source_format": source_format,
+            "image_shape": list(shapes.pop()),
+            "splits": {
+                name: {"classes": s.num_classes, "images": len(s), "image_shape": list(s.image_shape)}
+                for name, s in splits.items()
+            },
+            "fingerprint": dataset_fingerprint(splits),
+            **extra,
+        }
+        _write_json(tmp / MANIFEST, manifest)
+        _fsync_dir(tmp)
+        _swap_in(tmp, dest, old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _swap_in(new: Path, dest: Path, old: Path) -> None:
+    """Move the complete folder ``new`` to ``dest``, moving an existing ``dest`` aside first.
+
+    A directory cannot be renamed over a non-empty one, hence the two renames; if the second fails the
+    previous dataset is put back.
+    """
+    replacing = dest.exists()
+    if replacing:
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        if replacing:
+            os.replace(old, dest)
+        raise
+    _fsync_dir(dest.parent)
+    if replacing:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_manifest(root: Path) -> dict:
+    """The parsed ``manifest.json`` of the prepared dataset at ``root``; :class:`MtlError` if none."""
+    root = Path(root).expanduser()
+    hint = "run `mtl data prepare` first"
+    if _TMP_NAME.match(root.name):
+        raise MtlError(f"{root} is an unfinished or replaced dataset write, not a prepared dataset; {hint}")
+    if not root.is_dir():
+        raise MtlError(f"no prepared dataset at {root} (folder missing); {hint}")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise MtlError(f"no prepared dataset at {root} ({MANIFEST} missing); {hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MtlError(f"{path} is corrupt: {e}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise MtlError(f"{path} is corrupt: no 'splits' mapping")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise MtlError(
+            f"{path} has format_version {manifest.get('format_version')!r}, this mtl reads "
+            f"{FORMAT_VERSION}; prepare the dataset again"
+        )
+    return manifest
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise MtlError(f"{path} is missing; prepare the dataset again")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise MtlError(f"{path} is corrupt: {e}") from None
+
+
+def _load_classes(path: Path, expected: int) -> list[str]:
+    if not path.is_file():
+        raise MtlError(f"{path} is missing; prepare the dataset again")
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MtlError(f"{path} is corrupt: {e}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise MtlError(f"{path} is corrupt: expected a list of class names")
+    if len(names) != expected:
+        raise MtlError(f"{path} is corrupt: {len(names)} class names, manifest says {expected}")
+    return names
+
+
+def load_split(root: Path, split: str, *, mmap: bool = True) -> Split:
+    """Load and validate one split of the prepared dataset at ``root``.
+
+    With ``mmap`` the images stay on disk as a read-only ``np.memmap`` (labels are always read).
+    Every problem (missing folder, unlisted split, corrupt or inconsistent array) raises :class:`MtlError`.
+    """
+    root = Path(root).expanduser()
+    manifest = load_manifest(root)
+    info = manifest["splits"].get(split)
+    if not isinstance(info, dict):
+        listed = ", ".join(manifest["splits"]) or "none"
+        raise MtlError(f"{root} has no split {split!r} (it has: {listed})")
+    try:
+        n, k, shape = int(info["images"]), int(info["classes"]), tuple(int(d) for d in info["image_shape"])
+    except (KeyError, TypeError, ValueError):
+        raise MtlError(f"{root / MANIFEST} is corrupt: bad entry for split {split!r}") from None
+
+    images_path, labels_path = root / f"{split}_images.npy", root / f"{split}_labels.npy"
+    images = _load_npy(images_path, mmap)
+    if images.dtype != np.uint8 or images.shape != (n, *shape):
+        raise MtlError(
+            f"{images_path} is corrupt: {_describe(images)}, manifest says uint8 of shape {(n, *shape)}"
+        )
+    labels = _load_npy(labels_path, mmap=False)
+    if labels.dtype != np.int64 or labels.shape != (n,):
+        raise MtlError(f"{labels_path} is corrupt: {_describe(labels)}, manifest says int64 of shape {(n,)}")
+    if n and (labels.min() < 0 or labels.max() >= k):
+        raise MtlError(f"{labels_path} is corrupt: labels outside 0..{k - 1}")
+    names = _load_classes(root / f"{split}_classes.json", k)
+    return Split(images=images, labels=labels, class_names=names)

@@ -1,0 +1,264 @@
+"""``glyphs``: a procedural few-shot dataset of random stroke characters, generated locally (no download).
+
+Each class is a "character" of 1-4 strokes, each stroke one or two chained cubic Béziers whose control
+points are seeded by ``(seed, class_id)``. Each image draws its class with jittered control points, a random
+affine transform (rotation, scale, shear, shift), a random pen width and pixel noise; colour images also get
+random ink and background colours. The ``hard`` preset adds stronger nuisances and 1-2 distractor strokes
+per image, so that raw pixels separate classes poorly while the shared strokes stay easy to see.
+
+Image ``j`` of class ``c`` depends only on ``(seed, preset, c, j, image_size, channels)``: never on the
+split, the other classes or how many images are rendered at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtl.data.cache import Split, load_manifest, load_split, save_dataset
+from mtl.errors import MtlError
+
+
+@dataclass(frozen=True)
+class GlyphStyle:
+    """Nuisance strengths of a preset. Glyph coordinates live in the box ``[-1, 1]²``."""
+
+    jitter: float  # std of each control point's offset
+    stroke_shift: float  # std of a whole stroke's offset
+    rotation: float  # max |rotation|, degrees
+    scale: tuple[float, float]  # isotropic scale range
+    shear: float  # max |shear|
+    shift: float  # max |translation|, fraction of the image size
+    width: tuple[float, float]  # pen width range, fraction of the image size
+    noise: float  # std of additive pixel noise, intensities in [0, 1]
+    contrast: float  # min luminance gap between ink and background
+    distractors: tuple[int, int]  # range of random non-class strokes per image
+
+
+PRESETS: dict[str, GlyphStyle] = {
+    "easy": GlyphStyle(
+        jitter=0.04, stroke_shift=0.03, rotation=10.0, scale=(0.9, 1.1), shear=0.1, shift=0.05,
+        width=(0.05, 0.08), noise=0.03, contrast=0.4, distractors=(0, 0),
+    ),
+    "hard": GlyphStyle(
+        jitter=0.08, stroke_shift=0.06, rotation=25.0, scale=(0.8, 1.2), shear=0.25, shift=0.1,
+        width=(0.04, 0.09), noise=0.1, contrast=0.25, distractors=(1, 2),
+    ),
+}  # fmt: skip
+SPLITS = ("train", "val", "test")
+_FRACTIONS = (0.64, 0.16)  # train / val share of the classes, the rest is test (miniImageNet: 64/16/20)
+_FILL = 0.36  # pixels per glyph unit / image size: the [-1, 1] box spans 72% of the image
+_BOX = 0.85  # strokes end inside [-_BOX, _BOX]²
+_SPACING = 0.5  # max distance in pixels between curve samples of a typical segment
+_SEG_LENGTH = 2.0  # glyph units; bounds the length of almost every (jittered) cubic segment
+_CHUNK = 1 << 22  # splat elements processed at once, bounds memory
+_MAX_SIZE = 1024
+_VERSION = 1  # bump when the drawing changes, so existing caches are regenerated
+
+
+def _check(preset: str, image_size: int, channels: int, seed: int) -> GlyphStyle:
+    if preset not in PRESETS:
+        raise MtlError(f"unknown glyphs preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if not isinstance(image_size, int) or not 8 <= image_size <= _MAX_SIZE:
+        raise MtlError(f"glyphs image_size must be an integer in 8..{_MAX_SIZE}, got {image_size!r}")
+    if channels not in (1, 3):
+        raise MtlError(f"glyphs channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise MtlError(f"glyphs seed must be a non-negative integer, got {seed!r}")
+    return PRESETS[preset]
+
+
+def split_class_ids(num_classes: int) -> dict[str, np.ndarray]:
+    """Class ids of each split: lowest ids train, then val, then test, about 64/16/20 % (>= 1 each)."""
+    if not isinstance(num_classes, int) or num_classes < len(SPLITS):
+        raise MtlError(f"glyphs classes must be an integer >= {len(SPLITS)}, got {num_classes!r}")
+    sizes = [max(1, math.floor(f * num_classes + 0.5)) for f in _FRACTIONS]
+    while sum(sizes) >= num_classes:  # keep at least one test class, taken from the larger split
+        sizes[int(np.argmax(sizes))] -= 1
+    bounds = np.cumsum([0, *sizes, num_classes - sum(sizes)])
+    return {name: np.arange(bounds[i], bounds[i + 1], dtype=np.int64) for i, name in enumerate(SPLITS)}
+
+
+def _cubic(rng: np.random.Generator, start: np.ndarray, length: tuple[float, float]) -> np.ndarray:
+    """``(4, 2)`` control points of a gently bent cubic from ``start`` in a random direction."""
+    angle, size = rng.uniform(0, 2 * np.pi), rng.uniform(*length)
+    end = np.clip(start + size * np.array([np.cos(angle), np.sin(angle)]), -_BOX, _BOX)
+    chord = end - start
+    normal = np.array([-chord[1], chord[0]])
+    bend = rng.uniform(-0.5, 0.5, size=2)
+    return np.stack(
+        [start, start + chord / 3 + bend[0] * normal, start + 2 * chord / 3 + bend[1] * normal, end]
+    )
+
+
+def _stroke(rng: np.random.Generator) -> np.ndarray:
+    """``(4, 2)`` or ``(7, 2)`` control points: one cubic, or two chained ones sharing an end point."""
+    first = _cubic(rng, rng.uniform(-0.7, 0.7, size=2), (0.7, 1.4))
+    if rng.random() < 0.5:
+        return first
+    second = _cubic(rng, first[3], (0.5, 1.2))
+    if rng.random() < 0.5:  # smooth continuation; otherwise the chain keeps a corner
+        tangent = first[3] - first[2]
+        second[1] = (
+            first[3] + tangent / max(np.linalg.norm(tangent), 1e-6) * np.linalg.norm(second[3] - first[3]) / 3
+        )
+    return np.concatenate([first, second[1:]])
+
+
+def _class_template(seed: int, class_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A class's strokes: points ``(P, 2)``, stroke id per point ``(P,)``, cubic point indices ``(S, 4)``."""
+    rng = np.random.default_rng([seed, class_id, 0])
+    strokes = [_stroke(rng) for _ in range(rng.integers(1, 5))]
+    points = np.concatenate(strokes)
+    stroke_of = np.concatenate([np.full(len(s), i) for i, s in enumerate(strokes)])
+    segments, offset = [], 0
+    for s in strokes:
+        segments += [np.arange(offset + 3 * k, offset + 3 * k + 4) for k in range((len(s) - 1) // 3)]
+        offset += len(s)
+    return points, stroke_of, np.stack(segments)
+
+
+def _image_params(rng: np.random.Generator, template: tuple, style: GlyphStyle, channels: int, size: int):
+    """Random draws of one image, always in the same order: geometry, pen, distractors, colours, noise."""
+    points, stroke_of, segments = template
+    pts = points + style.jitter * rng.standard_normal(points.shape)
+    pts += style.stroke_shift * rng.standard_normal((stroke_of.max() + 1, 2))[stroke_of]
+    cubics = pts[segments]  # (S, 4, 2)
+    angle = np.deg2rad(rng.uniform(-style.rotation, style.rotation))
+    scale, shear = rng.uniform(*style.scale), rng.uniform(-style.shear, style.shear)
+    shift = rng.uniform(-style.shift, style.shift, size=2) * size
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    affine = scale * rot @ np.array([[1.0, shear], [0.0, 1.0]])
+    width = rng.uniform(*style.width) * size
+    lo, hi = style.distractors
+    count = rng.integers(lo, hi + 1) if hi else 0
+    extra = np.stack(
+        [_cubic(rng, rng.uniform(-0.7, 0.7, size=2), (0.5, 1.0)) for _ in range(hi)] or [cubics[:0]]
+    )
+    valid = np.concatenate([np.ones(len(cubics), bool), np.arange(hi) < count])
+    cubics = np.concatenate([cubics, extra.reshape(-1, 4, 2)])
+    ink, paper = _colours(rng, channels, style.contrast)
+    noise = rng.standard_normal((size, size, channels), dtype=np.float32)
+    return cubics @ affine.T, shift, width, valid, ink, paper, noise
+
+
+def _colours(rng: np.random.Generator, channels: int, contrast: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ink and background intensities ``(C,)`` in [0, 1] whose luminances differ by at least ``contrast``."""
+    if channels == 1:  # dark ink on light paper
+        return rng.uniform(0.0, 0.25, size=1), rng.uniform(0.75, 1.0, size=1)
+    luma = np.array([0.299, 0.587, 0.114])
+    paper = rng.uniform(0, 1, size=3)
+    for _ in range(100):
+        ink = rng.uniform(0, 1, size=3)
+        if abs((ink - paper) @ luma) >= contrast:
+            return ink, paper
+    return np.where(paper @ luma > 0.5, 0.0, 1.0) * np.ones(3), paper
+
+
+def _splat(
+    cubics: np.ndarray, valid: np.ndarray, shift: np.ndarray, width: np.ndarray, size: int, radius: int
+):
+    """Anti-aliased ink coverage ``(n, size, size)`` in [0, 1] of ``n`` images' cubics ``(n, S, 4, 2)``.
+
+    Each curve is sampled densely and every sample stamps ``clip(width/2 + 0.5 - dist, 0, 1)`` on the
+    pixels around it, keeping the max per pixel, i.e. the coverage at the distance to the curve.
+    """
+    n, s = cubics.shape[:2]
+    samples = max(
+        8, math.ceil(_SEG_LENGTH * _FILL * size * max(PRESETS[p].scale[1] for p in PRESETS) / _SPACING)
+    )
+    t = np.linspace(0.0, 1.0, samples)[:, None]
+    bernstein = np.concatenate([(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t**2 * (1 - t), t**3], axis=1)
+    centre = size / 2 + shift[:, None, :]  # (n, 1, 2)
+    pts = np.einsum("tk,nskd->nstd", bernstein, cubics).reshape(n, s * samples, 2) * (_FILL * size) + centre
+    keep = np.repeat(valid, samples, axis=1)  # (n, M)
+    dy, dx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    offsets = np.stack([dx.ravel(), dy.ravel()], axis=1)  # (K, 2) as (x, y)
+    out = np.zeros(n * size * size, np.float32)
+    half = (width / 2 + 0.5).astype(np.float32)
+    per_image = max(1, _CHUNK // (s * samples * len(offsets)))
+    for a in range(0, n, per_image):
+        q = pts[a : a + per_image].astype(np.float32)  # (b, M, 2), pixel centres sit at integer + 0.5
+        pix = np.floor(q).astype(np.int64)[:, :, None, :] + offsets  # (b, M, K, 2)
+        dist = np.linalg.norm(pix + 0.5 - q[:, :, None, :], axis=-1)
+        cov = np.clip(half[a : a + per_image, None, None] - dist, 0.0, 1.0)
+        inside = ((pix >= 0) & (pix < size)).all(-1) & keep[a : a + per_image, :, None] & (cov > 0)
+        image = np.arange(a, a + len(q))[:, None, None]
+        flat = (image * size + pix[..., 1]) * size + pix[..., 0]
+        np.maximum.at(out, flat[inside], cov[inside])
+    return out.reshape(n, size, size)
+
+
+def render_class(
+    class_id: int, n: int, *, image_size: int, channels: int, preset: str, seed: int
+) -> np.ndarray:
+    """The first ``n`` images of class ``class_id``: ``(n, image_size, image_size, channels)`` uint8."""
+    style = _check(preset, image_size, channels, seed)
+    template = _class_template(seed, class_id)
+    stream = zlib.crc32(preset.encode())
+    draws = [
+        _image_params(
+            np.random.default_rng([seed, class_id, 1, stream, j]), template, style, channels, image_size
+        )
+        for j in range(n)
+    ]
+    cubics, shift, width, valid, ink, paper, noise = (np.stack(x) for x in zip(*draws, strict=True))
+    radius = math.ceil(style.width[1] * image_size / 2 + 0.5)
+    cov = _splat(cubics, valid, shift, width, image_size, radius)[..., None]  # (n, H, W, 1)
+    img = paper[:, None, None, :] + (ink - paper)[:, None, None, :] * cov + style.noise * noise
+    return np.rint(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def generate(
+    *, classes: int, images_per_class: int, image_size: int, channels: int, preset: str, seed: int
+) -> dict[str, Split]:
+    """All three splits; each split's labels are ``0..K-1`` over its own classes, named ``glyph-0042``."""
+    _check(preset, image_size, channels, seed)
+    if not isinstance(images_per_class, int) or images_per_class < 1:
+        raise MtlError(f"glyphs images_per_class must be a positive integer, got {images_per_class!r}")
+    splits = {}
+    for name, ids in split_class_ids(classes).items():
+        images = np.empty((len(ids) * images_per_class, image_size, image_size, channels), np.uint8)
+        for k, c in enumerate(ids):
+            images[k * images_per_class : (k + 1) * images_per_class] = render_class(
+                int(c), images_per_class, image_size=image_size, channels=channels, preset=preset, seed=seed
+            )
+        labels = np.repeat(np.arange(len(ids), dtype=np.int64), images_per_class)
+        splits[name] = Split(images, labels, [f"glyph-{c:04d}" for c in ids])
+    return splits
+
+
+def ensure_glyphs(
+    root: Path, *, classes: int, images_per_class: int, image_size: int, channels: int, preset: str, seed: int
+) -> Path:
+    """The prepared ``glyphs`` dataset folder under ``root``, generated only if missing or invalid."""
+    params = dict(
+        classes=classes, images_per_class=images_per_class, image_size=image_size,
+        channels=channels, preset=preset, seed=seed,
+    )  # fmt: skip
+    style = _check(preset, image_size, channels, seed)
+    split_class_ids(classes)
+    name = f"glyphs-{preset}-c{classes}-n{images_per_class}-s{image_size}-ch{channels}-seed{seed}"
+    dest = Path(root).expanduser() / name
+    # The style and renderer version are recorded too, so a cache made by other drawing code is redone.
+    recorded = json.loads(json.dumps({**params, "style": asdict(style), "version": _VERSION}))
+    if _cached(dest, recorded):
+        return dest
+    return save_dataset(dest, generate(**params), source_format="glyphs", extra={"glyphs": recorded})
+
+
+def _cached(dest: Path, recorded: dict) -> bool:
+    """Whether ``dest`` holds a loadable glyphs dataset made with exactly these parameters."""
+    try:
+        if load_manifest(dest).get("glyphs") != recorded:
+            return False
+        for name in SPLITS:
+            load_split(dest, name)
+    except MtlError:
+        return False
+    return True

@@ -1,0 +1,78 @@
+"""Build the feature extractor Θ by name: one of mtl's ResNets or any timm model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+import torch.nn as nn
+
+from mtl.errors import MtlError
+
+__all__ = ["OWN_BACKBONES", "TimmBackbone", "build_backbone"]
+
+OWN_BACKBONES = ("resnet12", "resnet12_paper", "resnet25")
+_TIMM_PREFIX = "timm:"
+
+
+class TimmBackbone(nn.Module):
+    """A headless timm model whose ``num_features`` is the width of what ``forward`` returns.
+
+    timm's own ``num_features`` is the width *before* any pre-logits layer (e.g. MobileNetV3's 1x1 head
+    conv), which can differ from the pooled output; timm's code relies on it, so it is not overwritten.
+    The timm model stays reachable as ``.model`` (load timm checkpoints there).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.num_features: int = getattr(model, "head_hidden_size", None) or model.num_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the model's unpooled features (usually (B, C', h, w))."""
+        return self.model.forward_features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_features)."""
+        return self.model(x)
+
+
+def build_backbone(
+    name: str,
+    *,
+    in_chans: int = 3,
+    widths: Sequence[int] | None = None,
+    drop_rate: float = 0.0,
+) -> nn.Module:
+    """A randomly initialised feature extractor without classifier head.
+
+    Args:
+        name: ``resnet12``, ``resnet12_paper``, ``resnet25`` or ``timm:<timm model name>``.
+        in_chans: input channels (1 for Omniglot).
+        widths: stage widths, only for mtl's ResNets (4 values for resnet12*, 3 for resnet25).
+        drop_rate: dropout on the pooled features (active in train mode only).
+
+    Returns:
+        A module mapping ``(B, in_chans, H, W)`` images to ``(B, num_features)`` features; its
+        ``num_features`` attribute is the feature dimension D. mtl's ResNets are returned as they are,
+        timm models wrapped in :class:`TimmBackbone` (state-dict keys start with ``model.``).
+    """
+    kwargs: dict = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
+    # Not every timm model accepts drop_rate, so only pass it when asked for.
+    if drop_rate > 0.0:
+        kwargs["drop_rate"] = drop_rate
+
+    if name in OWN_BACKBONES:
+        if widths is not None:
+            kwargs["widths"] = tuple(widths)
+        return timm.create_model(name, **kwargs)
+
+    if not name.startswith(_TIMM_PREFIX):
+        raise MtlError(f"unknown backbone '{name}': use resnet12, resnet12_paper, resnet25 or timm:<model>")
+    model_name = name[len(_TIMM_PREFIX) :]
+    if widths is not None:
+        raise MtlError(f"widths only applies to {', '.join(OWN_BACKBONES)}, not to backbone '{name}'")
+    if not model_name or not timm.is_model(model_name):
+        raise MtlError(f"unknown timm model '{model_name}' (backbone '{name}'): see timm.list_models()")
+    return TimmBackbone(timm.create_model(model_name, **kwargs))

@@ -1,0 +1,74 @@
+"""What a user watches: TensorBoard event files, progress bars with ETA, and one summary line per epoch.
+
+Event files go to ``<checkpoints>/<name>/tb/<stage>/`` so ``tensorboard --logdir checkpoints`` shows
+every stage of every pipeline side by side. Progress bars only appear on a terminal; logs and CI get
+the per-epoch lines alone.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import click
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+
+T = TypeVar("T")
+
+
+class Monitor:
+    """A TensorBoard writer for one stage plus console output."""
+
+    def __init__(self, log_dir: Path, stage: str, *, quiet: bool = False) -> None:
+        self.stage = stage
+        self.quiet = quiet
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    # ---- TensorBoard
+    def scalars(self, step: int, **values: float | torch.Tensor) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, float(value), step)
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+
+    def images(self, tag: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
+        """Log uint8 ``(B, H, W, C)`` images as one grid."""
+        grid = make_grid(images.detach().cpu().permute(0, 3, 1, 2), nrow=nrow, padding=2, pad_value=255)
+        self.writer.add_image(tag, grid, step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    # ---- console
+    def line(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(f"[{self.stage}] {message}")
+
+    def progress(self, items: Iterable[T], *, length: int, label: str) -> Iterator[T]:
+        """Iterate with a progress bar (with ETA) when stderr is a terminal, silently otherwise."""
+        if self.quiet or not sys.stderr.isatty():
+            yield from items
+            return
+        with click.progressbar(items, length=length, label=label, file=sys.stderr, show_eta=True) as bar:
+            yield from bar
+
+
+@contextmanager
+def timer() -> Iterator[list[float]]:
+    """``with timer() as t: ...`` then ``t[0]`` is the elapsed wall-clock time in seconds."""
+    box = [0.0]
+    start = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box[0] = time.perf_counter() - start

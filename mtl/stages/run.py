@@ -1,0 +1,96 @@
+"""What every stage sets up the same way: device, seeds, output folder, saved config, monitor, features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtl import checkpoint
+from mtl import device as devices
+from mtl.config import Config
+from mtl.data.augment import Preprocess
+from mtl.errors import MtlError
+from mtl.evaluate import extract_features
+from mtl.models.backbone import build_backbone
+from mtl.monitor import Monitor
+
+# Config keys a later stage must share with the checkpoint it builds on.
+MODEL_KEYS = (
+    "data.dataset",
+    "data.image_size",
+    "data.channels",
+    "data.glyphs",
+    "backbone.name",
+    "backbone.widths",
+)
+
+
+@dataclass
+class Run:
+    """One stage's run: resolved config, device, output folder, TensorBoard and console monitor."""
+
+    cfg: Config
+    stage: str
+    checkpoints: Path
+    out: Path
+    device: torch.device
+    monitor: Monitor
+    pre: Preprocess
+
+    @classmethod
+    def open(cls, cfg: Config, stage: str, checkpoints: str | Path, *, quiet: bool = False) -> Run:
+        checkpoints = Path(checkpoints).expanduser()
+        device = devices.resolve(cfg.device)
+        devices.seed_everything(cfg.seed)
+        out = checkpoint.stage_dir(checkpoints, cfg.name, stage)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            cfg.save(out / "config.yaml")
+        except OSError as exc:
+            raise MtlError(f"cannot write to {out}: {exc.strerror or exc}") from None
+        monitor = Monitor(checkpoints / cfg.name / "tb" / stage, stage, quiet=quiet)
+        pre = Preprocess(
+            cfg.data.image_size, cfg.data.channels, cfg.data.mean, cfg.data.std, devices.memory_format(device)
+        )
+        return cls(cfg, stage, checkpoints, out, device, monitor, pre)
+
+    def previous(self, stage: str) -> dict:
+        """The ``best.pt`` of an earlier stage of this pipeline, checked against this config."""
+        path = checkpoint.stage_dir(self.checkpoints, self.cfg.name, stage) / "best.pt"
+        ckpt = checkpoint.load(path, stage=stage)
+        checkpoint.check_compatible(ckpt, self.cfg.to_dict(), path, MODEL_KEYS)
+        return ckpt
+
+    def backbone(self) -> nn.Module:
+        b = self.cfg.backbone
+        return build_backbone(b.name, in_chans=self.cfg.data.channels, widths=b.widths, drop_rate=b.drop_rate)
+
+    def features(self, model: nn.Module, images: np.ndarray) -> torch.Tensor:
+        """``(N, H, W, C)`` uint8 -> ``(N, D)`` float32 features on the device; no grad, eval mode."""
+        was_training = model.training
+        model.eval()
+
+        def encode(batch: torch.Tensor) -> torch.Tensor:
+            with devices.autocast(self.device):
+                return model(self.pre(batch)).float()
+
+        try:
+            return extract_features(encode, images, batch_size=self.cfg.test.batch_size, device=self.device)
+        finally:
+            model.train(was_training)
+
+    def to_device(self, images: np.ndarray) -> torch.Tensor:
+        """A whole split as one uint8 tensor on the device: batches are then gathered by index."""
+        return torch.from_numpy(np.array(images)).to(self.device)
+
+    def save(self, name: str, payload: dict) -> None:
+        checkpoint.save(self.out / name, {"stage": self.stage, "config": self.cfg.to_dict(), **payload})
+
+    def check_finite(self, loss: torch.Tensor, where: str) -> None:
+        """Stop on a NaN/inf loss (one host sync, so call it once per epoch, not per step)."""
+        if not torch.isfinite(loss).all():
+            raise MtlError(f"{self.stage}: loss is not finite at {where}; lower the learning rate")

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny pipeline that runs all three stages in seconds on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtl import config
+
+torch.set_num_threads(2)
+
+TINY = [
+    "name=tiny",
+    "device=cpu",
+    "data.image_size=16",
+    "data.glyphs.classes=30",
+    "data.glyphs.images_per_class=10",
+    "backbone.widths=[8,8,16,16]",
+    "pretrain.epochs=2",
+    "pretrain.batch_size=32",
+    "pretrain.val_episodes=20",
+    "meta.way=3",
+    "meta.query=3",
+    "meta.epochs=2",
+    "meta.episodes_per_epoch=4",
+    "meta.meta_batch=2",
+    "meta.inner_steps=3",
+    "meta.val_episodes=20",
+    "test.episodes=30",
+    "test.query=3",
+]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path) -> list[str]:
+    """``--set`` overrides for a tiny run whose dataset cache lives in the test's temp dir."""
+    return [*TINY, f"data.root={tmp_path / 'data'}"]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_overrides: list[str]) -> config.Config:
+    return config.load(None, tiny_overrides)

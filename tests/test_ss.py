@@ -1,0 +1,164 @@
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Conv2dSame
+
+from mtl import ss
+from mtl.errors import MtlError
+from mtl.models.backbone import build_backbone
+
+
+def _tiny_resnet12(seed: int = 0, num_classes: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_backbone("resnet12", widths=(8, 16, 16, 32))
+    if num_classes:
+        model.reset_classifier(num_classes)
+    # non-trivial running statistics so eval-mode BN is not the identity
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32))
+    return model.eval()
+
+
+def _randomize(model: nn.Module, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, m in ss.ss_modules(model):
+            m.scale.copy_(1 + 0.3 * torch.randn(m.scale.shape, generator=gen))
+            m.shift.copy_(0.1 * torch.randn(m.shift.shape, generator=gen))
+
+
+def _n_convs(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet12", "timm:tf_mobilenetv3_small_minimal_100", "timm:test_resnet", "resnet25"]
+)
+def test_attach_keeps_output_at_init(name):
+    torch.manual_seed(0)
+    widths = {"resnet12": (8, 16, 16, 32), "resnet25": (8, 16, 32)}.get(name)
+    model = build_backbone(name, widths=widths).eval()
+    ref = copy.deepcopy(model)
+    n_convs = _n_convs(model)
+    ss.attach(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+    modules = dict(ss.ss_modules(model))
+    assert len(modules) == n_convs
+    for m in modules.values():
+        assert m.scale.shape == (*m.conv.weight.shape[:2], 1, 1)
+        assert m.shift.shape == (m.conv.out_channels,)
+        assert torch.equal(m.scale, torch.ones_like(m.scale)) and not m.shift.any()
+
+
+def test_conv2d_same_keeps_its_padding():
+    model = build_backbone("timm:tf_mobilenetv3_small_minimal_100").eval()
+    ss.attach(model)
+    same = [m for _, m in ss.ss_modules(model) if type(m.conv) is Conv2dSame]
+    assert len(same) == 5 and any(m.conv.groups > 1 for m in same)
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(4, 6, 3, stride=2, bias=True)
+    layer = ss.SSConv2d(copy.deepcopy(conv))
+    _randomize(layer)
+    ref = copy.deepcopy(conv)
+    with torch.no_grad():
+        ref.weight.mul_(layer.scale)
+        ref.bias.add_(layer.shift)
+    x = torch.randn(2, 4, 10, 10)  # even size: TF "SAME" pads asymmetrically here
+    out = layer(x)
+    assert out.shape == (2, 6, 5, 5)
+    torch.testing.assert_close(out, ref(x))
+
+
+@pytest.mark.parametrize(
+    ("conv", "pad"),
+    [
+        (nn.Conv2d(4, 6, 3, stride=2, padding=1), None),
+        (nn.Conv2d(4, 6, 3, padding=1, bias=False), None),
+        (nn.Conv2d(8, 8, 3, padding=1, groups=8), None),
+        (nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"), "reflect"),
+    ],
+)
+def test_modulated_conv_matches_reference(conv, pad):
+    torch.manual_seed(0)
+    layer = ss.SSConv2d(conv)
+    assert layer.scale.shape == (conv.out_channels, conv.in_channels // conv.groups, 1, 1)
+    assert layer.shift.shape == (conv.out_channels,)
+    _randomize(layer)
+    x = torch.randn(2, conv.in_channels, 9, 9)
+    w = conv.weight * layer.scale
+    b = layer.shift if conv.bias is None else conv.bias + layer.shift
+    if pad is None:
+        ref = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    else:
+        ref = F.conv2d(F.pad(x, (1, 1, 1, 1), mode=pad), w, b, conv.stride, 0, conv.dilation, conv.groups)
+    torch.testing.assert_close(layer(x), ref)
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_gradients_reach_only_ss(train_bn):
+    model = ss.attach(_tiny_resnet12(num_classes=5), train_bn=train_bn)
+    _randomize(model)
+    model(torch.randn(2, 3, 32, 32)).square().sum().backward()
+
+    ss_params = {id(p) for p in ss.parameters(model)}
+    bn_affine = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in (m.weight, m.bias)}
+    assert len(ss_params) == 2 * _n_convs(model)
+    assert {id(p) for p in ss.bn_parameters(model)} == (bn_affine if train_bn else set())
+    expected = ss_params | bn_affine if train_bn else ss_params
+    for p in model.parameters():
+        assert (p.grad is not None) == (id(p) in expected)
+        assert p.requires_grad == (id(p) in expected)
+        if p.grad is not None:
+            assert p.grad.abs().sum() > 0
+
+
+def test_attach_twice_does_not_double_wrap():
+    model = ss.attach(_tiny_resnet12())
+    _randomize(model)
+    keys = list(model.state_dict())
+    scales = [m.scale.detach().clone() for _, m in ss.ss_modules(model)]
+    ss.attach(model, train_bn=True)
+    assert list(model.state_dict()) == keys
+    assert all(type(m.conv) is nn.Conv2d for _, m in ss.ss_modules(model))
+    for before, (_, m) in zip(scales, ss.ss_modules(model), strict=True):
+        assert torch.equal(before, m.scale)
+    assert len(list(ss.bn_parameters(model))) == 2 * 16  # 4 blocks x (3 conv BNs + 1 shortcut BN)
+    ss.attach(model)
+    assert list(ss.bn_parameters(model)) == []
+
+
+def test_state_dict_round_trip():
+    model = ss.attach(_tiny_resnet12(seed=0))
+    _randomize(model)
+    fresh = ss.attach(_tiny_resnet12(seed=1))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(fresh(x), model(x))
+        fresh.load_state_dict(model.state_dict())
+        torch.testing.assert_close(fresh(x), model(x))
+    assert "layer1.conv1.conv.weight" in model.state_dict() and "layer1.conv1.scale" in model.state_dict()
+
+
+def test_channels_last():
+    model = ss.attach(_tiny_resnet12())
+    _randomize(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        out = model(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bare_conv_is_rejected():
+    with pytest.raises(MtlError, match="wrap a bare conv"):
+        ss.attach(nn.Conv2d(3, 3, 3))
+    with pytest.raises(TypeError):
+        ss.SSConv2d(nn.Linear(3, 3))
