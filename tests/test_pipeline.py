@@ -27,7 +27,10 @@ def test_three_stages_end_to_end(tiny_cfg, tmp_path):
     assert config.load(run / "pretrain" / "config.yaml") == tiny_cfg
 
     metatrain(tiny_cfg, ckpts, quiet=True)
-    meta = checkpoint.load(run / "metatrain" / "best.pt", stage="metatrain")
+    meta = checkpoint.load(run / "metatrain" / "last.pt", stage="metatrain")
+    assert meta["metric"]["epoch"] == 2
+    best_epoch = checkpoint.load(run / "metatrain" / "best.pt", stage="metatrain")["metric"]["epoch"]
+    assert best_epoch in (0, 1, 2)  # the untrained start competes on validation too
     assert meta["theta"]["W"].shape == (3, 16) and meta["theta"]["b"].shape == (3,)
     # Meta-training changed only SS weights and θ: each frozen convolution keeps its pretrained weight.
     convs = {k: v for k, v in meta["encoder"].items() if k.endswith(".conv.weight")}
@@ -72,7 +75,7 @@ def test_meta_gradients_reach_only_ss_and_theta(tiny_cfg, tmp_path):
     learner = MetaLearner(run.backbone(), 3, train_bn=False)
     train = load_splits(tiny_cfg.data, ("train",))["train"]
     tasks = np.stack([EpisodeSampler(train.labels, 3, 1, 3, seed=0).sample() for _ in range(2)])
-    logits, y = task_outputs(learner, run, torch.from_numpy(train.images), tasks)
+    logits, y = task_outputs(learner, run, torch.from_numpy(train.images.copy()), tasks)
     torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(2)).backward()
     trainable = {id(p) for p in ss.parameters(learner.encoder)} | {id(learner.W), id(learner.b)}
     for name, p in learner.named_parameters():
