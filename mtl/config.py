@@ -96,6 +96,7 @@ class MetaConfig:
     step_size: int = _opt(10, min=1, doc="epochs between meta-LR decays")
     gamma: float = _opt(0.5, min=0.0)
     bn: str = _opt("frozen", choices=("frozen", "affine"))
+    augment: bool = _opt(False, doc="augment task images as in pretraining (pretrain.augment settings)")
     val_episodes: int = _opt(600, min=1)
 
 

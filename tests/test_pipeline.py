@@ -56,7 +56,8 @@ def test_three_stages_end_to_end(tiny_cfg, tmp_path):
     assert any((run / "tb").rglob("events.out.tfevents.*"))
 
 
-def test_metatest_is_reproducible(tiny_cfg, tmp_path):
+def test_metatest_is_reproducible(tiny_overrides, tmp_path):
+    tiny_cfg = config.load(None, [*tiny_overrides, "meta.augment=true", "meta.first_order=true"])
     ckpts = tmp_path / "ckpts"
     pretrain(tiny_cfg, ckpts, quiet=True)
     metatrain(tiny_cfg, ckpts, quiet=True)

@@ -80,4 +80,9 @@ def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
     os.replace(tmp, run.out / "results.json")
     if not quiet:
         print(table)
+        if meta_ckpt["metric"]["epoch"] == 0:
+            print(
+                "note: meta-validation never improved on the untrained start, so the kept metatrain model is "
+                "the pretrained encoder with identity SS and θ = 0, and MTL equals the fine-tuned θ row."
+            )
     return results

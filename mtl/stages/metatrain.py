@@ -8,6 +8,7 @@ With frozen batch norm (the default) all tasks of a meta-batch share one encoder
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import nn
 from mtl import base_learner, ss
 from mtl import device as devices
 from mtl.config import Config
+from mtl.data.augment import TrainAugment
 from mtl.data.cache import Split
 from mtl.data.episodes import EpisodeSampler, check_episode_shape, episode_targets, fixed_episodes
 from mtl.data.sources import load_splits
@@ -42,24 +44,30 @@ class MetaLearner(nn.Module):
 
 
 def task_outputs(
-    learner: MetaLearner, run: Run, images: torch.Tensor, tasks: np.ndarray
+    learner: MetaLearner,
+    run: Run,
+    images: torch.Tensor,
+    tasks: np.ndarray,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adapt θ on each task's support set and score its queries.
 
-    images: uint8 ``(N, H, W, C)``; tasks: ``(T, way, shot + query)`` image indices.
+    images: uint8 ``(N, H, W, C)``; tasks: ``(T, way, shot + query)`` image indices; ``transform``
+    turns uint8 batches into model input (default: plain preprocessing, no augmentation).
     Returns query logits ``(T, way * query, way)`` of the adapted θ' and their targets ``(way * query,)``.
     """
     m, dev = run.cfg.meta, run.device
     T, way, n = tasks.shape
+    transform = transform or run.pre
     idx = torch.from_numpy(tasks).to(images.device)
     with devices.autocast(dev):
         if learner.train_bn:
             # Batch statistics: support and query sets are normalised separately, per task.
-            sup = learner.encoder(run.pre(images[idx[:, :, : m.shot].reshape(-1)].to(dev)))
-            qry = learner.encoder(run.pre(images[idx[:, :, m.shot :].reshape(-1)].to(dev)))
+            sup = learner.encoder(transform(images[idx[:, :, : m.shot].reshape(-1)].to(dev)))
+            qry = learner.encoder(transform(images[idx[:, :, m.shot :].reshape(-1)].to(dev)))
             sup, qry = sup.float().view(T, way * m.shot, -1), qry.float().view(T, way * (n - m.shot), -1)
         else:
-            feats = learner.encoder(run.pre(images[idx.reshape(-1)].to(dev))).float().view(T, way, n, -1)
+            feats = learner.encoder(transform(images[idx.reshape(-1)].to(dev))).float().view(T, way, n, -1)
             sup = feats[:, :, : m.shot].reshape(T, way * m.shot, -1)
             qry = feats[:, :, m.shot :].reshape(T, way * (n - m.shot), -1)
     y_s = episode_targets(way, m.shot, device=dev)
@@ -105,6 +113,12 @@ def metatrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bo
     sampler = EpisodeSampler(train.labels, m.way, m.shot, m.query, seed=cfg.seed)
     images = run.to_device(train.images)
     batches = max(1, m.episodes_per_epoch // m.meta_batch)
+    aug = cfg.pretrain.augment
+    transform = (
+        TrainAugment(run.pre, aug.crop_scale, aug.flip, torch.Generator().manual_seed(cfg.seed))
+        if m.augment and aug.enabled
+        else run.pre
+    )
 
     def keep(epoch: int, acc: float, ci: float) -> bool:
         """Save ``last.pt`` and, if validation improved, ``best.pt``; the untrained start competes too."""
@@ -135,7 +149,7 @@ def metatrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bo
                 range(batches), length=batches, label=f"metatrain {epoch + 1}/{m.epochs}"
             ):
                 tasks = np.stack([sampler.sample() for _ in range(m.meta_batch)])
-                logits, targets = task_outputs(learner, run, images, tasks)
+                logits, targets = task_outputs(learner, run, images, tasks, transform)
                 loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(tasks)))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
