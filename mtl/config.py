@@ -81,6 +81,15 @@ class PretrainConfig:
 
 
 @dataclass
+class HardTaskConfig:
+    enabled: bool = _opt(False, doc="hard-task meta-batches (MTL + HT)")
+    per_batch: int = _opt(1, min=1, doc="hard tasks added to every meta-batch")
+    capacity: int = _opt(64, min=1, doc="failure classes the pool remembers")
+    mode: str = _opt("softmax", choices=("softmax", "uniform"), doc="how pool classes are drawn")
+    temperature: float = _opt(0.1, min=0.0, doc="softmax(-accuracy / temperature)")
+
+
+@dataclass
 class MetaConfig:
     way: int = _opt(5, min=2)
     shot: int = _opt(1, min=1)
@@ -97,6 +106,7 @@ class MetaConfig:
     gamma: float = _opt(0.5, min=0.0)
     bn: str = _opt("frozen", choices=("frozen", "affine"))
     augment: bool = _opt(False, doc="augment task images as in pretraining (pretrain.augment settings)")
+    hard_tasks: HardTaskConfig = _opt(HardTaskConfig())
     val_episodes: int = _opt(600, min=1)
 
 

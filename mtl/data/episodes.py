@@ -99,12 +99,14 @@ class EpisodeSampler:
             raise ValueError(f"classes {classes.tolist()} are not all class ids of this split")
         return np.searchsorted(self.classes, classes)
 
-    def sample(self, classes: np.ndarray | None = None) -> np.ndarray:
+    def sample(self, classes: np.ndarray | None = None, exclude: np.ndarray | None = None) -> np.ndarray:
         """Draw one episode.
 
         Args:
             classes: optional ``(way,)`` distinct split-level class ids, in task order; drawn uniformly
                 without replacement when omitted.
+            exclude: optional image indices not to draw (e.g. the images a hard task's failure was
+                measured on), honoured for every class that has enough other images.
 
         Returns:
             ``(way, shot + query)`` int64 image indices; support and query are disjoint because each
@@ -115,7 +117,11 @@ class EpisodeSampler:
         else:
             pos = self._class_positions(classes)
         k = self.shot + self.query
-        return np.stack([self.rng.choice(self.members[p], k, replace=False) for p in pos])
+        pools = [self.members[p] for p in pos]
+        if exclude is not None:
+            fresh = [np.setdiff1d(m, exclude, assume_unique=True) for m in pools]
+            pools = [f if len(f) >= k else m for f, m in zip(fresh, pools, strict=True)]
+        return np.stack([self.rng.choice(m, k, replace=False) for m in pools])
 
     def state_dict(self) -> dict[str, Any]:
         """The generator's state (plain Python containers, safe for ``torch.save``/``json``)."""

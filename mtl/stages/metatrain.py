@@ -25,6 +25,7 @@ from mtl.data.episodes import EpisodeSampler, check_episode_shape, episode_targe
 from mtl.data.sources import load_splits
 from mtl.evaluate import finetune, mean_ci
 from mtl.monitor import timer
+from mtl.stages.hard_batches import HardTasks
 from mtl.stages.run import Run
 
 
@@ -120,6 +121,9 @@ def metatrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bo
         else run.pre
     )
 
+    ht = m.hard_tasks
+    hard = HardTasks(cfg, train) if ht.enabled else None
+
     def keep(epoch: int, acc: float, ci: float) -> bool:
         """Save ``last.pt`` and, if validation improved, ``best.pt``; the untrained start competes too."""
         state = {
@@ -128,6 +132,9 @@ def metatrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bo
             "class_names": train.class_names,
             "metric": {"val_acc": acc, "val_ci95": ci, "epoch": epoch},
         }
+        if hard is not None:
+            state["hard_tasks"] = hard.pool.state_dict()
+            hard.write_summary(run.out / "hard_tasks.json", train.class_names)
         improved = acc > best["val_acc"]
         if improved:
             best.update(state["metric"])
@@ -144,19 +151,30 @@ def metatrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bo
         learner.encoder_train(True)
         loss_sum = torch.zeros((), device=dev)
         acc_sum = torch.zeros((), device=dev)
+        hard_acc_sum = torch.zeros((), device=dev)
         with timer() as elapsed:
             for i in run.monitor.progress(
                 range(batches), length=batches, label=f"metatrain {epoch + 1}/{m.epochs}"
             ):
+                step = epoch * batches + i
                 tasks = np.stack([sampler.sample() for _ in range(m.meta_batch)])
                 logits, targets = task_outputs(learner, run, images, tasks, transform)
-                loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(tasks)))
+                acc = (logits.argmax(-1) == targets).float().mean()
+                if hard is not None:
+                    hard_tasks = hard.step(train.labels, tasks, logits.detach(), targets)
+                    hard_logits, _ = task_outputs(learner, run, images, hard_tasks, transform)
+                    hard_acc = (hard_logits.argmax(-1) == targets).float().mean()
+                    hard_acc_sum += hard_acc.detach()
+                    logits = torch.cat([logits, hard_logits])
+                    # The pool update already synchronised with the host, so per-step logging is free here.
+                    hard.log(run.monitor, step, acc, hard_acc, images, hard_tasks)
+                loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 loss_sum += loss.detach()
-                acc_sum += (logits.argmax(-1) == targets).float().mean().detach()
-                if epoch == 0 and i == 0:
+                acc_sum += acc.detach()
+                if step == 0:
                     run.monitor.images(
                         "train/task", images[torch.from_numpy(tasks[0]).flatten()], 0, nrow=tasks.shape[2]
                     )
@@ -165,7 +183,7 @@ def metatrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bo
         train_loss = loss_sum / batches
         run.check_finite(train_loss, f"epoch {epoch + 1}")
         acc, ci = meta_validate(learner, run, val, val_episodes)
-        step = (epoch + 1) * batches * m.meta_batch
+        step = (epoch + 1) * batches
         run.monitor.scalars(
             step,
             **{
@@ -173,7 +191,9 @@ def metatrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bo
                 "train/query_acc": acc_sum / batches,
                 "train/lr_ss": lrs[0],
                 "train/lr_theta": lrs[1],
-                "train/tasks_per_s": batches * m.meta_batch / max(elapsed[0], 1e-9),
+                "train/tasks_per_s": batches
+                * (m.meta_batch + ht.enabled * ht.per_batch)
+                / max(elapsed[0], 1e-9),
                 "val/acc": acc,
                 "val/ci95": ci,
             },
@@ -183,9 +203,12 @@ def metatrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bo
         run.monitor.histogram("ss/scale", scales, step)
         run.monitor.histogram("ss/shift", shifts, step)
         improved = keep(epoch + 1, acc, ci)
+        if hard is not None:
+            hard.log_epoch(run.monitor, step, train.class_names)
+        hard_note = f"  hard-acc {float(hard_acc_sum) / batches:.1%}" if hard is not None else ""
         run.monitor.line(
             f"epoch {epoch + 1}/{m.epochs}  query-loss {float(train_loss):.3f}  "
-            f"query-acc {float(acc_sum) / batches:.1%}  val {acc:.2f} ± {ci:.2f}%"
+            f"query-acc {float(acc_sum) / batches:.1%}{hard_note}  val {acc:.2f} ± {ci:.2f}%"
             f"{'  (best)' if improved else ''}  {batches * m.meta_batch / max(elapsed[0], 1e-9):.1f} tasks/s"
         )
     run.monitor.close()
