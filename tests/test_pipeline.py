@@ -133,3 +133,18 @@ def test_cli_user_errors_are_one_line_exit_2(tiny_overrides, tmp_path, args, mes
 def test_cli_missing_pipeline_file(tmp_path):
     result = invoke("pretrain", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2 and "pipeline file not found" in result.output
+
+
+def test_a_failed_run_leaves_earlier_outputs_untouched(tiny_overrides, tmp_path):
+    ckpts = tmp_path / "out"
+    sets = [a for o in tiny_overrides for a in ("--set", o)]
+    assert (
+        invoke("pretrain", "pipelines/glyphs-1shot.yaml", *sets, "--checkpoints", str(ckpts)).exit_code == 0
+    )
+    stage = ckpts / "tiny" / "pretrain"
+    before = {p.name: p.read_bytes() for p in stage.iterdir()}
+    bad = invoke(
+        "pretrain", "pipelines/glyphs-1shot.yaml", *sets, "--set", "meta.way=9", "--checkpoints", str(ckpts)
+    )
+    assert bad.exit_code == 2
+    assert {p.name: p.read_bytes() for p in stage.iterdir()} == before

@@ -75,6 +75,7 @@ def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
     table = results_table(results)
     run.monitor.text("test/results", table)
     run.monitor.close()
+    run.save_config()
     tmp = run.out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, run.out / "results.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,6 @@ class Run:
         out = checkpoint.stage_dir(checkpoints, cfg.name, stage)
         try:
             out.mkdir(parents=True, exist_ok=True)
-            cfg.save(out / "config.yaml")
         except OSError as exc:
             raise MtlError(f"cannot write to {out}: {exc.strerror or exc}") from None
         monitor = Monitor(checkpoints / cfg.name / "tb" / stage, stage, quiet=quiet)
@@ -87,7 +87,16 @@ class Run:
         """A whole split as one uint8 tensor on the device: batches are then gathered by index."""
         return torch.from_numpy(np.array(images)).to(self.device)
 
+    def save_config(self) -> None:
+        """Write the resolved config beside the outputs; done with the first output, so a run that
+        fails its checks leaves an earlier run's files as they were."""
+        path = self.out / "config.yaml"
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(self.cfg.to_yaml())
+        os.replace(tmp, path)
+
     def save(self, name: str, payload: dict) -> None:
+        self.save_config()
         checkpoint.save(self.out / name, {"stage": self.stage, "config": self.cfg.to_dict(), **payload})
 
     def check_finite(self, loss: torch.Tensor, where: str) -> None:
