@@ -12,7 +12,7 @@ PORT        ?= 6006
 STAMP := $(VENV)/.installed
 RUN   := $(BIN)/mtl
 
-.PHONY: setup pretrain metatrain metatest test lint tensorboard clean
+.PHONY: setup pretrain metatrain metatest ablation test lint tensorboard clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): setup.cfg pyproject.toml
 
 pretrain metatrain metatest: $(STAMP)
 	$(RUN) $@ $(PIPELINE) --checkpoints $(CHECKPOINTS) $(ARGS)
+
+ablation: $(STAMP)
+	$(RUN) ablate $(PIPELINE) --checkpoints $(CHECKPOINTS) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest $(ARGS)

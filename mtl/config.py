@@ -120,6 +120,12 @@ class TestConfig:
 
 
 @dataclass
+class AblationConfig:
+    episodes: int = _opt(2000, min=1, doc="test episodes per row (>= 2,000 resolves ~1-point differences)")
+    scratch: bool = _opt(True, doc="also meta-train SS and θ on a random, unpretrained encoder")
+
+
+@dataclass
 class PaperConfig:
     method: str = ""
     acc: float | None = None
@@ -136,6 +142,7 @@ class Config:
     pretrain: PretrainConfig = _opt(PretrainConfig())
     meta: MetaConfig = _opt(MetaConfig())
     test: TestConfig = _opt(TestConfig())
+    ablation: AblationConfig = _opt(AblationConfig())
     paper: PaperConfig = _opt(PaperConfig(), doc="the published number for this setting, printed beside ours")
 
     def to_dict(self) -> dict:

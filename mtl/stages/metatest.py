@@ -15,6 +15,7 @@ import torch
 
 from mtl import ss
 from mtl.config import Config
+from mtl.data.cache import Split
 from mtl.data.episodes import check_episode_shape, fixed_episodes
 from mtl.data.sources import load_splits
 from mtl.evaluate import finetune, mean_ci, nearest_centroid, raw_pixels
@@ -27,37 +28,55 @@ NC_FEATURES = "nearest centroid, pretrained features"
 NC_PIXELS = "nearest centroid, raw pixels"
 
 
-def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
-    """Evaluate; writes ``metatest/results.json`` and returns the same dict."""
-    run = Run.open(cfg, "metatest", checkpoints, quiet=quiet)
-    m, t, dev = cfg.meta, cfg.test, run.device
-    meta_ckpt = run.previous("metatrain")
-    pre_ckpt = run.previous("pretrain")
-    test = load_splits(cfg.data, ("test",))["test"]
-    check_episode_shape(test.labels, m.way, m.shot, t.query, split="test", class_names=test.class_names)
-    # The episodes depend only on the test split and test.seed, so every method and run sees the same tasks.
-    episodes = torch.from_numpy(
-        fixed_episodes(test.labels, m.way, m.shot, t.query, t.episodes, seed=t.seed)
-    ).to(dev)
-    steps = t.inner_steps if t.inner_steps is not None else m.inner_steps
+def test_episodes(run: Run, episodes: int) -> tuple[Split, torch.Tensor]:
+    """The test split and ``episodes`` fixed episodes ``(E, way, shot + query)`` on the device.
 
-    pretrained = run.backbone()
-    pretrained.load_state_dict(pre_ckpt["encoder"])
-    meta_encoder = ss.attach(run.backbone(), train_bn=m.bn == "affine")
-    meta_encoder.load_state_dict(meta_ckpt["encoder"])
-    W, b = (meta_ckpt["theta"][k].to(dev) for k in ("W", "b"))
+    The episodes depend only on the test split and ``test.seed``: every method and run sees the same tasks.
+    """
+    m, t = run.cfg.meta, run.cfg.test
+    test = load_splits(run.cfg.data, ("test",))["test"]
+    check_episode_shape(test.labels, m.way, m.shot, t.query, split="test", class_names=test.class_names)
+    idx = fixed_episodes(test.labels, m.way, m.shot, t.query, episodes, seed=t.seed)
+    return test, torch.from_numpy(idx).to(run.device)
+
+
+def inner_steps(cfg: Config) -> int:
+    return cfg.test.inner_steps if cfg.test.inner_steps is not None else cfg.meta.inner_steps
+
+
+def pretrained_features(run: Run, pre_ckpt: dict, test: Split) -> torch.Tensor:
+    encoder = run.backbone()
+    encoder.load_state_dict(pre_ckpt["encoder"])
+    return run.features(encoder.to(run.device), test.images)
+
+
+def mtl_accuracy(run: Run, meta_ckpt: dict, test: Split, episodes: torch.Tensor) -> torch.Tensor:
+    """Per-episode accuracy ``(E,)`` of a meta-trained checkpoint: SS features, θ adapted per episode.
+
+    If the test ``way`` differs from meta-training's, every class starts from the mean of θ's rows.
+    """
+    m = run.cfg.meta
+    encoder = ss.attach(run.backbone(), train_bn=m.bn == "affine")
+    encoder.load_state_dict(meta_ckpt["encoder"])
+    W, b = (meta_ckpt["theta"][k].to(run.device) for k in ("W", "b"))
     if W.shape[0] != m.way:
         W, b = W.mean(0, keepdim=True).expand(m.way, -1), b.mean().expand(m.way)
+    feats = run.features(encoder.to(run.device), test.images)
+    return finetune(feats, episodes, m.shot, W, b, steps=inner_steps(run.cfg), lr=m.inner_lr)
 
-    pre_feats = run.features(pretrained.to(dev), test.images)
-    meta_feats = run.features(meta_encoder.to(dev), test.images)
-    zeros = torch.zeros_like(W), torch.zeros_like(b)
-    scores = {
-        MTL: finetune(meta_feats, episodes, m.shot, W, b, steps=steps, lr=m.inner_lr),
-        FT: finetune(pre_feats, episodes, m.shot, *zeros, steps=steps, lr=m.inner_lr),
-        NC_FEATURES: nearest_centroid(pre_feats, episodes, m.shot),
-        NC_PIXELS: nearest_centroid(raw_pixels(test.images).to(dev), episodes, m.shot),
-    }
+
+def finetuned_accuracy(run: Run, feats: torch.Tensor, episodes: torch.Tensor) -> torch.Tensor:
+    """θ fine-tuned from zero on fixed features, no meta-training (the paper's "FT" row)."""
+    m = run.cfg.meta
+    W, b = torch.zeros(m.way, feats.shape[1], device=feats.device), torch.zeros(m.way, device=feats.device)
+    return finetune(feats, episodes, m.shot, W, b, steps=inner_steps(run.cfg), lr=m.inner_lr)
+
+
+def publish(
+    run: Run, scores: dict[str, torch.Tensor], episodes: int, *, quiet: bool, extra: dict | None = None
+) -> dict:
+    """Turn per-episode accuracies into ``results.json`` (written atomically) and print the table."""
+    cfg = run.cfg
     rows = []
     for method, acc in scores.items():
         mean, ci = mean_ci(acc)
@@ -65,12 +84,13 @@ def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
         run.monitor.scalars(0, **{f"test/{method}": mean})
     results = {
         "pipeline": cfg.name,
-        "way": m.way,
-        "shot": m.shot,
-        "query": t.query,
-        "episodes": t.episodes,
+        "way": cfg.meta.way,
+        "shot": cfg.meta.shot,
+        "query": cfg.test.query,
+        "episodes": episodes,
         "rows": rows,
         "paper": cfg.paper.__dict__ if cfg.paper.acc is not None else None,
+        **(extra or {}),
     }
     table = results_table(results)
     run.monitor.text("test/results", table)
@@ -81,9 +101,26 @@ def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
     os.replace(tmp, run.out / "results.json")
     if not quiet:
         print(table)
-        if meta_ckpt["metric"]["epoch"] == 0:
-            print(
-                "note: meta-validation never improved on the untrained start, so the kept metatrain model is "
-                "the pretrained encoder with identity SS and θ = 0, and MTL equals the fine-tuned θ row."
-            )
+    return results
+
+
+def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
+    """Evaluate; writes ``metatest/results.json`` and returns the same dict."""
+    run = Run.open(cfg, "metatest", checkpoints, quiet=quiet)
+    meta_ckpt = run.previous("metatrain")
+    pre_ckpt = run.previous("pretrain")
+    test, episodes = test_episodes(run, cfg.test.episodes)
+    pre_feats = pretrained_features(run, pre_ckpt, test)
+    scores = {
+        MTL: mtl_accuracy(run, meta_ckpt, test, episodes),
+        FT: finetuned_accuracy(run, pre_feats, episodes),
+        NC_FEATURES: nearest_centroid(pre_feats, episodes, cfg.meta.shot),
+        NC_PIXELS: nearest_centroid(raw_pixels(test.images).to(run.device), episodes, cfg.meta.shot),
+    }
+    results = publish(run, scores, cfg.test.episodes, quiet=quiet)
+    if not quiet and meta_ckpt["metric"]["epoch"] == 0:
+        print(
+            "note: meta-validation never improved on the untrained start, so the kept metatrain model is "
+            "the pretrained encoder with identity SS and θ = 0, and MTL equals the fine-tuned θ row."
+        )
     return results

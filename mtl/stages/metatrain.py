@@ -87,9 +87,20 @@ def meta_validate(learner: MetaLearner, run: Run, val: Split, episodes: torch.Te
     return mean_ci(finetune(feats, episodes, cfg.meta.shot, W, b, steps=steps, lr=cfg.meta.inner_lr))
 
 
-def metatrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
-    """Run meta-training from the pretrain ``best.pt``; returns the kept (best) validation metric."""
-    run = Run.open(cfg, "metatrain", checkpoints, quiet=quiet)
+def metatrain(
+    cfg: Config,
+    checkpoints: str | Path = "checkpoints",
+    *,
+    quiet: bool = False,
+    folder: str = "metatrain",
+    from_scratch: bool = False,
+) -> dict:
+    """Run meta-training from the pretrain ``best.pt``; returns the kept (best) validation metric.
+
+    ``folder`` redirects the outputs (the ablation keeps its variants apart); ``from_scratch`` starts
+    from a randomly initialised encoder instead of the pretrained one (the paper's "train from scratch").
+    """
+    run = Run.open(cfg, "metatrain", checkpoints, quiet=quiet, folder=folder)
     m, dev = cfg.meta, run.device
     pre_ckpt = run.previous("pretrain")
     splits = load_splits(cfg.data, ("train", "val"))
@@ -101,7 +112,8 @@ def metatrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bo
     ).to(dev)
 
     encoder = run.backbone()
-    encoder.load_state_dict(pre_ckpt["encoder"])
+    if not from_scratch:
+        encoder.load_state_dict(pre_ckpt["encoder"])
     learner = MetaLearner(encoder, m.way, train_bn=m.bn == "affine").to(dev)
     learner.encoder.to(memory_format=devices.memory_format(dev))
     opt = torch.optim.Adam(

@@ -43,16 +43,26 @@ class Run:
     pre: Preprocess
 
     @classmethod
-    def open(cls, cfg: Config, stage: str, checkpoints: str | Path, *, quiet: bool = False) -> Run:
+    def open(
+        cls,
+        cfg: Config,
+        stage: str,
+        checkpoints: str | Path,
+        *,
+        quiet: bool = False,
+        folder: str | None = None,
+    ) -> Run:
+        """``folder`` (default: the stage's name) is where outputs go, under ``<checkpoints>/<name>/``."""
         checkpoints = Path(checkpoints).expanduser()
         device = devices.resolve(cfg.device)
         devices.seed_everything(cfg.seed)
-        out = checkpoint.stage_dir(checkpoints, cfg.name, stage)
+        folder = folder or stage
+        out = checkpoint.stage_dir(checkpoints, cfg.name, folder)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise MtlError(f"cannot write to {out}: {exc.strerror or exc}") from None
-        monitor = Monitor(checkpoints / cfg.name / "tb" / stage, stage, quiet=quiet)
+        monitor = Monitor(checkpoints / cfg.name / "tb" / folder, folder, quiet=quiet)
         pre = Preprocess(
             cfg.data.image_size, cfg.data.channels, cfg.data.mean, cfg.data.std, devices.memory_format(device)
         )
