@@ -53,12 +53,13 @@ def _stage_command(name: str, doc: str) -> click.Command:
     @_user_errors
     def command(pipeline: str, overrides: tuple[str, ...], checkpoints: str, quiet: bool) -> None:
         from mtl import config
-        from mtl.stages import metatest, metatrain, pretrain
+        from mtl.stages import ablate, metatest, metatrain, pretrain
 
         stages = {
             "pretrain": pretrain.pretrain,
             "metatrain": metatrain.metatrain,
             "metatest": metatest.metatest,
+            "ablate": ablate.ablate,
         }
         cfg = config.load(pipeline, overrides)
         stages[name](cfg, checkpoints, quiet=quiet)
@@ -76,4 +77,9 @@ main.add_command(_stage_command("pretrain", "Stage 1: pretrain the encoder on th
 main.add_command(_stage_command("metatrain", "Stage 2: meta-train SS weights and θ (needs pretrain)."))
 main.add_command(
     _stage_command("metatest", "Stage 3: accuracy ± 95% CI on fixed test episodes (needs metatrain).")
+)
+main.add_command(
+    _stage_command(
+        "ablate", "The ablation: NC, FT, MTL, MTL + HT (and from scratch) on one pretrained encoder."
+    )
 )

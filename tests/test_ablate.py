@@ -1,6 +1,9 @@
 import json
 
+from click.testing import CliRunner
+
 from mtl import config
+from mtl.cli import main
 from mtl.stages.ablate import FT, MTL, MTL_HT, NC, SCRATCH, ablate
 
 
@@ -30,3 +33,16 @@ def test_ablation_rows_share_one_pretrained_encoder_and_the_test_episodes(tiny_o
     assert (run / "pretrain" / "best.pt").stat().st_mtime_ns == stamp
     assert [r["method"] for r in again["rows"]] == [NC, FT, MTL, MTL_HT]
     assert again["rows"][:4] == saved["rows"][:4]  # same encoder, same seed, same episodes
+
+
+def test_ablate_is_a_cli_command(tiny_overrides, tmp_path):
+    result = CliRunner().invoke(main, ["ablate", "--help"])
+    assert result.exit_code == 0 and "MTL + HT" in result.output
+    sets = [
+        a for o in [*tiny_overrides, "ablation.episodes=20", "ablation.scratch=false"] for a in ("--set", o)
+    ]
+    result = CliRunner().invoke(
+        main, ["ablate", "pipelines/glyphs-1shot.yaml", *sets, "--checkpoints", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "| MTL + HT: hard-task meta-batches |" in result.output and "wall-clock:" in result.output
