@@ -6,7 +6,8 @@ One pretrained encoder (the pipeline's pretrain ``best.pt``, trained first if mi
 2. θ fine-tuned on the frozen pretrained features, no meta-training (the paper's "FT");
 3. MTL: SS + θ meta-trained, no hard tasks;
 4. MTL + HT: the same with hard-task meta-batches;
-5. (``ablation.scratch``) SS + θ meta-trained on a random, unpretrained encoder.
+5. (``ablation.scratch``) SS + θ meta-trained on a random, unpretrained encoder (batch norm learns its
+   statistics and affine weights meanwhile, ``meta.bn: affine``).
 
 Rows 3–5 are meta-trained here, into ``<checkpoints>/<name>/ablation/<variant>/``, with the pipeline's
 meta-training settings and seed; all rows are scored on ``ablation.episodes`` fixed test episodes.
@@ -33,8 +34,9 @@ MTL_HT = "MTL + HT: hard-task meta-batches"
 SCRATCH = "SS + θ meta-trained on a random encoder (no pretraining)"
 
 
-def _with_ht(cfg: Config, enabled: bool) -> Config:
-    meta = dataclasses.replace(cfg.meta, hard_tasks=dataclasses.replace(cfg.meta.hard_tasks, enabled=enabled))
+def _variant(cfg: Config, *, hard_tasks: bool, bn: str | None = None) -> Config:
+    ht = dataclasses.replace(cfg.meta.hard_tasks, enabled=hard_tasks)
+    meta = dataclasses.replace(cfg.meta, hard_tasks=ht, bn=bn or cfg.meta.bn)
     return dataclasses.replace(cfg, meta=meta)
 
 
@@ -45,11 +47,13 @@ def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool 
     if not pre_path.is_file():
         pretrain(cfg, checkpoints, quiet=quiet)
     variants = {
-        MTL: ("ablation/mtl", _with_ht(cfg, False), False),
-        MTL_HT: ("ablation/mtl-ht", _with_ht(cfg, True), False),
+        MTL: ("ablation/mtl", _variant(cfg, hard_tasks=False), False),
+        MTL_HT: ("ablation/mtl-ht", _variant(cfg, hard_tasks=True), False),
     }
     if cfg.ablation.scratch:
-        variants[SCRATCH] = ("ablation/scratch", _with_ht(cfg, False), True)
+        # A random encoder has no meaningful running statistics: let batch norm learn them (and its affine
+        # weights) during meta-training, as the official PyTorch code does.
+        variants[SCRATCH] = ("ablation/scratch", _variant(cfg, hard_tasks=False, bn="affine"), True)
     seconds, kept = {}, {}
     for method, (folder, variant_cfg, scratch) in variants.items():
         t0 = time.perf_counter()
