@@ -80,9 +80,7 @@ class _ResNetBase(nn.Module):
     num_classes: int
     drop_rate: float
     fc: nn.Module
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    # Subclasses define forward_features(x): (B, in_chans, H, W) -> (B, num_features, h, w).
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, C, h, w) feature map -> (B, C) pooled features, or (B, num_classes) logits."""

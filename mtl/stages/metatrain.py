@@ -196,6 +196,8 @@ def metatrain(
         run.check_finite(train_loss, f"epoch {epoch + 1}")
         acc, ci = meta_validate(learner, run, val, val_episodes)
         step = (epoch + 1) * batches
+        # Hard tasks count: they cost an encoder forward and backward like any other task.
+        tasks_per_s = batches * (m.meta_batch + ht.enabled * ht.per_batch) / max(elapsed[0], 1e-9)
         run.monitor.scalars(
             step,
             **{
@@ -203,9 +205,7 @@ def metatrain(
                 "train/query_acc": acc_sum / batches,
                 "train/lr_ss": lrs[0],
                 "train/lr_theta": lrs[1],
-                "train/tasks_per_s": batches
-                * (m.meta_batch + ht.enabled * ht.per_batch)
-                / max(elapsed[0], 1e-9),
+                "train/tasks_per_s": tasks_per_s,
                 "val/acc": acc,
                 "val/ci95": ci,
             },
@@ -221,7 +221,7 @@ def metatrain(
         run.monitor.line(
             f"epoch {epoch + 1}/{m.epochs}  query-loss {float(train_loss):.3f}  "
             f"query-acc {float(acc_sum) / batches:.1%}{hard_note}  val {acc:.2f} ± {ci:.2f}%"
-            f"{'  (best)' if improved else ''}  {batches * m.meta_batch / max(elapsed[0], 1e-9):.1f} tasks/s"
+            f"{'  (best)' if improved else ''}  {tasks_per_s:.1f} tasks/s"
         )
     run.monitor.close()
     return best
