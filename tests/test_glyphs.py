@@ -1,8 +1,15 @@
+"""The procedural glyphs dataset: splits, determinism, class identity, caching and parameter errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from mtl.data.cache import load_split
-from mtl.data.glyphs import ensure_glyphs, generate, render_class, split_class_ids
+from mtl.data.cache import load_manifest, load_split
+from mtl.data.glyphs import PRESETS, ensure_glyphs, generate, render_class, split_class_ids
 from mtl.errors import MtlError
 
 TINY = dict(classes=10, images_per_class=3, image_size=16, channels=3, seed=0)
@@ -12,7 +19,12 @@ def test_splits_follow_miniimagenet_proportions():
     ids = split_class_ids(100)
     assert [len(ids[s]) for s in ("train", "val", "test")] == [64, 16, 20]
     assert np.array_equal(np.concatenate([ids["train"], ids["val"], ids["test"]]), np.arange(100))
-    assert all(len(v) >= 1 for v in split_class_ids(3).values())
+    for n, expected in [(3, [1, 1, 1]), (4, [2, 1, 1]), (5, [3, 1, 1]), (10, [6, 2, 2]), (20, [13, 3, 4])]:
+        ids = split_class_ids(n)
+        assert [len(ids[s]) for s in ("train", "val", "test")] == expected
+        assert np.array_equal(np.concatenate(list(ids.values())), np.arange(n))
+    with pytest.raises(MtlError, match="glyphs classes must be an integer >= 3, got 2"):
+        split_class_ids(2)
 
 
 def test_generate_shapes_labels_and_names():
@@ -67,3 +79,77 @@ def test_bad_parameters_are_user_errors():
         generate(preset="medium", **TINY)
     with pytest.raises(MtlError, match="image_size"):
         generate(preset="easy", **{**TINY, "image_size": 2})
+
+
+def _nearest_centroid_accuracy(preset: str, classes: int = 6, per: int = 8, shot: int = 3) -> float:
+    """Raw-pixel nearest-centroid accuracy: ``shot`` support images per class, the rest are queries."""
+    x = np.stack(
+        [render_class(c, per, image_size=24, channels=1, preset=preset, seed=3) for c in range(classes)]
+    ).reshape(classes, per, -1)
+    x = x.astype(np.float64) / 255
+    x -= x.mean(-1, keepdims=True)
+    centroids = x[:, :shot].mean(1)  # (classes, D)
+    queries = x[:, shot:].reshape(-1, x.shape[-1])
+    dist = ((queries[:, None] - centroids[None]) ** 2).sum(-1)
+    return float((dist.argmin(1) == np.repeat(np.arange(classes), per - shot)).mean())
+
+
+def test_class_identity_is_visible_and_hard_is_harder():
+    easy, hard = _nearest_centroid_accuracy("easy"), _nearest_centroid_accuracy("hard")
+    assert easy >= 0.8  # same-class images look alike even in raw pixels
+    assert hard <= easy - 0.15  # distractors and stronger nuisances defeat raw pixels
+    assert hard > 1 / 6 + 0.1  # ... but the class is still there
+
+
+def test_images_are_anti_aliased_and_colour_varies():
+    grey = render_class(0, 6, image_size=32, channels=1, preset="easy", seed=0)
+    # Stroke edges give intermediate grey levels, not just ink and paper.
+    assert ((grey > 80) & (grey < 170)).mean() > 0.01
+    rgb = render_class(0, 6, image_size=32, channels=3, preset="easy", seed=0).astype(float)
+    paper = np.median(rgb.reshape(6, -1, 3), axis=1)  # (6, 3) background colour of each image
+    assert np.ptp(paper, axis=0).max() > 40
+
+
+def test_hard_draws_distractors(monkeypatch):
+    # The same images without their 1-2 short distractor strokes have less ink (same seeds, so the
+    # class strokes, pose and pen are identical).
+    kwargs = dict(image_size=24, channels=1, preset="hard", seed=0)
+    with_extra = render_class(4, 16, **kwargs)
+    monkeypatch.setitem(PRESETS, "hard", replace(PRESETS["hard"], distractors=(0, 0)))
+    without = render_class(4, 16, **kwargs)
+    assert (with_extra < 128).mean() > (without < 128).mean() * 1.05
+
+
+def test_ensure_glyphs_regenerates_invalid_or_different_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = ensure_glyphs(Path("~/cache"), preset="hard", **TINY)
+    assert root == tmp_path / "cache" / "glyphs-hard-c10-n3-s16-ch3-seed0"
+    recorded = load_manifest(root)["glyphs"]
+    assert recorded["preset"] == "hard" and recorded["style"]["distractors"] == [1, 2]
+    assert load_manifest(root)["source_format"] == "glyphs"
+    expected = load_split(root, "val", mmap=False).images
+
+    (root / "val_images.npy").write_bytes(b"garbage")  # a damaged cache is rebuilt
+    assert ensure_glyphs(tmp_path / "cache", preset="hard", **TINY) == root
+    assert np.array_equal(load_split(root, "val").images, expected)
+
+    other = ensure_glyphs(tmp_path / "cache", preset="hard", **{**TINY, "seed": 1})
+    assert other.name.endswith("seed1") and other != root
+    assert not np.array_equal(load_split(other, "val").images, expected)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"channels": 2}, "glyphs channels must be 1 \\(grey\\) or 3 \\(RGB\\), got 2"),
+        ({"image_size": 4}, "glyphs image_size must be an integer in 8..1024, got 4"),
+        ({"images_per_class": 0}, "glyphs images_per_class must be a positive integer, got 0"),
+        ({"classes": 1}, "glyphs classes must be an integer >= 3, got 1"),
+        ({"seed": -1}, "glyphs seed must be a non-negative integer, got -1"),
+        ({"preset": "medium"}, "unknown glyphs preset 'medium'; choose one of: easy, hard"),
+    ],
+)
+def test_ensure_glyphs_rejects_bad_parameters(tmp_path, change, message):
+    with pytest.raises(MtlError, match=message):
+        ensure_glyphs(tmp_path, **{"preset": "easy", **TINY, **change})
+    assert list(tmp_path.iterdir()) == []

@@ -19,9 +19,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -117,7 +118,7 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _write_file(path: Path, write) -> None:
+def _write_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
     with open(path, "wb") as f:
         write(f)
         f.flush()

@@ -17,6 +17,7 @@ import math
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,30 +39,32 @@ class GlyphStyle:
     noise: float  # std of additive pixel noise, intensities in [0, 1]
     contrast: float  # min luminance gap between ink and background
     distractors: tuple[int, int]  # range of random non-class strokes per image
+    light_ink: bool  # colour images may also draw light ink on dark paper
 
 
 PRESETS: dict[str, GlyphStyle] = {
     "easy": GlyphStyle(
         jitter=0.04, stroke_shift=0.03, rotation=10.0, scale=(0.9, 1.1), shear=0.1, shift=0.05,
-        width=(0.05, 0.08), noise=0.03, contrast=0.4, distractors=(0, 0),
+        width=(0.045, 0.07), noise=0.03, contrast=0.4, distractors=(0, 0), light_ink=False,
     ),
     "hard": GlyphStyle(
-        jitter=0.08, stroke_shift=0.06, rotation=25.0, scale=(0.8, 1.2), shear=0.25, shift=0.1,
-        width=(0.04, 0.09), noise=0.1, contrast=0.25, distractors=(1, 2),
+        jitter=0.08, stroke_shift=0.06, rotation=20.0, scale=(0.8, 1.2), shear=0.25, shift=0.08,
+        width=(0.035, 0.07), noise=0.1, contrast=0.25, distractors=(1, 2), light_ink=True,
     ),
 }  # fmt: skip
 SPLITS = ("train", "val", "test")
 _FRACTIONS = (0.64, 0.16)  # train / val share of the classes, the rest is test (miniImageNet: 64/16/20)
-_FILL = 0.36  # pixels per glyph unit / image size: the [-1, 1] box spans 72% of the image
+_FILL = 0.34  # pixels per glyph unit / image size: the [-1, 1] box spans 68% of the image
 _BOX = 0.85  # strokes end inside [-_BOX, _BOX]²
-_SPACING = 0.5  # max distance in pixels between curve samples of a typical segment
-_SEG_LENGTH = 2.0  # glyph units; bounds the length of almost every (jittered) cubic segment
+_SPACING = 0.75  # max distance in pixels between curve samples; the stamp error is < 0.1 px
+_DISTRACTOR_LENGTH = (0.3, 0.6)  # shorter than class strokes, so a person can still tell them apart
 _CHUNK = 1 << 22  # splat elements processed at once, bounds memory
 _MAX_SIZE = 1024
 _VERSION = 1  # bump when the drawing changes, so existing caches are regenerated
 
 
-def _check(preset: str, image_size: int, channels: int, seed: int) -> GlyphStyle:
+def _check(preset: str, image_size: int, channels: int, seed: int, images: int = 1) -> GlyphStyle:
+    """The preset's style, after checking every user-given parameter."""
     if preset not in PRESETS:
         raise MtlError(f"unknown glyphs preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     if not isinstance(image_size, int) or not 8 <= image_size <= _MAX_SIZE:
@@ -70,6 +73,8 @@ def _check(preset: str, image_size: int, channels: int, seed: int) -> GlyphStyle
         raise MtlError(f"glyphs channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     if not isinstance(seed, int) or seed < 0:
         raise MtlError(f"glyphs seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(images, int) or images < 1:
+        raise MtlError(f"glyphs images_per_class must be a positive integer, got {images!r}")
     return PRESETS[preset]
 
 
@@ -86,8 +91,14 @@ def split_class_ids(num_classes: int) -> dict[str, np.ndarray]:
 
 def _cubic(rng: np.random.Generator, start: np.ndarray, length: tuple[float, float]) -> np.ndarray:
     """``(4, 2)`` control points of a gently bent cubic from ``start`` in a random direction."""
-    angle, size = rng.uniform(0, 2 * np.pi), rng.uniform(*length)
-    end = np.clip(start + size * np.array([np.cos(angle), np.sin(angle)]), -_BOX, _BOX)
+    size = rng.uniform(*length)
+    for _ in range(20):  # a direction that stays inside the box, so strokes keep their length
+        angle = rng.uniform(0, 2 * np.pi)
+        end = start + size * np.array([np.cos(angle), np.sin(angle)])
+        if np.abs(end).max() <= _BOX:
+            break
+    else:
+        end = start - size * start / max(np.linalg.norm(start), 1e-6)  # towards the centre
     chord = end - start
     normal = np.array([-chord[1], chord[0]])
     bend = rng.uniform(-0.5, 0.5, size=2)
@@ -98,10 +109,10 @@ def _cubic(rng: np.random.Generator, start: np.ndarray, length: tuple[float, flo
 
 def _stroke(rng: np.random.Generator) -> np.ndarray:
     """``(4, 2)`` or ``(7, 2)`` control points: one cubic, or two chained ones sharing an end point."""
-    first = _cubic(rng, rng.uniform(-0.7, 0.7, size=2), (0.7, 1.4))
+    first = _cubic(rng, rng.uniform(-0.7, 0.7, size=2), (0.9, 1.5))
     if rng.random() < 0.5:
         return first
-    second = _cubic(rng, first[3], (0.5, 1.2))
+    second = _cubic(rng, first[3], (0.6, 1.2))
     if rng.random() < 0.5:  # smooth continuation; otherwise the chain keeps a corner
         tangent = first[3] - first[2]
         second[1] = (
@@ -123,12 +134,25 @@ def _class_template(seed: int, class_id: int) -> tuple[np.ndarray, np.ndarray, n
     return points, stroke_of, np.stack(segments)
 
 
+class _Draw(NamedTuple):
+    """The random choices of one image."""
+
+    cubics: np.ndarray  # (S, 4, 2) jittered class cubics, glyph units
+    extra: np.ndarray  # (D, 4, 2) distractor cubics; only the first `count` are drawn
+    count: int
+    affine: np.ndarray  # (2, 2) rotation @ shear, times scale
+    shift: np.ndarray  # (2,) pixels
+    width: float  # pen width, pixels
+    ink: np.ndarray  # (C,) in [0, 1]
+    paper: np.ndarray  # (C,) in [0, 1]
+    noise: np.ndarray  # (H, W, C) standard normal
+
+
 def _image_params(rng: np.random.Generator, template: tuple, style: GlyphStyle, channels: int, size: int):
-    """Random draws of one image, always in the same order: geometry, pen, distractors, colours, noise."""
+    """One image's draws, always in the same order: geometry, pen, distractors, colours, noise."""
     points, stroke_of, segments = template
     pts = points + style.jitter * rng.standard_normal(points.shape)
     pts += style.stroke_shift * rng.standard_normal((stroke_of.max() + 1, 2))[stroke_of]
-    cubics = pts[segments]  # (S, 4, 2)
     angle = np.deg2rad(rng.uniform(-style.rotation, style.rotation))
     scale, shear = rng.uniform(*style.scale), rng.uniform(-style.shear, style.shear)
     shift = rng.uniform(-style.shift, style.shift, size=2) * size
@@ -137,60 +161,73 @@ def _image_params(rng: np.random.Generator, template: tuple, style: GlyphStyle, 
     width = rng.uniform(*style.width) * size
     lo, hi = style.distractors
     count = rng.integers(lo, hi + 1) if hi else 0
-    extra = np.stack(
-        [_cubic(rng, rng.uniform(-0.7, 0.7, size=2), (0.5, 1.0)) for _ in range(hi)] or [cubics[:0]]
-    )
-    valid = np.concatenate([np.ones(len(cubics), bool), np.arange(hi) < count])
-    cubics = np.concatenate([cubics, extra.reshape(-1, 4, 2)])
-    ink, paper = _colours(rng, channels, style.contrast)
+    extra = [_cubic(rng, rng.uniform(-0.7, 0.7, size=2), _DISTRACTOR_LENGTH) for _ in range(hi)]
+    extra = np.stack(extra) if extra else np.zeros((0, 4, 2))
+    ink, paper = _colours(rng, channels, style)
     noise = rng.standard_normal((size, size, channels), dtype=np.float32)
-    return cubics @ affine.T, shift, width, valid, ink, paper, noise
+    return _Draw(pts[segments], extra, count, affine, shift, width, ink, paper, noise)
 
 
-def _colours(rng: np.random.Generator, channels: int, contrast: float) -> tuple[np.ndarray, np.ndarray]:
-    """Ink and background intensities ``(C,)`` in [0, 1] whose luminances differ by at least ``contrast``."""
+def _colours(rng: np.random.Generator, channels: int, style: GlyphStyle) -> tuple[np.ndarray, np.ndarray]:
+    """Ink and paper intensities ``(C,)`` in [0, 1], luminances at least ``style.contrast`` apart."""
     if channels == 1:  # dark ink on light paper
         return rng.uniform(0.0, 0.25, size=1), rng.uniform(0.75, 1.0, size=1)
     luma = np.array([0.299, 0.587, 0.114])
     paper = rng.uniform(0, 1, size=3)
-    for _ in range(100):
+    if not style.light_ink:  # dark ink needs light enough paper
+        paper = style.contrast + (1 - style.contrast) * paper
+    for _ in range(100):  # rejection sampling; almost always succeeds within a few draws
         ink = rng.uniform(0, 1, size=3)
-        if abs((ink - paper) @ luma) >= contrast:
+        gap = (paper - ink) @ luma
+        if gap >= style.contrast or (style.light_ink and -gap >= style.contrast):
             return ink, paper
-    return np.where(paper @ luma > 0.5, 0.0, 1.0) * np.ones(3), paper
+    return np.zeros(3), np.ones(3)
 
 
-def _splat(
-    cubics: np.ndarray, valid: np.ndarray, shift: np.ndarray, width: np.ndarray, size: int, radius: int
-):
-    """Anti-aliased ink coverage ``(n, size, size)`` in [0, 1] of ``n`` images' cubics ``(n, S, 4, 2)``.
+def _bound_samples(length: float, style: GlyphStyle, size: int) -> int:
+    """Samples per cubic so that a curve of up to ``length`` glyph units (before the affine) is sampled
+    every ``_SPACING`` pixels or closer."""
+    pixels = length * style.scale[1] * (1 + style.shear) * _FILL * size
+    return max(4, math.ceil(pixels / _SPACING))
 
-    Each curve is sampled densely and every sample stamps ``clip(width/2 + 0.5 - dist, 0, 1)`` on the
-    pixels around it, keeping the max per pixel, i.e. the coverage at the distance to the curve.
-    """
-    n, s = cubics.shape[:2]
-    samples = max(
-        8, math.ceil(_SEG_LENGTH * _FILL * size * max(PRESETS[p].scale[1] for p in PRESETS) / _SPACING)
-    )
+
+def _curve_points(cubics: np.ndarray, samples: int) -> np.ndarray:
+    """``(n, S * samples, 2)`` points evenly spaced in ``t`` along ``n`` images' cubics ``(n, S, 4, 2)``."""
     t = np.linspace(0.0, 1.0, samples)[:, None]
     bernstein = np.concatenate([(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t**2 * (1 - t), t**3], axis=1)
-    centre = size / 2 + shift[:, None, :]  # (n, 1, 2)
-    pts = np.einsum("tk,nskd->nstd", bernstein, cubics).reshape(n, s * samples, 2) * (_FILL * size) + centre
-    keep = np.repeat(valid, samples, axis=1)  # (n, M)
-    dy, dx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    offsets = np.stack([dx.ravel(), dy.ravel()], axis=1)  # (K, 2) as (x, y)
-    out = np.zeros(n * size * size, np.float32)
+    n, s = cubics.shape[:2]
+    return np.einsum("tk,nskd->nstd", bernstein, cubics).reshape(n, s * samples, 2)
+
+
+def _splat(points: np.ndarray, keep: np.ndarray, width: np.ndarray, size: int) -> np.ndarray:
+    """Anti-aliased ink coverage ``(n, size, size)`` in [0, 1] of dense curve samples.
+
+    Args:
+        points: ``(n, M, 2)`` curve samples as (x, y) pixel coordinates; pixel centres sit at ``i + 0.5``.
+        keep: ``(n, M)`` bool, False for samples of strokes an image does not draw.
+        width: ``(n,)`` pen width in pixels.
+
+    Every sample stamps ``clip(width/2 + 0.5 - dist, 0, 1)`` on the pixels around it, keeping the max per
+    pixel: with samples much closer than a pixel this is the coverage at the distance to the curve.
+    """
+    n, m = keep.shape
     half = (width / 2 + 0.5).astype(np.float32)
-    per_image = max(1, _CHUNK // (s * samples * len(offsets)))
-    for a in range(0, n, per_image):
-        q = pts[a : a + per_image].astype(np.float32)  # (b, M, 2), pixel centres sit at integer + 0.5
-        pix = np.floor(q).astype(np.int64)[:, :, None, :] + offsets  # (b, M, K, 2)
-        dist = np.linalg.norm(pix + 0.5 - q[:, :, None, :], axis=-1)
-        cov = np.clip(half[a : a + per_image, None, None] - dist, 0.0, 1.0)
-        inside = ((pix >= 0) & (pix < size)).all(-1) & keep[a : a + per_image, :, None] & (cov > 0)
-        image = np.arange(a, a + len(q))[:, None, None]
-        flat = (image * size + pix[..., 1]) * size + pix[..., 0]
-        np.maximum.at(out, flat[inside], cov[inside])
+    out = np.zeros(n * size * size, np.float32)
+    radius = math.ceil(half.max()) if n else 0  # stamps beyond reach of the widest pen add nothing
+    offsets = np.arange(-radius, radius + 1)
+    per_chunk = max(1, _CHUNK // (m * len(offsets) ** 2))
+    for a in range(0, n, per_chunk):
+        q = points[a : a + per_chunk].astype(np.float32)
+        pix = np.floor(q).astype(np.int32)[..., None] + offsets  # (b, M, 2, K) pixel column / row
+        # Squared distances per axis, infinite where the pixel is off the image or the sample unused.
+        d2 = (pix + 0.5 - q[..., None]) ** 2
+        d2[(pix < 0) | (pix >= size) | ~keep[a : a + per_chunk, :, None, None]] = np.inf
+        dist2 = d2[:, :, 1, :, None] + d2[:, :, 0, None, :]  # (b, M, K rows, K cols)
+        hit = dist2 < half[a : a + per_chunk, None, None, None] ** 2
+        i, s, r, c = np.nonzero(hit)
+        cov = np.minimum(half[a + i] - np.sqrt(dist2[hit]), 1.0)
+        flat = ((a + i) * size + pix[i, s, 1, r]) * size + pix[i, s, 0, c]
+        np.maximum.at(out, flat, cov)
     return out.reshape(n, size, size)
 
 
@@ -198,7 +235,7 @@ def render_class(
     class_id: int, n: int, *, image_size: int, channels: int, preset: str, seed: int
 ) -> np.ndarray:
     """The first ``n`` images of class ``class_id``: ``(n, image_size, image_size, channels)`` uint8."""
-    style = _check(preset, image_size, channels, seed)
+    style = _check(preset, image_size, channels, seed, n)
     template = _class_template(seed, class_id)
     stream = zlib.crc32(preset.encode())
     draws = [
@@ -207,9 +244,18 @@ def render_class(
         )
         for j in range(n)
     ]
-    cubics, shift, width, valid, ink, paper, noise = (np.stack(x) for x in zip(*draws, strict=True))
-    radius = math.ceil(style.width[1] * image_size / 2 + 0.5)
-    cov = _splat(cubics, valid, shift, width, image_size, radius)[..., None]  # (n, H, W, 1)
+    cubics, extra, count, affine, shift, width, ink, paper, noise = map(np.stack, zip(*draws, strict=True))
+    # Sample counts depend only on the class and the style, so an image never depends on its batch.
+    points, segments = template[0], template[2]
+    longest = np.abs(np.diff(points[segments], axis=1)).sum(-1).sum(-1).max() + 6 * style.jitter
+    class_pts = _curve_points(cubics, _bound_samples(longest, style, image_size))
+    extra_samples = _bound_samples(2.25 * _DISTRACTOR_LENGTH[1], style, image_size)
+    extra_pts = _curve_points(extra, extra_samples)
+    extra_keep = np.repeat(np.arange(extra.shape[1]) < count[:, None], extra_samples, axis=1)
+    keep = np.concatenate([np.ones(class_pts.shape[:2], bool), extra_keep], axis=1)
+    centre = image_size / 2 + shift[:, None, :]
+    points = np.concatenate([class_pts, extra_pts], axis=1) @ affine.transpose(0, 2, 1) * (_FILL * image_size)
+    cov = _splat(points + centre, keep, width, image_size)[..., None]  # (n, H, W, 1)
     img = paper[:, None, None, :] + (ink - paper)[:, None, None, :] * cov + style.noise * noise
     return np.rint(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
 
@@ -218,9 +264,7 @@ def generate(
     *, classes: int, images_per_class: int, image_size: int, channels: int, preset: str, seed: int
 ) -> dict[str, Split]:
     """All three splits; each split's labels are ``0..K-1`` over its own classes, named ``glyph-0042``."""
-    _check(preset, image_size, channels, seed)
-    if not isinstance(images_per_class, int) or images_per_class < 1:
-        raise MtlError(f"glyphs images_per_class must be a positive integer, got {images_per_class!r}")
+    _check(preset, image_size, channels, seed, images_per_class)
     splits = {}
     for name, ids in split_class_ids(classes).items():
         images = np.empty((len(ids) * images_per_class, image_size, image_size, channels), np.uint8)
@@ -241,7 +285,7 @@ def ensure_glyphs(
         classes=classes, images_per_class=images_per_class, image_size=image_size,
         channels=channels, preset=preset, seed=seed,
     )  # fmt: skip
-    style = _check(preset, image_size, channels, seed)
+    style = _check(preset, image_size, channels, seed, images_per_class)
     split_class_ids(classes)
     name = f"glyphs-{preset}-c{classes}-n{images_per_class}-s{image_size}-ch{channels}-seed{seed}"
     dest = Path(root).expanduser() / name
