@@ -19,10 +19,9 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -118,15 +117,11 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _write_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def _write_json(path: Path, obj: Any) -> None:
     with open(path, "wb") as f:
-        write(f)
+        f.write((json.dumps(obj, indent=2) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _write_file(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def save_dataset(
@@ -138,7 +133,6 @@ def save_dataset(
     complete, so an interrupted write never leaves a ``dest`` that :func:`load_split` accepts.
     """
     dest = Path(dest).expanduser()
-    extra = dict(extra or {})
     if not splits:
         raise ValueError("no splits to save")
     for name, split in splits.items():
@@ -149,36 +143,56 @@ def save_dataset(
     shapes = {split.image_shape for split in splits.values()}
     if len(shapes) != 1:
         raise ValueError(f"all splits must share one image shape, got {sorted(shapes)}")
-    if clash := sorted(set(extra) & set(_RESERVED)):
+    if clash := sorted(set(extra or {}) & set(_RESERVED)):
         raise ValueError(f"extra manifest keys {clash} clash with reserved keys")
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         for name, split in splits.items():
-            _write_file(tmp / f"{name}_images.npy", lambda f, s=split: np.save(f, s.images))
-            _write_file(tmp / f"{name}_labels.npy", lambda f, s=split: np.save(f, s.labels))
-            _write_json(tmp / f"{name}_classes.json", split.class_names)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "source_format": source_format,
-            "image_shape": list(shapes.pop()),
-            "splits": {
-                name: {"classes": s.num_classes, "images": len(s), "image_shape": list(s.image_shape)}
-                for name, s in splits.items()
-            },
-            "fingerprint": dataset_fingerprint(splits),
-            **extra,
-        }
-        _write_json(tmp / MANIFEST, manifest)
-        _fsync_dir(tmp)
-        _swap_in(tmp, dest, old)
+            np.save(tmp / f"{name}_images.npy", split.images)
+            np.save(tmp / f"{name}_labels.npy", split.labels)
+        write_manifest(tmp, splits, source_format=source_format, extra=extra)
+        swap_in(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def write_manifest(
+    folder: Path, splits: dict[str, Split], *, source_format: str, extra: dict | None = None
+) -> None:
+    """Write the class-name files and, last, ``manifest.json`` into ``folder``, whose ``.npy`` arrays
+    already hold ``splits``; fsyncs everything so the folder can be swapped in."""
+    extra = dict(extra or {})
+    if clash := sorted(set(extra) & set(_RESERVED)):
+        raise ValueError(f"extra manifest keys {clash} clash with reserved keys")
+    for name, split in splits.items():
+        _write_json(folder / f"{name}_classes.json", split.class_names)
+    for path in folder.glob("*.npy"):
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+    (shape,) = {split.image_shape for split in splits.values()}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "source_format": source_format,
+        "image_shape": list(shape),
+        "splits": {
+            name: {"classes": s.num_classes, "images": len(s), "image_shape": list(s.image_shape)}
+            for name, s in splits.items()
+        },
+        "fingerprint": dataset_fingerprint(splits),
+        **extra,
+    }
+    _write_json(folder / MANIFEST, manifest)
+    _fsync_dir(folder)
+
+
+def swap_in(new: Path, dest: Path) -> None:
+    """Move the complete folder ``new`` to ``dest``, replacing any previous ``dest``."""
+    _swap_in(new, dest, dest.parent / f".{dest.name}.old-{os.getpid()}")
 
 
 def _swap_in(new: Path, dest: Path, old: Path) -> None:

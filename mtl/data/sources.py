@@ -7,6 +7,7 @@ from pathlib import Path
 from mtl.config import DataConfig
 from mtl.data.cache import Split, load_manifest, load_split
 from mtl.data.glyphs import ensure_glyphs
+from mtl.errors import MtlError
 
 
 def dataset_dir(data: DataConfig) -> Path:
@@ -28,5 +29,9 @@ def dataset_dir(data: DataConfig) -> Path:
 def load_splits(data: DataConfig, names: tuple[str, ...]) -> dict[str, Split]:
     """Load the named splits (memory-mapped) of the pipeline's dataset."""
     root = dataset_dir(data)
-    load_manifest(root)
+    prepared = load_manifest(root).get("dataset")
+    if data.dataset != "glyphs" and prepared is not None and prepared != data.dataset:
+        raise MtlError(
+            f"{root} holds a prepared {prepared} dataset, but the pipeline says data.dataset: {data.dataset}"
+        )
     return {name: load_split(root, name) for name in names}

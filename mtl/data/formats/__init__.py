@@ -1,0 +1,30 @@
+"""Readers of the dataset formats in circulation, one module per dataset.
+
+Each reader takes the source path and returns ``(source_format, {split: SplitSource})``, detecting
+which of its dataset's layouts the source is in and failing with one line naming the path otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mtl.data.formats import fc100, folder, miniimagenet, omniglot, tieredimagenet
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset's reader and its standard prepared image size and channel count."""
+
+    read: Callable
+    image_size: int
+    channels: int = 3
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "miniimagenet": DatasetSpec(miniimagenet.read, 84),
+    "fc100": DatasetSpec(fc100.read, 32),
+    "tieredimagenet": DatasetSpec(tieredimagenet.read, 84),
+    "omniglot": DatasetSpec(omniglot.read, 28, channels=1),
+    "folder": DatasetSpec(folder.read, 84),
+}

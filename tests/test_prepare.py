@@ -1,0 +1,188 @@
+"""`mtl data prepare folder` and `mtl data info`: the prepared layout, the class split, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fakes import pattern_images, write_image
+
+from mtl.cli import main
+from mtl.data.cache import load_manifest, load_split
+from mtl.data.prepare import prepare
+
+
+def own_images(root: Path, classes: int = 10, per_class: int = 4, size: int = 24) -> dict[str, np.ndarray]:
+    """``root/<class>/<i>.png``; returns the pixels written per class."""
+    written = {}
+    for c in range(classes):
+        name = f"class_{chr(ord('j') - c)}"  # reverse alphabetical creation order
+        pixels = pattern_images(per_class, size, seed=c)
+        for i, img in enumerate(pixels):
+            write_image(root / name / f"{i}.png", img)
+        written[name] = pixels
+    return written
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_folder_without_splits_is_split_by_class_with_a_seeded_ratio(tmp_path):
+    written = own_images(tmp_path / "own")
+    report = prepare("folder", tmp_path / "own", tmp_path / "prep", image_size=24, workers=1)
+    assert report.source_format == "folder-classes"
+    splits = {s: load_split(tmp_path / "prep", s) for s in ("train", "val", "test")}
+    assert [splits[s].num_classes for s in splits] == [6, 2, 2]  # round(0.64*10), round(0.16*10), rest
+    names = [n for s in splits.values() for n in s.class_names]
+    assert sorted(names) == sorted(written)  # every class in exactly one split
+    for split in splits.values():
+        assert split.class_names == sorted(split.class_names)
+        assert split.image_shape == (24, 24, 3)
+        assert np.bincount(split.labels).tolist() == [4] * split.num_classes
+        for label, name in enumerate(split.class_names):
+            # PNG is lossless and the size unchanged: the stored pixels are the files' pixels.
+            np.testing.assert_array_equal(split.images[split.labels == label], written[name])
+    again = prepare("folder", tmp_path / "own", tmp_path / "prep2", image_size=24, workers=1)
+    assert load_manifest(again.dest)["fingerprint"] == load_manifest(report.dest)["fingerprint"]
+    other = prepare("folder", tmp_path / "own", tmp_path / "prep3", image_size=24, seed=1, workers=1)
+    assert load_split(other.dest, "test").class_names != splits["test"].class_names
+
+
+def test_folder_with_split_folders_and_resizing(tmp_path):
+    for split, classes in (("train", "abcd"), ("validation", "ef"), ("test", "gh")):
+        for c in classes:
+            for i, img in enumerate(pattern_images(3, 40, seed=ord(c))):
+                write_image(tmp_path / "src" / split / c / f"{i}.jpg", img)
+    report = prepare("folder", tmp_path / "src", tmp_path / "prep", workers=1)
+    assert report.source_format == "folder-splits"
+    val = load_split(tmp_path / "prep", "val")
+    assert val.class_names == ["e", "f"] and val.image_shape == (84, 84, 3)
+    src = pattern_images(3, 40, seed=ord("e"))
+    assert np.abs(val.images[0].mean((0, 1)) - src[0].mean((0, 1))).max() < 4  # colour kept (RGB order)
+
+
+def test_cli_prepare_and_info(tmp_path):
+    own_images(tmp_path / "own")
+    result = invoke(
+        "data",
+        "prepare",
+        "folder",
+        "--source",
+        tmp_path / "own",
+        "--dest",
+        tmp_path / "prep",
+        "--image-size",
+        16,
+        "--split",
+        "0.6,0.2,0.2",
+        "--workers",
+        1,
+    )
+    assert result.exit_code == 0, result.output
+    assert "train     6 classes       24 images" in result.output
+    info = invoke("data", "info", tmp_path / "prep", "--json")
+    manifest = json.loads(info.output)
+    assert manifest["splits"]["test"] == {"classes": 2, "images": 8, "image_shape": [16, 16, 3]}
+    assert manifest["dataset"] == "folder" and manifest["source_format"] == "folder-classes"
+    assert "fingerprint" in invoke("data", "info", tmp_path / "prep").output
+
+
+def test_skip_bad_counts_undecodable_images(tmp_path):
+    own_images(tmp_path / "own")
+    (tmp_path / "own" / "class_j" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    result = invoke(
+        "data",
+        "prepare",
+        "folder",
+        "--source",
+        tmp_path / "own",
+        "--dest",
+        tmp_path / "prep",
+        "--skip-bad",
+        "--workers",
+        1,
+    )
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 undecodable images" in result.output and "broken.jpg" in result.output
+    assert load_manifest(tmp_path / "prep")["skipped"] == 1
+    total = sum(len(load_split(tmp_path / "prep", s)) for s in ("train", "val", "test"))
+    assert total == 40
+
+
+def test_a_failed_prepare_leaves_the_previous_dataset(tmp_path):
+    own_images(tmp_path / "own")
+    assert (
+        invoke(
+            "data", "prepare", "folder", "--source", tmp_path / "own", "--dest", tmp_path / "prep"
+        ).exit_code
+        == 0
+    )
+    before = load_manifest(tmp_path / "prep")
+    (tmp_path / "own" / "class_a" / "bad.png").write_bytes(b"garbage")
+    result = invoke("data", "prepare", "folder", "--source", tmp_path / "own", "--dest", tmp_path / "prep")
+    assert result.exit_code == 2
+    assert load_manifest(tmp_path / "prep") == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
+
+
+def _make(tmp_path: Path, case: str) -> tuple[list, str]:
+    own = tmp_path / "own"
+    if case == "missing source":
+        return ["folder", "--source", tmp_path / "nope"], "source not found: "
+    own_images(own)
+    if case == "undecodable image":
+        (own / "class_c" / "x.jpg").write_bytes(b"not a jpeg")
+        return ["folder", "--source", own], "class_c/x.jpg: cannot decode image"
+    if case == "unknown layout":
+        (tmp_path / "flat").mkdir()
+        write_image(tmp_path / "flat" / "a.png", pattern_images(1, 8, 0)[0])
+        return ["folder", "--source", tmp_path / "flat"], "flat: no class folders with images"
+    if case == "too few classes for the split":
+        return [
+            "folder",
+            "--source",
+            own,
+            "--split",
+            "0.9,0.05,0.05",
+        ], "leaves 1 of the 10 classes for the val split"
+    if case == "bad split syntax":
+        return ["folder", "--source", own, "--split", "a,b"], "expected three fractions"
+    if case == "split not summing to 1":
+        return ["folder", "--source", own, "--split", "0.5,0.2,0.2"], "three fractions summing to 1"
+    if case == "unknown dataset":
+        return ["imagenet21k", "--source", own], "'imagenet21k' is not one of"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing source",
+        "undecodable image",
+        "unknown layout",
+        "too few classes for the split",
+        "bad split syntax",
+        "split not summing to 1",
+        "unknown dataset",
+    ],
+)
+def test_bad_input_ends_with_one_line_and_exit_2(tmp_path, case):
+    args, message = _make(tmp_path, case)
+    result = invoke("data", "prepare", *args, "--dest", tmp_path / "prep", "--workers", 1)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "prep").exists()
+
+
+def test_info_on_a_folder_that_is_not_prepared(tmp_path):
+    result = invoke("data", "info", tmp_path)
+    assert result.exit_code == 2
+    assert (
+        result.output.strip()
+        == f"error: no prepared dataset at {tmp_path} (manifest.json missing); run `mtl data prepare` first"
+    )
