@@ -1,5 +1,6 @@
 # mtl: `make pretrain metatrain metatest` runs the whole method; `make test` runs the tests.
 # PIPELINE picks the experiment, ARGS passes extra CLI options (e.g. ARGS="--set meta.shot=5").
+# `make data DATASET=miniimagenet SOURCE=~/Downloads/mini` prepares a dataset where the pipelines look.
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -8,11 +9,14 @@ PIPELINE    ?= pipelines/glyphs-1shot.yaml
 CHECKPOINTS ?= checkpoints
 ARGS        ?=
 PORT        ?= 6006
+DATASET     ?= folder
+SOURCE      ?=
+DEST        ?= $(HOME)/.cache/mtl/$(DATASET)
 
 STAMP := $(VENV)/.installed
 RUN   := $(BIN)/mtl
 
-.PHONY: setup pretrain metatrain metatest ablation test lint tensorboard clean
+.PHONY: setup pretrain metatrain metatest ablation data report test lint tensorboard clean
 
 setup: $(STAMP)
 
@@ -26,6 +30,13 @@ pretrain metatrain metatest: $(STAMP)
 
 ablation: $(STAMP)
 	$(RUN) ablate $(PIPELINE) --checkpoints $(CHECKPOINTS) $(ARGS)
+
+data: $(STAMP)
+	@test -n "$(SOURCE)" || { echo "error: set SOURCE, e.g. make data DATASET=miniimagenet SOURCE=~/Downloads/mini" >&2; exit 2; }
+	$(RUN) data prepare $(DATASET) --source $(SOURCE) --dest $(DEST) $(ARGS)
+
+report: $(STAMP)
+	$(RUN) report $(CHECKPOINTS) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest $(ARGS)

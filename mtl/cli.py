@@ -3,6 +3,10 @@
     mtl pretrain  pipelines/glyphs-1shot.yaml [--set key=value ...] [--checkpoints DIR]
     mtl metatrain pipelines/glyphs-1shot.yaml
     mtl metatest  pipelines/glyphs-1shot.yaml
+    mtl data prepare miniimagenet --source ~/Downloads/mini --dest ~/.cache/mtl/miniimagenet
+    mtl data info ~/.cache/mtl/miniimagenet
+    mtl report [CHECKPOINTS]
+    mtl adapt --checkpoint checkpoints/<name>/metatrain/best.pt --support DIR --query DIR
 
 A mistake a user can make ends with one line on stderr and exit status 2, without a traceback.
 """
@@ -83,3 +87,118 @@ main.add_command(
         "ablate", "The ablation: NC, FT, MTL, MTL + HT (and from scratch) on one pretrained encoder."
     )
 )
+
+
+@main.group()
+def data() -> None:
+    """Prepare a dataset (miniImageNet, FC100, tieredImageNet, Omniglot, your own folder) and inspect it."""
+
+
+def _fractions(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected three fractions like 0.64,0.16,0.2, got {value!r}") from None
+
+
+@data.command("prepare")
+@click.argument(
+    "dataset", type=click.Choice(["miniimagenet", "fc100", "tieredimagenet", "omniglot", "folder"])
+)
+@click.option("--source", required=True, type=click.Path(), help="What you downloaded (folder or file).")
+@click.option("--dest", required=True, type=click.Path(), help="The prepared dataset folder to write.")
+@click.option(
+    "--image-size", type=click.IntRange(min=8), help="Square size (default: the dataset's standard)."
+)
+@click.option(
+    "--split", callback=_fractions, metavar="TRAIN,VAL,TEST", help="folder: class fractions [0.64,0.16,0.2]."
+)
+@click.option("--seed", default=0, help="folder: seed of the class split.")
+@click.option("--skip-bad", is_flag=True, help="Skip undecodable images (counted in the report).")
+@click.option("--workers", type=click.IntRange(min=1), help="Decoding processes [all cores].")
+@click.option("--quiet", is_flag=True, help="No progress or report.")
+@_user_errors
+def data_prepare(
+    dataset: str,
+    source: str,
+    dest: str,
+    image_size: int | None,
+    split: tuple[float, ...] | None,
+    seed: int,
+    skip_bad: bool,
+    workers: int | None,
+    quiet: bool,
+) -> None:
+    """Convert DATASET at --source (any supported layout, auto-detected) into a prepared dataset."""
+    from mtl.data.prepare import prepare
+
+    report = prepare(
+        dataset,
+        source,
+        dest,
+        image_size=image_size,
+        split=split,
+        seed=seed,
+        skip_bad=skip_bad,
+        workers=workers,
+        quiet=quiet,
+    )
+    if not quiet:
+        click.echo("\n".join(report.lines()))
+
+
+@data.command("info")
+@click.argument("folder", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@_user_errors
+def data_info(folder: str, as_json: bool) -> None:
+    """Print the manifest of the prepared dataset in FOLDER."""
+    import json
+
+    from mtl.data.cache import load_manifest
+
+    manifest = load_manifest(folder)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    click.echo(
+        f"{folder}: {manifest.get('dataset', '?')} from {manifest['source_format']}, "
+        f"fingerprint {manifest['fingerprint']}"
+    )
+    for name, s in manifest["splits"].items():
+        click.echo(f"  {name:<5} {s['classes']:>5} classes {s['images']:>8} images  {s['image_shape']}")
+
+
+@main.command()
+@click.argument("checkpoints", type=click.Path(file_okay=False), default="checkpoints", required=False)
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the table to this Markdown file.")
+@_user_errors
+def report(checkpoints: str, out: str | None) -> None:
+    """Collect every finished metatest under CHECKPOINTS into one table laid out like the paper's."""
+    from mtl.report import collect
+
+    table = collect(checkpoints)
+    click.echo(table)
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(table + "\n")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A metatrain best.pt.")
+@click.option("--support", required=True, type=click.Path(file_okay=False), help="DIR/<class>/*.jpg")
+@click.option(
+    "--query", required=True, type=click.Path(file_okay=False), help="Flat folder or class folders."
+)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write per-image predictions to this CSV.")
+@click.option("--steps", type=click.IntRange(min=0), help="Inner-loop steps [the checkpoint's test setting].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@_user_errors
+def adapt(checkpoint: str, support: str, query: str, out: str | None, steps: int | None, device: str) -> None:
+    """Few-shot classification of your own images with a meta-trained model."""
+    from mtl.adapt import adapt as run_adapt
+
+    run_adapt(checkpoint, support, query, out=out, steps=steps, device=device)

@@ -78,6 +78,10 @@ class PretrainConfig:
     label_smoothing: float = _opt(0.0, min=0.0)
     augment: AugmentConfig = _opt(AugmentConfig())
     val_episodes: int = _opt(600, min=1, doc="few-shot validation episodes after each epoch")
+    val_shot: int | None = _opt(None, min=1, doc="shot of that validation (default: meta.shot)")
+    name: str | None = _opt(
+        None, doc="run folder of this stage (default: name); pipelines that share it share one pretrain"
+    )
 
 
 @dataclass
@@ -145,15 +149,15 @@ class Config:
     ablation: AblationConfig = _opt(AblationConfig())
     paper: PaperConfig = _opt(PaperConfig(), doc="the published number for this setting, printed beside ours")
 
+    def run_name(self, stage: str) -> str:
+        """The run folder under the checkpoints dir that holds ``stage``'s outputs."""
+        return (self.pretrain.name or self.name) if stage == "pretrain" else self.name
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_yaml())
 
 
 # --------------------------------------------------------------------------- loading

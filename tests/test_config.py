@@ -34,7 +34,7 @@ def test_extends_merges_sections_and_set_overrides_win(tmp_path):
 
 def test_resolved_config_round_trips(tmp_path):
     cfg = config.load(None, ["meta.shot=5", "backbone.widths=[8,16,32,64]", "pretrain.lr=1"])
-    cfg.save(tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml())
     again = config.load(tmp_path / "config.yaml")
     assert again == cfg and isinstance(again.pretrain.lr, float)
 

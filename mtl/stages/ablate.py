@@ -43,7 +43,7 @@ def _variant(cfg: Config, *, hard_tasks: bool, bn: str | None = None) -> Config:
 def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
     """Run the ablation; writes ``ablation/results.json`` (metatest's shape plus wall-clock seconds)."""
     start = time.perf_counter()
-    pre_path = checkpoint.stage_dir(checkpoints, cfg.name, "pretrain") / "best.pt"
+    pre_path = checkpoint.stage_dir(checkpoints, cfg.run_name("pretrain"), "pretrain") / "best.pt"
     if not pre_path.is_file():
         pretrain(cfg, checkpoints, quiet=quiet)
     variants = {

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtl import checkpoint
 from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import TrainAugment
 from mtl.data.episodes import check_episode_shape, fixed_episodes
 from mtl.data.sources import load_splits
+from mtl.errors import MtlError
 from mtl.evaluate import mean_ci, nearest_centroid
 from mtl.monitor import timer
 from mtl.stages.run import Run
@@ -31,15 +33,54 @@ def _scheduler(cfg: Config, opt: torch.optim.Optimizer) -> torch.optim.lr_schedu
     return torch.optim.lr_scheduler.StepLR(opt, step_size=p.step_size, gamma=p.gamma)
 
 
+def _setting(config: dict) -> tuple:
+    """What a pretrain's result depends on; pipelines equal here can share one pretrain run."""
+    p = {k: v for k, v in config["pretrain"].items() if k != "name"}
+    shot = p["val_shot"] or config["meta"]["shot"]
+    return (
+        config["seed"],
+        config["data"],
+        config["backbone"],
+        p,
+        config["meta"]["way"],
+        shot,
+        config["test"]["query"],
+    )
+
+
+def finished(run: Run) -> dict | None:
+    """The kept metric of a finished pretrain of the same setting in this run folder, else None."""
+    try:
+        last = checkpoint.load(run.out / "last.pt", stage="pretrain")
+        done = last["metric"]["epoch"] == run.cfg.pretrain.epochs
+        if done and _setting(last["config"]) == _setting(run.cfg.to_dict()):
+            return checkpoint.load(run.out / "best.pt", stage="pretrain")["metric"]
+    except (MtlError, KeyError, TypeError):
+        pass  # no, unreadable or foreign checkpoint: train
+    return None
+
+
 def pretrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
-    """Run pretraining; returns ``{"val_acc", "val_ci95", "epoch"}`` of the kept (best) encoder."""
+    """Run pretraining; returns ``{"val_acc", "val_ci95", "epoch"}`` of the kept (best) encoder.
+
+    A finished pretrain of the same setting in the run folder (e.g. shared by a dataset's 1- and 5-shot
+    pipelines through ``pretrain.name``) is reused, not repeated.
+    """
     run = Run.open(cfg, "pretrain", checkpoints, quiet=quiet)
+    if (done := finished(run)) is not None:
+        run.monitor.line(
+            f"reusing the finished pretrain in {run.out} (same settings; kept epoch {done['epoch']}, "
+            f"val {done['val_acc']:.2f} ± {done['val_ci95']:.2f}%); delete that folder to train again"
+        )
+        run.monitor.close()
+        return done
     p, m, dev = cfg.pretrain, cfg.meta, run.device
+    shot = p.val_shot or m.shot
     splits = load_splits(cfg.data, ("train", "val"))
     train, val = splits["train"], splits["val"]
-    check_episode_shape(val.labels, m.way, m.shot, cfg.test.query, split="val", class_names=val.class_names)
+    check_episode_shape(val.labels, m.way, shot, cfg.test.query, split="val", class_names=val.class_names)
     val_episodes = torch.from_numpy(
-        fixed_episodes(val.labels, m.way, m.shot, cfg.test.query, p.val_episodes, seed=cfg.seed + 1)
+        fixed_episodes(val.labels, m.way, shot, cfg.test.query, p.val_episodes, seed=cfg.seed + 1)
     ).to(dev)
 
     model = run.backbone().to(dev, memory_format=devices.memory_format(dev))
@@ -92,7 +133,7 @@ def pretrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
             run.monitor.images("train/batch", images[idx[:32]], 0)
 
         feats = run.features(model, val.images)
-        acc, ci = mean_ci(nearest_centroid(feats, val_episodes, m.shot))
+        acc, ci = mean_ci(nearest_centroid(feats, val_episodes, shot))
         step = (epoch + 1) * steps
         run.monitor.scalars(
             step,
@@ -119,7 +160,7 @@ def pretrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
         run.monitor.line(
             f"epoch {epoch + 1}/{p.epochs}  loss {float(train_loss):.3f}  "
             f"train-acc {float(correct) / (steps * batch):.1%}  "
-            f"val {m.way}-way {m.shot}-shot {acc:.2f} ± {ci:.2f}%{'  (best)' if improved else ''}  "
+            f"val {m.way}-way {shot}-shot {acc:.2f} ± {ci:.2f}%{'  (best)' if improved else ''}  "
             f"{steps * batch / max(elapsed[0], 1e-9):.0f} img/s"
         )
     run.monitor.close()

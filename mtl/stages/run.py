@@ -57,12 +57,12 @@ class Run:
         device = devices.resolve(cfg.device)
         devices.seed_everything(cfg.seed)
         folder = folder or stage
-        out = checkpoint.stage_dir(checkpoints, cfg.name, folder)
+        out = checkpoint.stage_dir(checkpoints, cfg.run_name(stage), folder)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise MtlError(f"cannot write to {out}: {exc.strerror or exc}") from None
-        monitor = Monitor(checkpoints / cfg.name / "tb" / folder, folder, quiet=quiet)
+        monitor = Monitor(checkpoints / cfg.run_name(stage) / "tb" / folder, folder, quiet=quiet)
         pre = Preprocess(
             cfg.data.image_size, cfg.data.channels, cfg.data.mean, cfg.data.std, devices.memory_format(device)
         )
@@ -70,7 +70,7 @@ class Run:
 
     def previous(self, stage: str) -> dict:
         """The ``best.pt`` of an earlier stage of this pipeline, checked against this config."""
-        path = checkpoint.stage_dir(self.checkpoints, self.cfg.name, stage) / "best.pt"
+        path = checkpoint.stage_dir(self.checkpoints, self.cfg.run_name(stage), stage) / "best.pt"
         ckpt = checkpoint.load(path, stage=stage)
         checkpoint.check_compatible(ckpt, self.cfg.to_dict(), path, MODEL_KEYS)
         return ckpt

@@ -1,0 +1,57 @@
+"""The paper's pipelines: each loads, carries the published number, and shots share one pretrain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mtl import config
+from mtl.stages.pretrain import _setting
+
+PIPELINES = Path(__file__).parent.parent / "pipelines"
+# (dataset, shot, published accuracy, ci95): the MTL + HT rows of REFERENCE §6;
+# tieredImageNet from the official TF code.
+PAPER = {
+    "miniimagenet-1shot": ("miniimagenet", 1, 61.2, 1.8),
+    "miniimagenet-5shot": ("miniimagenet", 5, 75.5, 0.8),
+    "fc100-1shot": ("fc100", 1, 45.1, 1.8),
+    "fc100-5shot": ("fc100", 5, 57.6, 0.9),
+    "fc100-10shot": ("fc100", 10, 63.4, 0.8),
+    "tieredimagenet-1shot": ("tieredimagenet", 1, 65.6, 1.8),
+    "tieredimagenet-5shot": ("tieredimagenet", 5, 80.6, 0.9),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_pipeline(name):
+    cfg = config.load(PIPELINES / f"{name}.yaml")
+    dataset, shot, acc, ci = PAPER[name]
+    assert cfg.name == name and cfg.data.dataset == dataset
+    assert (cfg.meta.way, cfg.meta.shot, cfg.meta.query, cfg.test.query, cfg.test.episodes) == (
+        5,
+        shot,
+        15,
+        15,
+        600,
+    )
+    assert (cfg.paper.acc, cfg.paper.ci95) == (acc, ci)
+    assert cfg.backbone.name == "resnet12_paper" and cfg.meta.hard_tasks.enabled
+    assert cfg.data.image_size == (32 if dataset == "fc100" else 84)
+    assert cfg.data.root == f"~/.cache/mtl/{dataset}"
+    # The official PyTorch inner loop and meta-optimiser.
+    assert (cfg.meta.inner_steps, cfg.meta.inner_lr, cfg.meta.lr_ss, cfg.meta.lr_theta) == (
+        100,
+        0.01,
+        1e-4,
+        1e-3,
+    )
+    assert cfg.run_name("pretrain") == dataset and cfg.run_name("metatrain") == name
+
+
+@pytest.mark.parametrize("dataset", ["miniimagenet", "fc100", "tieredimagenet"])
+def test_all_shots_of_a_dataset_share_one_pretrain(dataset):
+    configs = [config.load(PIPELINES / f"{n}.yaml") for n in PAPER if n.startswith(dataset)]
+    assert len(configs) >= 2
+    assert len({c.run_name("pretrain") for c in configs}) == 1
+    assert len({repr(_setting(c.to_dict())) for c in configs}) == 1

@@ -1,0 +1,64 @@
+"""`mtl report`: every finished metatest in one table laid out like the paper's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from mtl.cli import main
+
+
+def fake_metatest(ckpts: Path, name: str, dataset: str, shot: int, mtl: float, paper: float | None) -> None:
+    out = ckpts / name / "metatest"
+    out.mkdir(parents=True)
+    rows = [
+        {"method": "MTL (SS + meta-learned θ)", "acc": mtl, "ci95": 0.8},
+        {"method": "nearest centroid, raw pixels", "acc": 25.0, "ci95": 0.5},
+    ]
+    results = {
+        "pipeline": name,
+        "way": 5,
+        "shot": shot,
+        "query": 15,
+        "episodes": 600,
+        "rows": rows,
+        "paper": {"method": "MTL + HT", "acc": paper, "ci95": 1.8} if paper is not None else None,
+    }
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "config.yaml").write_text(f"name: {name}\ndata:\n  dataset: {dataset}\n")
+
+
+def test_report_lays_out_datasets_by_shot_with_the_paper_and_the_difference(tmp_path):
+    fake_metatest(tmp_path, "fc100-1shot", "fc100", 1, 44.0, 45.1)
+    fake_metatest(tmp_path, "miniimagenet-5shot", "miniimagenet", 5, 76.0, 75.5)
+    fake_metatest(tmp_path, "miniimagenet-1shot", "miniimagenet", 1, 60.25, 61.2)
+    fake_metatest(tmp_path, "mine", "folder", 1, 90.0, None)
+    (tmp_path / "unfinished" / "metatest").mkdir(parents=True)  # no results.json: not listed
+    out = tmp_path / "report.md"
+    result = CliRunner().invoke(main, ["report", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "| method | miniImageNet 1-shot | miniImageNet 5-shot | FC100 1-shot | folder 1-shot |"
+    assert (
+        lines[2]
+        == "| MTL (SS + meta-learned θ) | 60.25 ± 0.80 | 76.00 ± 0.80 | 44.00 ± 0.80 | 90.00 ± 0.80 |"
+    )
+    assert lines[3].startswith("| nearest centroid, raw pixels | 25.00 ± 0.50 |")
+    assert lines[4] == "| paper | 61.20 ± 1.80 | 75.50 ± 1.80 | 45.10 ± 1.80 | — |"
+    assert lines[5] == "| ours (MTL) − paper | -0.95 | +0.50 | -1.10 | — |"
+    assert "600 fixed test episodes; 4 finished metatest run(s)" in result.output
+    assert out.read_text().splitlines()[:6] == lines[:6]
+
+
+def test_report_without_finished_runs_or_with_a_corrupt_file(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "error: no finished metatest under" in result.output and "Traceback" not in result.output
+    bad = tmp_path / "x" / "metatest"
+    bad.mkdir(parents=True)
+    (bad / "results.json").write_text("{not json")
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"error: {bad / 'results.json'} is not a metatest results file" in result.output
