@@ -16,7 +16,7 @@ DEST        ?= $(HOME)/.cache/mtl/$(DATASET)
 STAMP := $(VENV)/.installed
 RUN   := $(BIN)/mtl
 
-.PHONY: setup pretrain metatrain metatest ablation data report test lint tensorboard clean
+.PHONY: setup pretrain metatrain metatest ablation data report bench test lint tensorboard clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ data: $(STAMP)
 
 report: $(STAMP)
 	$(RUN) report $(CHECKPOINTS) $(ARGS)
+
+# BENCH= (empty) for the full-size benchmark on a GPU.
+BENCH ?= --quick
+bench: $(STAMP)
+	$(RUN) bench $(BENCH) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest $(ARGS)

@@ -189,7 +189,7 @@ def _features(cfg: config.Config, ckpt: dict, paths: list[Path], dev: torch.devi
     pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(dev))
 
     def encode(batch: torch.Tensor) -> torch.Tensor:
-        with devices.autocast(dev):
+        with devices.autocast(dev, cfg.precision):
             return encoder(pre(batch)).float()
 
     return extract_features(encode, pixels, batch_size=cfg.test.batch_size, device=dev)

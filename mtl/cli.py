@@ -202,3 +202,15 @@ def adapt(checkpoint: str, support: str, query: str, out: str | None, steps: int
     from mtl.adapt import adapt as run_adapt
 
     run_adapt(checkpoint, support, query, out=out, steps=steps, device=device)
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Reduced ResNet-12 on 32x32 images: minutes on a CPU.")
+@click.option("--out", type=click.Path(dir_okay=False), default="bench.json", help="Where the JSON goes.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@_user_errors
+def bench(quick: bool, out: str, device: str) -> None:
+    """Time mtl's fast paths against per-episode / per-task reference code, in this process."""
+    from mtl.bench import run_bench
+
+    run_bench(quick=quick, device=device, out=out)

@@ -141,6 +141,12 @@ class Config:
     name: str = "glyphs-1shot"
     seed: int = 0
     device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
+    precision: str = _opt(
+        "auto",
+        choices=("auto", "fp32", "bf16"),
+        doc="encoder autocast; auto: bf16 where native (CUDA, AMX CPUs)",
+    )
+    compile: bool = _opt(False, doc="torch.compile the encoder for pretrain and metatrain (CUDA)")
     data: DataConfig = _opt(DataConfig())
     backbone: BackboneConfig = _opt(BackboneConfig())
     pretrain: PretrainConfig = _opt(PretrainConfig())

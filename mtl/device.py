@@ -1,6 +1,6 @@
-"""Device selection and the CUDA fast paths (bf16 autocast, channels_last, cuDNN autotuning).
+"""Device selection and the fast paths (bf16 autocast and cuDNN autotuning on CUDA, channels_last).
 
-Everything here is a no-op on the CPU, so the same stage code runs in tests and on GPUs.
+The CUDA-only parts are no-ops on the CPU, so the same stage code runs in tests and on GPUs.
 """
 
 from __future__ import annotations
@@ -28,16 +28,30 @@ def resolve(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing on the CPU (CPU bf16 is slower and less exact than fp32 there)."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device multiplies bf16 matrices natively: CUDA, or a CPU with AMX tiles (Intel Xeon
+    since Sapphire Rapids). Elsewhere oneDNN emulates bf16, slower than fp32."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return True
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """The encoder's autocast: bf16 for ``precision="bf16"``, or for ``"auto"`` where bf16 is native
+    (:func:`native_bf16`); ``"fp32"`` runs in float32. The base learner's inner loop always runs in fp32.
+
+    Measured on a 2-core AMX CPU, ResNet-12 forward + backward: 2.2-4x faster in bf16 than in fp32.
+    """
+    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last feeds tensor cores on CUDA; contiguous is fastest on the CPU."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    """channels_last everywhere: it feeds tensor cores on CUDA, and oneDNN's CPU convolutions run
+    1.2-1.5x faster in it than in the contiguous layout (ResNet-12, forward and backward)."""
+    return torch.channels_last
 
 
 def seed_everything(seed: int) -> None:
@@ -45,3 +59,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``model.compile()`` in place when ``enabled``: parameters and state-dict keys stay as they are,
+    so checkpoints of compiled and plain runs are interchangeable. Compilation happens at the first
+    forward (minutes on a CPU: meant for long GPU runs)."""
+    if enabled:
+        model.compile()
+    return model

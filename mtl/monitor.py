@@ -7,10 +7,13 @@ the per-epoch lines alone.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -72,3 +75,44 @@ def timer() -> Iterator[list[float]]:
         yield box
     finally:
         box[0] = time.perf_counter() - start
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak, or on the CPU the growth of the process's resident
+    set over its size at entry (sampled every millisecond after returning freed heap to the OS)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.mb = device, 0.0
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return self
+        with suppress(OSError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self._base = self._peak = self._rss()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.001):
+                self._peak = max(self._peak, self._rss())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.mb = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._rss())
+            self.mb = (self._peak - self._base) / 2**20

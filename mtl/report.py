@@ -1,5 +1,5 @@
-"""Results tables: one run's rows (accuracy ± 95% CI) beside the published number, and the
-collected table of every finished metatest, laid out like the paper's."""
+"""Results tables: one run's rows (accuracy ± 95% CI) beside the published number, the collected
+table of every finished metatest, laid out like the paper's, and the table of ``mtl bench``."""
 
 from __future__ import annotations
 
@@ -119,3 +119,45 @@ def _difference(column: dict) -> str:
     if not paper or paper.get("acc") is None or mtl is None:
         return "—"
     return f"{mtl['acc'] - paper['acc']:+.2f}"
+
+
+def bench_table(r: dict) -> list[str]:
+    """``bench.json``'s measurements as Markdown lines."""
+    s, t, m, p = r["setup"], r["metatest"], r["metatrain"], r["pretrain"]
+    same = "identical" if t["identical_accuracies_fp32"] else "DIFFERENT"
+    lines = [
+        f"mtl bench ({r['mode']}) on {r['device']}, {r['threads']} threads, torch {r['torch']}, "
+        f"encoder precision {r['precision']}: ResNet-12 {'-'.join(map(str, s['widths']))}, "
+        f"{s['image_size']}x{s['image_size']} glyphs, {s['way']}-way {s['shot']}-shot {s['query']}-query, "
+        f"{s['inner_steps']} inner steps",
+        "",
+        "| path | mtl | reference | ratio | peak MB (mtl / ref) |",
+        "|---|---:|---:|---:|---:|",
+        f"| meta-test, episodes/s ({s['classes'] * s['images_per_class']} images, {s['test_episodes']} "
+        f"episodes) | {t['fast_episodes_per_s']:.1f} | {t['reference_episodes_per_s']:.2f} | "
+        f"**{t['speedup']:.1f}x** | {t['fast_peak_mb']:.0f} / {t['reference_peak_mb']:.0f} |",
+        f"| meta-train, tasks/s (second order, meta-batch {s['meta_batch']}) | {m['fast_tasks_per_s']:.2f} | "
+        f"{m['reference_tasks_per_s']:.2f} | **{m['speedup']:.1f}x** | "
+        f"{m['fast_peak_mb']:.0f} / {m['reference_peak_mb']:.0f} |",
+        f"| meta-train in fp32 | {m['fast_fp32_tasks_per_s']:.2f} | {m['reference_tasks_per_s']:.2f} | "
+        f"{m['speedup_fp32']:.1f}x | |",
+        f"| pretrain, images/s (vs bare forward+backward+SGD on synthetic tensors) | "
+        f"{p['pipeline_images_per_s']:.0f} | {p['bare_images_per_s']:.0f} | **{p['efficiency']:.2f}** | "
+        f"{p['pipeline_peak_mb']:.0f} / {p['bare_peak_mb']:.0f} |",
+        "",
+        f"Reference: per episode / per task, encoder call on its images, autograd inner loop; fp32, "
+        f"contiguous tensors, nn.BatchNorm2d. Meta-test accuracy on the {t['episodes_compared']} episodes "
+        f"both ran: reference {t['accuracy_reference']:.2f}%, mtl in fp32 {t['accuracy_fast_fp32']:.2f}% "
+        f"({same} per episode), mtl as run {t['accuracy_fast']:.2f}% ({t['episodes_equal_fast']} episodes "
+        f"equal). Meta-train first-step loss: reference {m['first_step_loss_reference']:.6f}, mtl in fp32 "
+        f"{m['first_step_loss_fast_fp32']:.6f}, as run {m['first_step_loss_fast']:.6f}.",
+        "",
+        "| meta-train scaling | mtl tasks/s | reference tasks/s | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in r["scaling"]:
+        lines.append(
+            f"| {row['way']}-way {row['shot']}-shot, {row['inner_steps']} steps | "
+            f"{row['fast_tasks_per_s']:.2f} | {row['reference_tasks_per_s']:.2f} | {row['speedup']:.1f}x |"
+        )
+    return lines

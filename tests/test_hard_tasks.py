@@ -97,9 +97,11 @@ def test_hard_tasks_draw_fresh_images_of_pool_classes(tiny_cfg):
     logits[:, :, 0] = 1.0  # every query predicted as class 0: classes 1 and 2 fail, 2 has the higher loss
     logits[:, 4:, 1] = 2.0
     for _ in range(3):
-        hard_tasks = hard.step(train.labels, tasks, logits, targets)
+        hard_tasks = hard.draw(tasks)
         assert hard_tasks.shape == (1, 3, 3)
-        assert not np.isin(hard_tasks, tasks).any()  # fresh images, not those the failure was measured on
+        assert not np.isin(hard_tasks, tasks).any()  # fresh images, not those of this meta-batch
+        hard.add(train.labels, tasks, logits, targets)
+        assert set(train.labels[hard.draw(tasks)[0, :, 0]]) >= set(hard.pool.entries)
     failed = train.labels[tasks[:, 2, 0]]
     assert set(hard.pool.entries) == set(failed.tolist())
 
@@ -143,3 +145,24 @@ def test_ht_run_saves_the_pool_and_its_summary(tiny_overrides, pretrained):
     assert summary["hard_task_updates"] == 8
     assert sum(c["failures"] for c in summary["classes"].values()) == 8
     assert all(0 <= c["mean_acc_when_failed"] <= 100 for c in summary["classes"].values())
+
+
+def test_normal_and_hard_tasks_share_one_encoder_forward(tiny_overrides, pretrained, monkeypatch):
+    import mtl.stages.metatrain as mt
+
+    calls = []
+
+    class Counting(mt.MetaLearner):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.encoder.register_forward_hook(
+                lambda mod, inp, out: calls.append(len(inp[0])) if torch.is_grad_enabled() else None
+            )
+
+    monkeypatch.setattr(mt, "MetaLearner", Counting)
+    cfg = config.load(None, [*tiny_overrides, "meta.hard_tasks.enabled=true", "meta.hard_tasks.per_batch=2"])
+    metatrain(cfg, pretrained, quiet=True)
+    m = cfg.meta
+    updates = m.epochs * (m.episodes_per_epoch // m.meta_batch)
+    # One forward per meta-update, holding every normal and hard task's support and query images.
+    assert calls == [(m.meta_batch + 2) * m.way * (m.shot + m.query)] * updates

@@ -76,7 +76,7 @@ def test_meta_gradients_reach_only_ss_and_theta(tiny_cfg, tmp_path):
     learner = MetaLearner(run.backbone(), 3, train_bn=False)
     train = load_splits(tiny_cfg.data, ("train",))["train"]
     tasks = np.stack([EpisodeSampler(train.labels, 3, 1, 3, seed=0).sample() for _ in range(2)])
-    logits, y = task_outputs(learner, run, torch.from_numpy(train.images.copy()), tasks)
+    logits, y = task_outputs(learner, tiny_cfg.meta, torch.from_numpy(train.images.copy()), tasks, run.pre)
     torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(2)).backward()
     trainable = {id(p) for p in ss.parameters(learner.encoder)} | {id(learner.W), id(learner.b)}
     for name, p in learner.named_parameters():

@@ -123,9 +123,14 @@ def test_attach_twice_does_not_double_wrap():
     model = ss.attach(_tiny_resnet12())
     _randomize(model)
     keys = list(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        frozen_out = model(x)
     scales = [m.scale.detach().clone() for _, m in ss.ss_modules(model)]
     ss.attach(model, train_bn=True)
-    assert list(model.state_dict()) == keys
+    assert [k for k in model.state_dict() if not k.endswith("num_batches_tracked")] == keys
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), frozen_out, rtol=1e-4, atol=1e-5)
     assert all(type(m.conv) is nn.Conv2d for _, m in ss.ss_modules(model))
     for before, (_, m) in zip(scales, ss.ss_modules(model), strict=True):
         assert torch.equal(before, m.scale)
@@ -155,6 +160,59 @@ def test_channels_last():
         model = model.to(memory_format=torch.channels_last)
         out = model(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["resnet12", "resnet25", "timm:test_resnet"])
+def test_frozen_bn_is_folded_into_the_ss_conv_with_the_same_output_and_gradients(name):
+    torch.manual_seed(0)
+    widths = {"resnet12": (8, 16, 16, 32), "resnet25": (8, 16, 32)}.get(name)
+    net = build_backbone(name, widths=widths)
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(8, 3, 32, 32))  # running statistics that are not the identity
+    plain = ss.attach(copy.deepcopy(net), train_bn=True).eval()  # nn.BatchNorm2d, eval mode
+    for p in ss.bn_parameters(plain):
+        p.requires_grad_(False)
+    folded = ss.attach(net)
+    _randomize(plain)
+    _randomize(folded)
+    n_folded = sum(isinstance(m, ss.FoldedBatchNorm2d) for m in folded.modules())
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    # timm's test_resnet has one BN after a conv nested in a Sequential: that one stays a frozen BN.
+    assert n_folded == (n_bn - 1 if name.startswith("timm") else n_bn)
+    x = torch.randn(4, 3, 32, 32)
+    out_plain, out_folded = plain(x), folded(x)
+    torch.testing.assert_close(out_folded, out_plain, rtol=1e-4, atol=1e-5)
+    out_plain.square().sum().backward()
+    out_folded.square().sum().backward()
+    for a, b in zip(ss.parameters(folded), ss.parameters(plain), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5)
+    # The folded network's state dict is the plain one's without the BN batch counters.
+    plain_keys = {k for k in plain.state_dict() if not k.endswith("num_batches_tracked")}
+    assert set(folded.state_dict()) == plain_keys
+
+
+def test_a_bn_whose_conv_output_is_also_used_elsewhere_is_not_folded():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # the raw conv output feeds the sum too
+
+    torch.manual_seed(0)
+    model = Branchy()
+    model.bn.running_mean.fill_(0.5)
+    model.bn.running_var.fill_(4.0)
+    ref = copy.deepcopy(model).eval()
+    ss.attach(model)
+    assert not any(isinstance(m, ss.FoldedBatchNorm2d) for m in model.modules())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-6)
 
 
 def test_bare_conv_is_rejected():

@@ -1,4 +1,4 @@
-"""Hard tasks inside metatrain's meta-batches: feed the pool, draw fresh hard tasks, log what happens."""
+"""Hard tasks inside metatrain's meta-batches: draw fresh hard tasks, feed the pool, log what happens."""
 
 from __future__ import annotations
 
@@ -37,21 +37,25 @@ class HardTasks:
         )
         self.sampler = EpisodeSampler(train.labels, m.way, m.shot, m.query, seed=rng_images)
 
-    def step(
-        self, labels: np.ndarray, tasks: np.ndarray, logits: torch.Tensor, targets: torch.Tensor
-    ) -> np.ndarray:
-        """Add this meta-batch's failure classes, then draw ``per_batch`` hard tasks.
+    def draw(self, tasks: np.ndarray) -> np.ndarray:
+        """``per_batch`` hard tasks ``(per_batch, way, shot + query)`` from the pool as it stands.
 
-        tasks: ``(T, way, shot + query)`` image indices; logits: ``(T, way * query, way)``.
-        Returns hard tasks ``(per_batch, way, shot + query)`` whose images avoid this meta-batch's.
+        Drawn before the meta-batch is encoded, so that normal and hard tasks share one encoder
+        forward: the pool holds the failure classes of every earlier meta-batch. Their images avoid
+        ``tasks`` (this meta-batch's normal tasks), so a hard task never reuses an image of this step.
         """
-        acc, loss = per_class_scores(logits, targets, self.way)
-        classes = labels[tasks[:, :, 0]]
-        self.pool.add(classes, acc.cpu().numpy(), loss.cpu().numpy())
         used = np.unique(tasks)
         return np.stack(
             [self.sampler.sample(self.pool.sample(), exclude=used) for _ in range(self.per_batch)]
         )
+
+    def add(self, labels: np.ndarray, tasks: np.ndarray, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Put each normal task's failure class into the pool.
+
+        tasks: ``(T, way, shot + query)`` image indices; logits: their ``(T, way * query, way)`` scores.
+        """
+        acc, loss = per_class_scores(logits, targets, self.way)
+        self.pool.add(labels[tasks[:, :, 0]], acc.cpu().numpy(), loss.cpu().numpy())
 
     def log(
         self,

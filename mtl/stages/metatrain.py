@@ -3,7 +3,8 @@
 The pretrained encoder Θ is frozen and every convolution gets SS weights. For each task of a
 meta-batch, θ is adapted on the support features by ``inner_steps`` gradient steps (closed-form
 gradient, second-order by default), and the query loss of the adapted θ' updates Φ_S and θ with Adam.
-With frozen batch norm (the default) all tasks of a meta-batch share one encoder forward.
+With frozen batch norm (the default) all tasks of a meta-batch, hard tasks included, share one
+encoder forward.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 
 from mtl import base_learner, ss
 from mtl import device as devices
-from mtl.config import Config
+from mtl.config import Config, MetaConfig
 from mtl.data.augment import TrainAugment
 from mtl.data.cache import Split
 from mtl.data.episodes import EpisodeSampler, check_episode_shape, episode_targets, fixed_episodes
@@ -32,10 +33,11 @@ from mtl.stages.run import Run
 class MetaLearner(nn.Module):
     """The SS encoder plus θ = (W (way, D), b (way,)): everything meta-training learns."""
 
-    def __init__(self, encoder: nn.Module, way: int, *, train_bn: bool) -> None:
+    def __init__(self, encoder: nn.Module, way: int, *, train_bn: bool, precision: str = "fp32") -> None:
         super().__init__()
         self.encoder = ss.attach(encoder, train_bn=train_bn)
         self.train_bn = train_bn
+        self.precision = precision  # of the encoder's forward (see mtl.device.autocast)
         W, b = base_learner.init_theta(way, encoder.num_features)
         self.W, self.b = nn.Parameter(W), nn.Parameter(b)
 
@@ -46,29 +48,29 @@ class MetaLearner(nn.Module):
 
 def task_outputs(
     learner: MetaLearner,
-    run: Run,
+    m: MetaConfig,
     images: torch.Tensor,
     tasks: np.ndarray,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adapt θ on each task's support set and score its queries.
 
-    images: uint8 ``(N, H, W, C)``; tasks: ``(T, way, shot + query)`` image indices; ``transform``
-    turns uint8 batches into model input (default: plain preprocessing, no augmentation).
-    Returns query logits ``(T, way * query, way)`` of the adapted θ' and their targets ``(way * query,)``.
+    images: uint8 ``(N, H, W, C)`` on the device; tasks: ``(T, way, shot + query)`` image indices;
+    ``transform`` turns uint8 batches into model input. Returns query logits ``(T, way * query, way)``
+    of the adapted θ' and their targets ``(way * query,)``.
     """
-    m, dev = run.cfg.meta, run.device
+    dev = images.device
     T, way, n = tasks.shape
-    transform = transform or run.pre
-    idx = torch.from_numpy(tasks).to(images.device)
-    with devices.autocast(dev):
+    idx = torch.from_numpy(tasks).to(dev)
+    with devices.autocast(dev, learner.precision):
         if learner.train_bn:
-            # Batch statistics: support and query sets are normalised separately, per task.
-            sup = learner.encoder(transform(images[idx[:, :, : m.shot].reshape(-1)].to(dev)))
-            qry = learner.encoder(transform(images[idx[:, :, m.shot :].reshape(-1)].to(dev)))
+            # Batch statistics: support and query sets are normalised separately.
+            sup = learner.encoder(transform(images[idx[:, :, : m.shot].reshape(-1)]))
+            qry = learner.encoder(transform(images[idx[:, :, m.shot :].reshape(-1)]))
             sup, qry = sup.float().view(T, way * m.shot, -1), qry.float().view(T, way * (n - m.shot), -1)
         else:
-            feats = learner.encoder(transform(images[idx.reshape(-1)].to(dev))).float().view(T, way, n, -1)
+            # Frozen BN: every task of the meta-batch, hard tasks included, in one encoder forward.
+            feats = learner.encoder(transform(images[idx.reshape(-1)])).float().view(T, way, n, -1)
             sup = feats[:, :, : m.shot].reshape(T, way * m.shot, -1)
             qry = feats[:, :, m.shot :].reshape(T, way * (n - m.shot), -1)
     y_s = episode_targets(way, m.shot, device=dev)
@@ -76,6 +78,36 @@ def task_outputs(
         sup, y_s, learner.W, learner.b, steps=m.inner_steps, lr=m.inner_lr, first_order=m.first_order
     )
     return base_learner.logits(qry, W, b), episode_targets(way, n - m.shot, device=dev)
+
+
+def meta_update(
+    learner: MetaLearner,
+    m: MetaConfig,
+    opt: torch.optim.Optimizer,
+    images: torch.Tensor,
+    tasks: np.ndarray,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One meta-gradient step of SS and θ on the mean query loss of ``tasks`` ``(T, way, shot + query)``.
+
+    Returns the loss (0-d), the detached query logits ``(T, way * query, way)`` and their targets.
+    """
+    logits, targets = task_outputs(learner, m, images, tasks, transform)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach(), targets
+
+
+def meta_optimizer(learner: MetaLearner, m: MetaConfig) -> torch.optim.Optimizer:
+    """Adam on SS (and BN affine, if trained) at ``lr_ss`` and on θ at ``lr_theta``."""
+    return torch.optim.Adam(
+        [
+            {"params": [*ss.parameters(learner.encoder), *ss.bn_parameters(learner.encoder)], "lr": m.lr_ss},
+            {"params": [learner.W, learner.b], "lr": m.lr_theta},
+        ]
+    )
 
 
 def meta_validate(learner: MetaLearner, run: Run, val: Split, episodes: torch.Tensor) -> tuple[float, float]:
@@ -114,14 +146,10 @@ def metatrain(
     encoder = run.backbone()
     if not from_scratch:
         encoder.load_state_dict(pre_ckpt["encoder"])
-    learner = MetaLearner(encoder, m.way, train_bn=m.bn == "affine").to(dev)
+    learner = MetaLearner(encoder, m.way, train_bn=m.bn == "affine", precision=cfg.precision).to(dev)
     learner.encoder.to(memory_format=devices.memory_format(dev))
-    opt = torch.optim.Adam(
-        [
-            {"params": [*ss.parameters(learner.encoder), *ss.bn_parameters(learner.encoder)], "lr": m.lr_ss},
-            {"params": [learner.W, learner.b], "lr": m.lr_theta},
-        ]
-    )
+    learner.encoder = devices.maybe_compile(learner.encoder, cfg.compile)
+    opt = meta_optimizer(learner, m)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=m.step_size, gamma=m.gamma)
     sampler = EpisodeSampler(train.labels, m.way, m.shot, m.query, seed=cfg.seed)
     images = run.to_device(train.images)
@@ -170,22 +198,18 @@ def metatrain(
             ):
                 step = epoch * batches + i
                 tasks = np.stack([sampler.sample() for _ in range(m.meta_batch)])
-                logits, targets = task_outputs(learner, run, images, tasks, transform)
-                acc = (logits.argmax(-1) == targets).float().mean()
+                batch_tasks = tasks if hard is None else np.concatenate([tasks, hard.draw(tasks)])
+                loss, logits, targets = meta_update(learner, m, opt, images, batch_tasks, transform)
+                acc = (logits[: m.meta_batch].argmax(-1) == targets).float().mean()
                 if hard is not None:
-                    hard_tasks = hard.step(train.labels, tasks, logits.detach(), targets)
-                    hard_logits, _ = task_outputs(learner, run, images, hard_tasks, transform)
-                    hard_acc = (hard_logits.argmax(-1) == targets).float().mean()
-                    hard_acc_sum += hard_acc.detach()
-                    logits = torch.cat([logits, hard_logits])
+                    hard_tasks = batch_tasks[m.meta_batch :]
+                    hard_acc = (logits[m.meta_batch :].argmax(-1) == targets).float().mean()
+                    hard_acc_sum += hard_acc
+                    hard.add(train.labels, tasks, logits[: m.meta_batch], targets)
                     # The pool update already synchronised with the host, so per-step logging is free here.
                     hard.log(run.monitor, step, acc, hard_acc, images, hard_tasks)
-                loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
-                acc_sum += acc.detach()
+                loss_sum += loss
+                acc_sum += acc
                 if step == 0:
                     run.monitor.images(
                         "train/task", images[torch.from_numpy(tasks[0]).flatten()], 0, nrow=tasks.shape[2]

@@ -60,6 +60,29 @@ def finished(run: Run) -> dict | None:
     return None
 
 
+def train_step(
+    model: nn.Module,
+    head: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    label_smoothing: float = 0.0,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of many-shot classification on a model-ready batch.
+
+    x: ``(B, C, S, S)`` float; y: ``(B,)`` class ids. Returns the loss and the number of correct
+    predictions as device tensors (no host sync).
+    """
+    with devices.autocast(x.device, precision):
+        out = head(model(x)).float()
+    loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), (out.argmax(1) == y).sum()
+
+
 def pretrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
     """Run pretraining; returns ``{"val_acc", "val_ci95", "epoch"}`` of the kept (best) encoder.
 
@@ -85,6 +108,7 @@ def pretrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
 
     model = run.backbone().to(dev, memory_format=devices.memory_format(dev))
     head = nn.Linear(model.num_features, train.num_classes).to(dev)
+    devices.maybe_compile(model, cfg.compile)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(
         params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay
@@ -117,14 +141,9 @@ def pretrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
             ):
                 idx = perm[i * batch : (i + 1) * batch]
                 x, y = augment(images[idx]), labels[idx]
-                with devices.autocast(dev):
-                    out = head(model(x)).float()
-                loss = F.cross_entropy(out, y, label_smoothing=p.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
-                correct += (out.argmax(1) == y).sum()
+                loss, hits = train_step(model, head, opt, x, y, p.label_smoothing, cfg.precision)
+                loss_sum += loss
+                correct += hits
         lr = opt.param_groups[0]["lr"]
         sched.step()
         train_loss = loss_sum / steps

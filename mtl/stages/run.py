@@ -82,10 +82,10 @@ class Run:
     def features(self, model: nn.Module, images: np.ndarray) -> torch.Tensor:
         """``(N, H, W, C)`` uint8 -> ``(N, D)`` float32 features on the device; no grad, eval mode."""
         was_training = model.training
-        model.eval()
+        model.eval().to(memory_format=devices.memory_format(self.device))
 
         def encode(batch: torch.Tensor) -> torch.Tensor:
-            with devices.autocast(self.device):
+            with devices.autocast(self.device, self.cfg.precision):
                 return model(self.pre(batch)).float()
 
         try:

@@ -1,0 +1,320 @@
+"""``mtl bench``: mtl's fast paths against the per-episode / per-task structure of the official code.
+
+Everything runs in one process on one device, on glyphs images rendered in memory and a randomly
+initialised ResNet-12 with SS (speed does not depend on the weights; equality checks do not either):
+
+1. meta-test episodes/s: cached features + batched closed-form inner loops (what metatest runs,
+   feature extraction included) vs :func:`mtl.reference.episode_accuracy` per episode;
+2. meta-train tasks/s: :func:`mtl.stages.metatrain.meta_update` on a whole meta-batch vs
+   :func:`mtl.reference.meta_loss` per task, both second order, both with the Adam step;
+3. pretrain images/s: :func:`mtl.stages.pretrain.train_step` fed by the stage's on-device uint8
+   gather and batched augmentation vs the same step on a fixed synthetic batch;
+4. the peak memory of each path; 5. meta-train scaling with inner steps and with way × shot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtl import device as devices
+from mtl import reference, ss
+from mtl.config import MetaConfig
+from mtl.data.augment import Preprocess, TrainAugment
+from mtl.data.episodes import EpisodeSampler, fixed_episodes
+from mtl.data.glyphs import render_class
+from mtl.errors import MtlError
+from mtl.evaluate import extract_features, finetune
+from mtl.models.backbone import build_backbone
+from mtl.monitor import PeakMemory
+from mtl.report import bench_table
+from mtl.stages.metatrain import MetaLearner, meta_optimizer, meta_update
+from mtl.stages.pretrain import train_step
+
+__all__ = ["FULL", "QUICK", "Setup", "run_bench"]
+
+
+@dataclass(frozen=True)
+class Setup:
+    widths: tuple[int, ...]
+    image_size: int
+    classes: int  # rendered classes; each split below uses all of them
+    images_per_class: int
+    test_episodes: int  # episodes of the fast meta-test path (the reference runs ref_episodes of them)
+    ref_episodes: int
+    meta_batch: int
+    min_seconds: float  # each timed path repeats until it has run this long
+    pretrain_batch: int
+    way: int = 5
+    shot: int = 1
+    query: int = 15
+    inner_steps: int = 100
+    inner_lr: float = 0.01
+
+
+# ablation-sized evaluation (2,000 episodes), the paper's inner loop, a 4-task meta-batch
+QUICK = Setup((16, 32, 64, 128), 32, 20, 60, 2000, 40, 4, 2.0, 128)
+FULL = Setup((64, 160, 320, 640), 84, 20, 120, 2000, 100, 4, 10.0, 128)
+
+
+def _timed(step: Callable[[], object], device: torch.device, min_seconds: float) -> tuple[float, int]:
+    """Run ``step`` twice to warm up, then until ``min_seconds`` have passed; (seconds, calls) timed."""
+    step()
+    step()
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while True:
+        step()
+        calls += 1
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and calls >= 2:
+            return elapsed, calls
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _images(s: Setup) -> tuple[np.ndarray, np.ndarray]:
+    images = np.concatenate(
+        [
+            render_class(c, s.images_per_class, image_size=s.image_size, channels=3, preset="hard", seed=0)
+            for c in range(s.classes)
+        ]
+    )
+    return images, np.repeat(np.arange(s.classes), s.images_per_class)
+
+
+def _encoder(s: Setup, device: torch.device) -> nn.Module:
+    """The same random ResNet-12 every call."""
+    torch.manual_seed(0)
+    model = build_backbone("resnet12", widths=list(s.widths))
+    return model.to(device, memory_format=devices.memory_format(device))
+
+
+def _plain_ss_encoder(s: Setup, device: torch.device) -> nn.Module:
+    """The reference's network: the same weights with SS, written plainly (fp32, contiguous tensors,
+    ``nn.BatchNorm2d`` in eval mode with its affine weights frozen), as the official code has it."""
+    torch.manual_seed(0)
+    encoder = ss.attach(build_backbone("resnet12", widths=list(s.widths)).to(device), train_bn=True)
+    for p in ss.bn_parameters(encoder):
+        p.requires_grad_(False)
+    return encoder.eval()
+
+
+def _plain_encode(encoder: nn.Module, s: Setup) -> Callable[[torch.Tensor], torch.Tensor]:
+    pre = Preprocess(s.image_size, 3)
+    return lambda batch: encoder(pre(batch))
+
+
+def bench_metatest(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.device) -> dict:
+    pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format(dev))
+    encoder = ss.attach(_encoder(s, dev)).eval()
+    plain_encode = _plain_encode(_plain_ss_encoder(s, dev), s)
+    episodes = torch.from_numpy(fixed_episodes(labels, s.way, s.shot, s.query, s.test_episodes, seed=0))
+    W0, b0 = torch.zeros(s.way, encoder.num_features, device=dev), torch.zeros(s.way, device=dev)
+    on_device = torch.from_numpy(images).to(dev)
+    out: dict = {}
+
+    def fast(precision: str = "auto") -> None:
+        def encode(batch: torch.Tensor) -> torch.Tensor:
+            with devices.autocast(dev, precision):
+                return encoder(pre(batch)).float()
+
+        feats = extract_features(encode, images, batch_size=256, device=dev)
+        out[precision] = finetune(feats, episodes.to(dev), s.shot, W0, b0, steps=s.inner_steps, lr=s.inner_lr)
+
+    def slow() -> None:
+        out["ref"] = torch.stack(
+            [
+                reference.episode_accuracy(
+                    plain_encode, on_device, ep.to(dev), s.shot, W0, b0, steps=s.inner_steps, lr=s.inner_lr
+                )
+                for ep in episodes[: s.ref_episodes]
+            ]
+        )
+
+    with PeakMemory(dev) as mem_fast:
+        t_fast, n_fast = _timed(fast, dev, s.min_seconds)
+    with PeakMemory(dev) as mem_ref:
+        t_ref, n_ref = _timed(slow, dev, s.min_seconds)
+    fast("fp32")  # the same maths as the reference, for the equality check
+    k = s.ref_episodes
+    fp32, auto, ref = out["fp32"][:k].cpu(), out["auto"][:k].cpu(), out["ref"].cpu()
+    fast_eps, ref_eps = n_fast * s.test_episodes / t_fast, n_ref * k / t_ref
+    return {
+        "fast_episodes_per_s": fast_eps,
+        "reference_episodes_per_s": ref_eps,
+        "speedup": fast_eps / ref_eps,
+        "fast_peak_mb": mem_fast.mb,
+        "reference_peak_mb": mem_ref.mb,
+        "episodes_compared": k,
+        "accuracy_reference": float(ref.mean() * 100),
+        "accuracy_fast_fp32": float(fp32.mean() * 100),
+        "identical_accuracies_fp32": bool(torch.equal(fp32, ref)),
+        "accuracy_fast": float(auto.mean() * 100),
+        "episodes_equal_fast": int((auto == ref).sum()),
+    }
+
+
+def bench_metatrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.device) -> dict:
+    """Tasks/s of meta_update in fp32 and in the default precision, and of the reference (fp32)."""
+    m = MetaConfig(way=s.way, shot=s.shot, query=s.query, inner_steps=s.inner_steps, inner_lr=s.inner_lr)
+    pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format(dev))
+    on_device = torch.from_numpy(images).to(dev)
+    sampler = EpisodeSampler(labels, s.way, s.shot, s.query, seed=0)
+    tasks = np.stack([sampler.sample() for _ in range(s.meta_batch)])
+    result: dict = {}
+
+    def measure(name: str, step: Callable[[], torch.Tensor]) -> None:
+        first: list[torch.Tensor] = []
+        with PeakMemory(dev) as mem:
+            seconds, calls = _timed(lambda: first.append(step()) if not first else step(), dev, s.min_seconds)
+        result[name] = {
+            "tasks_per_s": calls * s.meta_batch / seconds,
+            "peak_mb": mem.mb,
+            "loss": float(first[0]),
+        }
+
+    for precision in ("fp32", "auto") if devices.native_bf16(dev) else ("fp32",):
+        learner = MetaLearner(_encoder(s, dev), s.way, train_bn=False, precision=precision).to(dev)
+        learner.encoder_train(True)
+        opt = meta_optimizer(learner, m)
+        measure(
+            precision, lambda learner=learner, opt=opt: meta_update(learner, m, opt, on_device, tasks, pre)[0]
+        )
+
+    ref_encoder = _plain_ss_encoder(s, dev)
+    ref_encode = _plain_encode(ref_encoder, s)
+    W = nn.Parameter(torch.zeros(s.way, ref_encoder.num_features, device=dev))
+    b = nn.Parameter(torch.zeros(s.way, device=dev))
+    ref_opt = torch.optim.Adam(
+        [{"params": list(ss.parameters(ref_encoder)), "lr": m.lr_ss}, {"params": [W, b], "lr": m.lr_theta}]
+    )
+    idx = torch.from_numpy(tasks).to(dev)
+
+    def slow() -> torch.Tensor:
+        loss = reference.meta_loss(
+            ref_encode, on_device, idx, s.shot, W, b, steps=s.inner_steps, lr=s.inner_lr
+        )
+        ref_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ref_opt.step()
+        return loss.detach()
+
+    measure("reference", slow)
+    fast = result.get("auto", result["fp32"])
+    return {
+        "fast_tasks_per_s": fast["tasks_per_s"],
+        "fast_fp32_tasks_per_s": result["fp32"]["tasks_per_s"],
+        "reference_tasks_per_s": result["reference"]["tasks_per_s"],
+        "speedup": fast["tasks_per_s"] / result["reference"]["tasks_per_s"],
+        "speedup_fp32": result["fp32"]["tasks_per_s"] / result["reference"]["tasks_per_s"],
+        "fast_peak_mb": fast["peak_mb"],
+        "reference_peak_mb": result["reference"]["peak_mb"],
+        "first_step_loss_fast": fast["loss"],
+        "first_step_loss_fast_fp32": result["fp32"]["loss"],
+        "first_step_loss_reference": result["reference"]["loss"],
+    }
+
+
+def bench_pretrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.device) -> dict:
+    pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format(dev))
+    augment = TrainAugment(pre, (0.6, 1.0), True, torch.Generator().manual_seed(0))
+    on_device, y_all = torch.from_numpy(images).to(dev), torch.from_numpy(labels).to(dev)
+    gen = torch.Generator().manual_seed(0)
+    x_fixed = torch.randn(s.pretrain_batch, 3, s.image_size, s.image_size, device=dev)
+    x_fixed = x_fixed.contiguous(memory_format=devices.memory_format(dev))
+    y_fixed = torch.randint(0, s.classes, (s.pretrain_batch,), device=dev)
+
+    def parts() -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+        model = _encoder(s, dev).train()
+        head = nn.Linear(model.num_features, s.classes).to(dev)
+        opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.1, momentum=0.9, nesterov=True)
+        return model, head, opt
+
+    pipe, bare = parts(), parts()
+
+    def pipeline() -> None:
+        idx = torch.randperm(len(images), generator=gen)[: s.pretrain_batch].to(dev)
+        train_step(*pipe, augment(on_device[idx]), y_all[idx], precision="auto")
+
+    def synthetic() -> None:
+        train_step(*bare, x_fixed, y_fixed, precision="auto")
+
+    # Interleaved rounds, so that a slow spell of a shared machine hits both paths alike.
+    t = {"pipeline": 0.0, "bare": 0.0}
+    n = {"pipeline": 0, "bare": 0}
+    mem = {}
+    for _ in range(3):
+        for name, step in (("pipeline", pipeline), ("bare", synthetic)):
+            with PeakMemory(dev) as peak:
+                dt, calls = _timed(step, dev, s.min_seconds / 3)
+            t[name], n[name] = t[name] + dt, n[name] + calls
+            mem[name] = max(mem.get(name, 0.0), peak.mb)
+    ips = {k: n[k] * s.pretrain_batch / t[k] for k in t}
+    return {
+        "pipeline_images_per_s": ips["pipeline"],
+        "bare_images_per_s": ips["bare"],
+        "efficiency": ips["pipeline"] / ips["bare"],
+        "pipeline_peak_mb": mem["pipeline"],
+        "bare_peak_mb": mem["bare"],
+    }
+
+
+def bench_scaling(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.device) -> list[dict]:
+    """meta-train against inner steps (5-way 1-shot) and against way x shot (100 steps)."""
+    rows = []
+    quick = replace(s, min_seconds=s.min_seconds / 2)
+    for steps, way, shot in ((10, 5, 1), (50, 5, 1), (100, 5, 1), (100, 5, 5), (100, 10, 5)):
+        r = bench_metatrain(replace(quick, inner_steps=steps, way=way, shot=shot), images, labels, dev)
+        rows.append({"inner_steps": steps, "way": way, "shot": shot, **r})
+    return rows
+
+
+def run_bench(
+    *, quick: bool, device: str = "auto", out: str | Path = "bench.json", setup: Setup | None = None
+) -> dict:
+    """Run every measurement, print the table, write ``out`` (JSON); returns what was written.
+
+    ``setup`` replaces the QUICK / FULL sizes (tests use a tiny one).
+    """
+    s = setup or (QUICK if quick else FULL)
+    out = Path(out).expanduser()
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise MtlError(f"--out {out}: {out.parent} is not a writable folder")
+    dev = devices.resolve(device)
+    started = time.perf_counter()
+    images, labels = _images(s)
+    result = {
+        "mode": "quick" if quick else "full",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "precision": "bf16" if devices.native_bf16(dev) else "fp32",
+        "torch": torch.__version__,
+        "setup": asdict(s),
+        "metatest": bench_metatest(s, images, labels, dev),
+        "metatrain": bench_metatrain(s, images, labels, dev),
+        "pretrain": bench_pretrain(s, images, labels, dev),
+        "scaling": bench_scaling(s, images, labels, dev),
+    }
+    result["metatest_speedup"] = result["metatest"]["speedup"]
+    result["metatrain_speedup"] = result["metatrain"]["speedup"]
+    result["pretrain_efficiency"] = result["pretrain"]["efficiency"]
+    result["seconds"] = time.perf_counter() - started
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print("\n".join(bench_table(result)) + f"\n\nwritten to {out} ({result['seconds']:.0f} s in all)")
+    return result

@@ -1,0 +1,60 @@
+"""``mtl bench`` on a tiny setup: the JSON users read, and fast paths that agree with the reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mtl import device as devices
+from mtl.bench import Setup, run_bench
+from mtl.cli import main
+
+TINY = Setup(
+    widths=(4, 4, 8, 8), image_size=16, classes=10, images_per_class=20, test_episodes=30,
+    ref_episodes=6, meta_batch=2, min_seconds=0.01, pretrain_batch=16,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    result = run_bench(quick=True, device="cpu", out=out, setup=TINY)
+    return result, json.loads(out.read_text())
+
+
+def test_bench_json_has_the_headline_ratios(bench):
+    result, written = bench
+    assert written == json.loads(json.dumps(result))
+    for key in ("metatest_speedup", "metatrain_speedup", "pretrain_efficiency"):
+        assert isinstance(written[key], float) and written[key] > 0
+    assert written["metatest_speedup"] == written["metatest"]["speedup"]
+    assert written["setup"]["widths"] == [4, 4, 8, 8]
+    assert written["precision"] == ("bf16" if devices.native_bf16(torch.device("cpu")) else "fp32")
+    for key in ("fast_peak_mb", "reference_peak_mb"):
+        assert written["metatest"][key] >= 0 and written["metatrain"][key] >= 0
+
+
+def test_bench_fast_paths_compute_what_the_reference_computes(bench):
+    _, r = bench
+    assert r["metatest"]["episodes_compared"] == TINY.ref_episodes
+    assert r["metatest"]["identical_accuracies_fp32"]
+    assert r["metatest"]["accuracy_fast_fp32"] == r["metatest"]["accuracy_reference"]
+    m = r["metatrain"]
+    assert m["first_step_loss_fast_fp32"] == pytest.approx(m["first_step_loss_reference"], rel=1e-5)
+    assert m["first_step_loss_fast"] == pytest.approx(m["first_step_loss_reference"], rel=2e-2)
+
+
+def test_bench_scaling_rows(bench):
+    _, r = bench
+    shapes = [(row["inner_steps"], row["way"], row["shot"]) for row in r["scaling"]]
+    assert shapes == [(10, 5, 1), (50, 5, 1), (100, 5, 1), (100, 5, 5), (100, 10, 5)]
+    assert all(row["fast_tasks_per_s"] > 0 and row["reference_tasks_per_s"] > 0 for row in r["scaling"])
+
+
+def test_bench_command_refuses_an_unwritable_out(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--quick", "--out", str(tmp_path / "missing" / "b.json")])
+    assert result.exit_code == 2
+    assert "missing" in result.output and "Traceback" not in result.output
