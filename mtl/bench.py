@@ -34,10 +34,10 @@ from mtl.data.episodes import EpisodeSampler, fixed_episodes
 from mtl.data.glyphs import render_class
 from mtl.errors import MtlError
 from mtl.evaluate import extract_features, finetune
+from mtl.meta_learner import MetaLearner, meta_optimizer, meta_update
 from mtl.models.backbone import build_backbone
 from mtl.monitor import PeakMemory
 from mtl.report import bench_table
-from mtl.stages.metatrain import MetaLearner, meta_optimizer, meta_update
 from mtl.stages.pretrain import train_step
 
 __all__ = ["FULL", "QUICK", "Setup", "run_bench"]
@@ -103,25 +103,16 @@ def _encoder(s: Setup, device: torch.device) -> nn.Module:
     return model.to(device, memory_format=devices.memory_format(device))
 
 
-def _plain_ss_encoder(s: Setup, device: torch.device) -> nn.Module:
-    """The reference's network: the same weights with SS, written plainly (fp32, contiguous tensors,
-    ``nn.BatchNorm2d`` in eval mode with its affine weights frozen), as the official code has it."""
+def _plain_encoder(s: Setup, device: torch.device) -> nn.Module:
+    """The reference's network: :func:`_encoder`'s weights, written plainly."""
     torch.manual_seed(0)
-    encoder = ss.attach(build_backbone("resnet12", widths=list(s.widths)).to(device), train_bn=True)
-    for p in ss.bn_parameters(encoder):
-        p.requires_grad_(False)
-    return encoder.eval()
-
-
-def _plain_encode(encoder: nn.Module, s: Setup) -> Callable[[torch.Tensor], torch.Tensor]:
-    pre = Preprocess(s.image_size, 3)
-    return lambda batch: encoder(pre(batch))
+    return reference.plain_ss_encoder(build_backbone("resnet12", widths=list(s.widths)).to(device))
 
 
 def bench_metatest(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.device) -> dict:
     pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format(dev))
     encoder = ss.attach(_encoder(s, dev)).eval()
-    plain_encode = _plain_encode(_plain_ss_encoder(s, dev), s)
+    plain_encode = reference.plain_encode(_plain_encoder(s, dev), s.image_size)
     episodes = torch.from_numpy(fixed_episodes(labels, s.way, s.shot, s.query, s.test_episodes, seed=0))
     W0, b0 = torch.zeros(s.way, encoder.num_features, device=dev), torch.zeros(s.way, device=dev)
     on_device = torch.from_numpy(images).to(dev)
@@ -195,8 +186,8 @@ def bench_metatrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch
             precision, lambda learner=learner, opt=opt: meta_update(learner, m, opt, on_device, tasks, pre)[0]
         )
 
-    ref_encoder = _plain_ss_encoder(s, dev)
-    ref_encode = _plain_encode(ref_encoder, s)
+    ref_encoder = _plain_encoder(s, dev)
+    ref_encode = reference.plain_encode(ref_encoder, s.image_size)
     W = nn.Parameter(torch.zeros(s.way, ref_encoder.num_features, device=dev))
     b = nn.Parameter(torch.zeros(s.way, device=dev))
     ref_opt = torch.optim.Adam(

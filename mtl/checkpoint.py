@@ -33,10 +33,11 @@ def stage_dir(checkpoints: str | Path, name: str, stage: str) -> Path:
     return Path(checkpoints).expanduser() / name / stage
 
 
-def save(path: Path, payload: dict[str, Any]) -> None:
+def save(path: Path, payload: dict[str, Any], *, keep_previous: bool = False) -> None:
     """Write ``payload`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
-    A crash or a full disk leaves the previous file untouched.
+    A crash or a full disk leaves the previous file untouched. ``keep_previous`` also keeps the file it
+    replaces as ``<stem>.prev.pt``, the fallback when ``path`` turns out unreadable.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": __version__, **payload}
@@ -46,6 +47,8 @@ def save(path: Path, payload: dict[str, Any]) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, path.with_suffix(".prev.pt"))
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

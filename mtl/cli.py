@@ -31,6 +31,13 @@ def _user_errors(fn: Callable) -> Callable:
         except MtlError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            from mtl.stages.resume import Stopped
+
+            if not isinstance(exc, Stopped):
+                raise
+            click.echo(str(exc), err=True)
+            sys.exit(128 + exc.signum)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -54,8 +61,13 @@ def _stage_command(name: str, doc: str) -> click.Command:
         help="Where run outputs go: <checkpoints>/<name>/<stage>/.",
     )
     @click.option("--quiet", is_flag=True, help="No console output except errors.")
+    @click.option(
+        "--fresh", is_flag=True, help="pretrain, metatrain: start over, do not resume from last.pt."
+    )
     @_user_errors
-    def command(pipeline: str, overrides: tuple[str, ...], checkpoints: str, quiet: bool) -> None:
+    def command(
+        pipeline: str, overrides: tuple[str, ...], checkpoints: str, quiet: bool, fresh: bool
+    ) -> None:
         from mtl import config
         from mtl.stages import ablate, metatest, metatrain, pretrain
 
@@ -66,7 +78,10 @@ def _stage_command(name: str, doc: str) -> click.Command:
             "ablate": ablate.ablate,
         }
         cfg = config.load(pipeline, overrides)
-        stages[name](cfg, checkpoints, quiet=quiet)
+        if name in ("pretrain", "metatrain"):
+            stages[name](cfg, checkpoints, quiet=quiet, fresh=fresh)
+        else:
+            stages[name](cfg, checkpoints, quiet=quiet)
 
     return command
 

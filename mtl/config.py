@@ -147,6 +147,7 @@ class Config:
         doc="encoder autocast; auto: bf16 where native (CUDA, AMX CPUs)",
     )
     compile: bool = _opt(False, doc="torch.compile the encoder for pretrain and metatrain (CUDA)")
+    checkpoint_every: int = _opt(0, min=0, doc="also write last.pt every N training steps (0: every epoch)")
     data: DataConfig = _opt(DataConfig())
     backbone: BackboneConfig = _opt(BackboneConfig())
     pretrain: PretrainConfig = _opt(PretrainConfig())
@@ -307,6 +308,12 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if (
         kind is bool
         and not isinstance(value, bool)

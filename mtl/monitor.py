@@ -31,7 +31,13 @@ class Monitor:
     def __init__(self, log_dir: Path, stage: str, *, quiet: bool = False) -> None:
         self.stage = stage
         self.quiet = quiet
+        self.log_dir = log_dir
         self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def resume_at(self, step: int) -> None:
+        """Continue a resumed run's curves: the interrupted run's events after ``step`` are dropped."""
+        self.writer.close()
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=step)
 
     # ---- TensorBoard
     def scalars(self, step: int, **values: float | torch.Tensor) -> None:

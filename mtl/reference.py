@@ -13,11 +13,28 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from mtl import ss
+from mtl.data.augment import Preprocess
 from mtl.data.episodes import episode_targets
 
-__all__ = ["adapt_autograd", "episode_accuracy", "meta_loss"]
+__all__ = ["adapt_autograd", "episode_accuracy", "meta_loss", "plain_encode", "plain_ss_encoder"]
+
+
+def plain_ss_encoder(model: nn.Module) -> nn.Module:
+    """``model`` with SS, written plainly as the official code has it: ``nn.BatchNorm2d`` in eval mode
+    with its affine weights frozen (not folded into the convolutions), fp32, contiguous tensors."""
+    encoder = ss.attach(model.to(memory_format=torch.contiguous_format), train_bn=True)
+    for p in ss.bn_parameters(encoder):
+        p.requires_grad_(False)
+    return encoder.eval()
+
+
+def plain_encode(encoder: nn.Module, image_size: int) -> Callable[[Tensor], Tensor]:
+    """uint8 ``(B, H, W, C)`` -> features, through default preprocessing (fp32, no autocast)."""
+    pre = Preprocess(image_size, 3)
+    return lambda batch: encoder(pre(batch))
 
 
 def adapt_autograd(

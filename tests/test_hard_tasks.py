@@ -115,7 +115,7 @@ def pretrained(tiny_overrides, tmp_path):
 
 def run_metatrain(tiny_overrides, ckpts, *extra):
     cfg = config.load(None, [*tiny_overrides, *extra])
-    metatrain(cfg, ckpts, quiet=True)
+    metatrain(cfg, ckpts, quiet=True, fresh=True)
     return checkpoint.load(ckpts / "tiny" / "metatrain" / "last.pt", stage="metatrain")
 
 

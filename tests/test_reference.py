@@ -12,8 +12,8 @@ from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, fixed_episodes
 from mtl.data.sources import load_splits
 from mtl.evaluate import extract_features, finetune
+from mtl.meta_learner import MetaLearner, task_outputs
 from mtl.models.backbone import build_backbone
-from mtl.stages.metatrain import MetaLearner, task_outputs
 
 
 @pytest.fixture

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from mtl import config
 from mtl.cli import main
+from mtl.errors import MtlError
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
 
@@ -27,7 +29,10 @@ def test_a_finished_pretrain_of_the_same_setting_is_reused(tiny_overrides, tmp_p
     assert (ckpts / "two" / "metatrain" / "best.pt").is_file()
 
     changed = config.load(None, [*shared, "name=one", "pretrain.lr=0.05"])
-    pretrain(changed, ckpts, quiet=True)  # another setting: trained again
+    with pytest.raises(MtlError, match=r"differs in pretrain\.lr\b.*--fresh"):
+        pretrain(changed, ckpts, quiet=True)  # another setting: not silently overwritten
+    assert best.stat().st_mtime_ns == stamp
+    pretrain(changed, ckpts, quiet=True, fresh=True)
     assert best.stat().st_mtime_ns != stamp
 
 

@@ -9,105 +9,24 @@ encoder forward.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from mtl import base_learner, ss
 from mtl import device as devices
-from mtl.config import Config, MetaConfig
+from mtl import ss
+from mtl.config import Config
 from mtl.data.augment import TrainAugment
 from mtl.data.cache import Split
-from mtl.data.episodes import EpisodeSampler, check_episode_shape, episode_targets, fixed_episodes
+from mtl.data.episodes import EpisodeSampler, check_episode_shape, fixed_episodes
 from mtl.data.sources import load_splits
 from mtl.evaluate import finetune, mean_ci
+from mtl.meta_learner import MetaLearner, meta_optimizer, meta_update
 from mtl.monitor import timer
+from mtl.stages import resume
 from mtl.stages.hard_batches import HardTasks
 from mtl.stages.run import Run
-
-
-class MetaLearner(nn.Module):
-    """The SS encoder plus θ = (W (way, D), b (way,)): everything meta-training learns."""
-
-    def __init__(self, encoder: nn.Module, way: int, *, train_bn: bool, precision: str = "fp32") -> None:
-        super().__init__()
-        self.encoder = ss.attach(encoder, train_bn=train_bn)
-        self.train_bn = train_bn
-        self.precision = precision  # of the encoder's forward (see mtl.device.autocast)
-        W, b = base_learner.init_theta(way, encoder.num_features)
-        self.W, self.b = nn.Parameter(W), nn.Parameter(b)
-
-    def encoder_train(self, mode: bool = True) -> None:
-        # Frozen BN keeps running statistics (eval mode) even while SS weights train.
-        self.encoder.train(mode and self.train_bn)
-
-
-def task_outputs(
-    learner: MetaLearner,
-    m: MetaConfig,
-    images: torch.Tensor,
-    tasks: np.ndarray,
-    transform: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adapt θ on each task's support set and score its queries.
-
-    images: uint8 ``(N, H, W, C)`` on the device; tasks: ``(T, way, shot + query)`` image indices;
-    ``transform`` turns uint8 batches into model input. Returns query logits ``(T, way * query, way)``
-    of the adapted θ' and their targets ``(way * query,)``.
-    """
-    dev = images.device
-    T, way, n = tasks.shape
-    idx = torch.from_numpy(tasks).to(dev)
-    with devices.autocast(dev, learner.precision):
-        if learner.train_bn:
-            # Batch statistics: support and query sets are normalised separately.
-            sup = learner.encoder(transform(images[idx[:, :, : m.shot].reshape(-1)]))
-            qry = learner.encoder(transform(images[idx[:, :, m.shot :].reshape(-1)]))
-            sup, qry = sup.float().view(T, way * m.shot, -1), qry.float().view(T, way * (n - m.shot), -1)
-        else:
-            # Frozen BN: every task of the meta-batch, hard tasks included, in one encoder forward.
-            feats = learner.encoder(transform(images[idx.reshape(-1)])).float().view(T, way, n, -1)
-            sup = feats[:, :, : m.shot].reshape(T, way * m.shot, -1)
-            qry = feats[:, :, m.shot :].reshape(T, way * (n - m.shot), -1)
-    y_s = episode_targets(way, m.shot, device=dev)
-    W, b = base_learner.adapt(
-        sup, y_s, learner.W, learner.b, steps=m.inner_steps, lr=m.inner_lr, first_order=m.first_order
-    )
-    return base_learner.logits(qry, W, b), episode_targets(way, n - m.shot, device=dev)
-
-
-def meta_update(
-    learner: MetaLearner,
-    m: MetaConfig,
-    opt: torch.optim.Optimizer,
-    images: torch.Tensor,
-    tasks: np.ndarray,
-    transform: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One meta-gradient step of SS and θ on the mean query loss of ``tasks`` ``(T, way, shot + query)``.
-
-    Returns the loss (0-d), the detached query logits ``(T, way * query, way)`` and their targets.
-    """
-    logits, targets = task_outputs(learner, m, images, tasks, transform)
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.detach(), logits.detach(), targets
-
-
-def meta_optimizer(learner: MetaLearner, m: MetaConfig) -> torch.optim.Optimizer:
-    """Adam on SS (and BN affine, if trained) at ``lr_ss`` and on θ at ``lr_theta``."""
-    return torch.optim.Adam(
-        [
-            {"params": [*ss.parameters(learner.encoder), *ss.bn_parameters(learner.encoder)], "lr": m.lr_ss},
-            {"params": [learner.W, learner.b], "lr": m.lr_theta},
-        ]
-    )
 
 
 def meta_validate(learner: MetaLearner, run: Run, val: Split, episodes: torch.Tensor) -> tuple[float, float]:
@@ -124,13 +43,16 @@ def metatrain(
     checkpoints: str | Path = "checkpoints",
     *,
     quiet: bool = False,
+    fresh: bool = False,
     folder: str = "metatrain",
     from_scratch: bool = False,
 ) -> dict:
     """Run meta-training from the pretrain ``best.pt``; returns the kept (best) validation metric.
 
-    ``folder`` redirects the outputs (the ablation keeps its variants apart); ``from_scratch`` starts
-    from a randomly initialised encoder instead of the pretrained one (the paper's "train from scratch").
+    An unfinished run of the same config resumes from its ``last.pt`` exactly where it stopped (a
+    finished one returns its result); ``fresh`` starts over. ``folder`` redirects the outputs (the
+    ablation keeps its variants apart); ``from_scratch`` starts from a randomly initialised encoder
+    instead of the pretrained one (the paper's "train from scratch").
     """
     run = Run.open(cfg, "metatrain", checkpoints, quiet=quiet, folder=folder)
     m, dev = cfg.meta, run.device
@@ -163,89 +85,144 @@ def metatrain(
 
     ht = m.hard_tasks
     hard = HardTasks(cfg, train) if ht.enabled else None
+    every = cfg.checkpoint_every
 
-    def keep(epoch: int, acc: float, ci: float) -> bool:
-        """Save ``last.pt`` and, if validation improved, ``best.pt``; the untrained start competes too."""
+    generators = {"sampler": sampler.rng}
+    if isinstance(transform, TrainAugment):
+        generators["augment"] = transform.generator
+    if hard is not None:
+        generators.update(hard_pool=hard.pool, hard_images=hard.sampler.rng)
+    best = {"val_acc": -1.0, "val_ci95": 0.0, "epoch": 0}
+    metric = dict(best)
+    sums = torch.zeros(3, device=dev)  # query loss, query accuracy, hard-task accuracy: epoch sums
+    watch = resume.FiniteWatch(dev)
+
+    def save_last(epoch: int, step: int) -> None:
+        """``last.pt`` with everything needed to continue after ``step`` meta-batches of ``epoch``."""
+        watch.check("metatrain", batches, run.out)
         state = {
             "encoder": learner.encoder.state_dict(),
             "theta": {"W": learner.W.detach(), "b": learner.b.detach()},
             "class_names": train.class_names,
-            "metric": {"val_acc": acc, "val_ci95": ci, "epoch": epoch},
-        }
+            "metric": metric,
+            "resume": {
+                "epoch": epoch, "step": step, "sums": sums, "best": best,
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "rng": resume.rng_state(generators),
+            },
+        }  # fmt: skip
         if hard is not None:
             state["hard_tasks"] = hard.pool.state_dict()
-            hard.write_summary(run.out / "hard_tasks.json", train.class_names)
+        run.save("last.pt", state, keep_previous=True)
+
+    def keep(epoch: int, acc: float, ci: float) -> bool:
+        """After an epoch: ``best.pt`` if validation improved (the untrained start competes too), then
+        ``last.pt``."""
+        nonlocal metric
+        metric = {"val_acc": acc, "val_ci95": ci, "epoch": epoch}
         improved = acc > best["val_acc"]
         if improved:
-            best.update(state["metric"])
+            best.update(metric)
+            state = {
+                "encoder": learner.encoder.state_dict(),
+                "theta": {"W": learner.W.detach(), "b": learner.b.detach()},
+                "class_names": train.class_names,
+                "metric": metric,
+            }
+            if hard is not None:
+                state["hard_tasks"] = hard.pool.state_dict()
             run.save("best.pt", state)
-        run.save("last.pt", state)
+        if hard is not None:
+            hard.write_summary(run.out / "hard_tasks.json", train.class_names)
+        save_last(epoch, 0)
         return improved
 
-    best = {"val_acc": -1.0, "val_ci95": 0.0, "epoch": 0}
-    acc, ci = meta_validate(learner, run, val, val_episodes)
-    keep(0, acc, ci)
-    run.monitor.line(f"before meta-training: val {acc:.2f} ± {ci:.2f}%")
-    run.monitor.scalars(0, **{"val/acc": acc, "val/ci95": ci})
-    for epoch in range(m.epochs):
-        learner.encoder_train(True)
-        loss_sum = torch.zeros((), device=dev)
-        acc_sum = torch.zeros((), device=dev)
-        hard_acc_sum = torch.zeros((), device=dev)
-        with timer() as elapsed:
-            for i in run.monitor.progress(
-                range(batches), length=batches, label=f"metatrain {epoch + 1}/{m.epochs}"
-            ):
-                step = epoch * batches + i
-                tasks = np.stack([sampler.sample() for _ in range(m.meta_batch)])
-                batch_tasks = tasks if hard is None else np.concatenate([tasks, hard.draw(tasks)])
-                loss, logits, targets = meta_update(learner, m, opt, images, batch_tasks, transform)
-                acc = (logits[: m.meta_batch].argmax(-1) == targets).float().mean()
-                if hard is not None:
-                    hard_tasks = batch_tasks[m.meta_batch :]
-                    hard_acc = (logits[m.meta_batch :].argmax(-1) == targets).float().mean()
-                    hard_acc_sum += hard_acc
-                    hard.add(train.labels, tasks, logits[: m.meta_batch], targets)
-                    # The pool update already synchronised with the host, so per-step logging is free here.
-                    hard.log(run.monitor, step, acc, hard_acc, images, hard_tasks)
-                loss_sum += loss
-                acc_sum += acc
-                if step == 0:
-                    run.monitor.images(
-                        "train/task", images[torch.from_numpy(tasks[0]).flatten()], 0, nrow=tasks.shape[2]
-                    )
-        lrs = [g["lr"] for g in opt.param_groups]
-        sched.step()
-        train_loss = loss_sum / batches
-        run.check_finite(train_loss, f"epoch {epoch + 1}")
+    start_epoch, start_step = 0, 0
+    resumed = resume.load_resume(run.out, "metatrain", cfg.to_dict(), fresh=fresh, note=run.monitor.line)
+    if resumed is not None:
+        r = resumed["resume"]
+        learner.encoder.load_state_dict(resumed["encoder"])
+        with torch.no_grad():
+            learner.W.copy_(resumed["theta"]["W"])
+            learner.b.copy_(resumed["theta"]["b"])
+        opt.load_state_dict(r["optimizer"])
+        sched.load_state_dict(r["scheduler"])
+        resume.set_rng_state(r["rng"], generators)
+        best, metric, sums = r["best"], resumed["metric"], r["sums"].to(dev)
+        start_epoch, start_step = r["epoch"], r["step"]
+        run.monitor.resume_at(start_epoch * batches + start_step)
+        run.monitor.line(resume.announce(run.out, start_epoch, start_step, m.epochs, best["epoch"]))
+    else:
         acc, ci = meta_validate(learner, run, val, val_episodes)
-        step = (epoch + 1) * batches
-        # Hard tasks count: they cost an encoder forward and backward like any other task.
-        tasks_per_s = batches * (m.meta_batch + ht.enabled * ht.per_batch) / max(elapsed[0], 1e-9)
-        run.monitor.scalars(
-            step,
-            **{
-                "train/query_loss": train_loss,
-                "train/query_acc": acc_sum / batches,
-                "train/lr_ss": lrs[0],
-                "train/lr_theta": lrs[1],
-                "train/tasks_per_s": tasks_per_s,
-                "val/acc": acc,
-                "val/ci95": ci,
-            },
-        )
-        scales = torch.cat([mod.scale.detach().flatten() for _, mod in ss.ss_modules(learner.encoder)])
-        shifts = torch.cat([mod.shift.detach().flatten() for _, mod in ss.ss_modules(learner.encoder)])
-        run.monitor.histogram("ss/scale", scales, step)
-        run.monitor.histogram("ss/shift", shifts, step)
-        improved = keep(epoch + 1, acc, ci)
-        if hard is not None:
-            hard.log_epoch(run.monitor, step, train.class_names)
-        hard_note = f"  hard-acc {float(hard_acc_sum) / batches:.1%}" if hard is not None else ""
-        run.monitor.line(
-            f"epoch {epoch + 1}/{m.epochs}  query-loss {float(train_loss):.3f}  "
-            f"query-acc {float(acc_sum) / batches:.1%}{hard_note}  val {acc:.2f} ± {ci:.2f}%"
-            f"{'  (best)' if improved else ''}  {tasks_per_s:.1f} tasks/s"
-        )
+        keep(0, acc, ci)
+        run.monitor.line(f"before meta-training: val {acc:.2f} ± {ci:.2f}%")
+        run.monitor.scalars(0, **{"val/acc": acc, "val/ci95": ci})
+    with resume.graceful_stop() as stop:
+        for epoch in range(start_epoch, m.epochs):
+            learner.encoder_train(True)
+            first = start_step if epoch == start_epoch else 0
+            if first == 0:
+                sums = torch.zeros(3, device=dev)
+            with timer() as elapsed:
+                for i in run.monitor.progress(
+                    range(first, batches), length=batches - first, label=f"metatrain {epoch + 1}/{m.epochs}"
+                ):
+                    step = epoch * batches + i
+                    tasks = np.stack([sampler.sample() for _ in range(m.meta_batch)])
+                    batch_tasks = tasks if hard is None else np.concatenate([tasks, hard.draw(tasks)])
+                    loss, logits, targets = meta_update(learner, m, opt, images, batch_tasks, transform)
+                    watch.update(loss, step)
+                    acc = (logits[: m.meta_batch].argmax(-1) == targets).float().mean()
+                    hard_acc = torch.zeros((), device=dev)
+                    if hard is not None:
+                        hard_acc = (logits[m.meta_batch :].argmax(-1) == targets).float().mean()
+                        hard.add(train.labels, tasks, logits[: m.meta_batch], targets)
+                        # The pool update already synchronised with the host: per-step logging is free.
+                        hard.log(run.monitor, step, acc, hard_acc, images, batch_tasks[m.meta_batch :])
+                    sums += torch.stack([loss, acc, hard_acc])
+                    if step == 0:
+                        run.monitor.images(
+                            "train/task", images[torch.from_numpy(tasks[0]).flatten()], 0, nrow=tasks.shape[2]
+                        )
+                    if i + 1 < batches and (stop["signum"] or (every and (step + 1) % every == 0)):
+                        save_last(epoch, i + 1)
+                        if stop["signum"]:
+                            raise resume.Stopped.at("metatrain", epoch, i + 1, run.out, stop["signum"])
+            lrs = [g["lr"] for g in opt.param_groups]
+            sched.step()
+            watch.check("metatrain", batches, run.out)
+            train_loss, train_acc, hard_acc_mean = (sums / batches).unbind()
+            acc, ci = meta_validate(learner, run, val, val_episodes)
+            step = (epoch + 1) * batches
+            # Hard tasks count: they cost an encoder forward and backward like any other task.
+            tasks_per_s = (batches - first) * (m.meta_batch + ht.enabled * ht.per_batch)
+            tasks_per_s /= max(elapsed[0], 1e-9)
+            run.monitor.scalars(
+                step,
+                **{
+                    "train/query_loss": train_loss,
+                    "train/query_acc": train_acc,
+                    "train/lr_ss": lrs[0],
+                    "train/lr_theta": lrs[1],
+                    "train/tasks_per_s": tasks_per_s,
+                    "val/acc": acc,
+                    "val/ci95": ci,
+                },
+            )
+            scales = torch.cat([mod.scale.detach().flatten() for _, mod in ss.ss_modules(learner.encoder)])
+            shifts = torch.cat([mod.shift.detach().flatten() for _, mod in ss.ss_modules(learner.encoder)])
+            run.monitor.histogram("ss/scale", scales, step)
+            run.monitor.histogram("ss/shift", shifts, step)
+            improved = keep(epoch + 1, acc, ci)
+            if hard is not None:
+                hard.log_epoch(run.monitor, step, train.class_names)
+            hard_note = f"  hard-acc {float(hard_acc_mean):.1%}" if hard is not None else ""
+            run.monitor.line(
+                f"epoch {epoch + 1}/{m.epochs}  query-loss {float(train_loss):.3f}  "
+                f"query-acc {float(train_acc):.1%}{hard_note}  val {acc:.2f} ± {ci:.2f}%"
+                f"{'  (best)' if improved else ''}  {tasks_per_s:.1f} tasks/s"
+            )
+            if stop["signum"] and epoch + 1 < m.epochs:
+                raise resume.Stopped.at("metatrain", epoch + 1, 0, run.out, stop["signum"])
     run.monitor.close()
     return best

@@ -23,6 +23,7 @@ from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.evaluate import mean_ci, nearest_centroid
 from mtl.monitor import timer
+from mtl.stages import resume
 from mtl.stages.run import Run
 
 
@@ -46,6 +47,13 @@ def _setting(config: dict) -> tuple:
         shot,
         config["test"]["query"],
     )
+
+
+def _matters(cfg: Config):
+    """The config keys a pretrain reads (its resume refuses a last.pt that differs in one of them)."""
+    keys = ("seed", "precision", "data.", "backbone.", "pretrain.", "meta.way", "test.query")
+    keys += ("meta.shot",) if cfg.pretrain.val_shot is None else ()
+    return lambda key: key.startswith(keys) and key != "pretrain.name"
 
 
 def finished(run: Run) -> dict | None:
@@ -83,17 +91,20 @@ def train_step(
     return loss.detach(), (out.argmax(1) == y).sum()
 
 
-def pretrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
+def pretrain(
+    cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False, fresh: bool = False
+) -> dict:
     """Run pretraining; returns ``{"val_acc", "val_ci95", "epoch"}`` of the kept (best) encoder.
 
     A finished pretrain of the same setting in the run folder (e.g. shared by a dataset's 1- and 5-shot
-    pipelines through ``pretrain.name``) is reused, not repeated.
+    pipelines through ``pretrain.name``) is reused, not repeated. An unfinished one of the same config
+    is resumed from its ``last.pt`` exactly where it stopped; ``fresh`` starts over instead.
     """
     run = Run.open(cfg, "pretrain", checkpoints, quiet=quiet)
-    if (done := finished(run)) is not None:
+    if not fresh and (done := finished(run)) is not None:
         run.monitor.line(
             f"reusing the finished pretrain in {run.out} (same settings; kept epoch {done['epoch']}, "
-            f"val {done['val_acc']:.2f} ± {done['val_ci95']:.2f}%); delete that folder to train again"
+            f"val {done['val_acc']:.2f} ± {done['val_ci95']:.2f}%); use --fresh to train again"
         )
         run.monitor.close()
         return done
@@ -129,58 +140,105 @@ def pretrain(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
     )
 
     best = {"val_acc": -1.0, "val_ci95": 0.0, "epoch": -1}
-    for epoch in range(p.epochs):
-        model.train()
-        head.train()
-        perm = torch.randperm(len(train), generator=gen).to(dev)
-        loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev)
-        with timer() as elapsed:
-            for i in run.monitor.progress(
-                range(steps), length=steps, label=f"pretrain {epoch + 1}/{p.epochs}"
-            ):
-                idx = perm[i * batch : (i + 1) * batch]
-                x, y = augment(images[idx]), labels[idx]
-                loss, hits = train_step(model, head, opt, x, y, p.label_smoothing, cfg.precision)
-                loss_sum += loss
-                correct += hits
-        lr = opt.param_groups[0]["lr"]
-        sched.step()
-        train_loss = loss_sum / steps
-        run.check_finite(train_loss, f"epoch {epoch + 1}")
-        if epoch == 0:
-            run.monitor.images("train/batch", images[idx[:32]], 0)
+    metric = dict(best)
+    start_epoch, start_step, perm = 0, 0, None
+    sums = torch.zeros(2, device=dev)  # loss sum, correct predictions of the epoch so far
+    resumed = resume.load_resume(
+        run.out, "pretrain", cfg.to_dict(), fresh=fresh, note=run.monitor.line, matters=_matters(cfg)
+    )
+    if resumed is not None:
+        r = resumed["resume"]
+        model.load_state_dict(resumed["encoder"])
+        head.load_state_dict(resumed["head"])
+        opt.load_state_dict(r["optimizer"])
+        sched.load_state_dict(r["scheduler"])
+        resume.set_rng_state(r["rng"], {"batches": gen})
+        best, metric, start_epoch, start_step = r["best"], resumed["metric"], r["epoch"], r["step"]
+        perm, sums = r["perm"].to(dev), r["sums"].to(dev)
+        run.monitor.resume_at(start_epoch * steps + start_step)
+        run.monitor.line(resume.announce(run.out, start_epoch, start_step, p.epochs, best["epoch"]))
+    watch = resume.FiniteWatch(dev)
 
-        feats = run.features(model, val.images)
-        acc, ci = mean_ci(nearest_centroid(feats, val_episodes, shot))
-        step = (epoch + 1) * steps
-        run.monitor.scalars(
-            step,
-            **{
-                "train/loss": train_loss,
-                "train/acc": correct / (steps * batch),
-                "train/lr": lr,
-                "train/images_per_s": steps * batch / max(elapsed[0], 1e-9),
-                "val/acc": acc,
-                "val/ci95": ci,
-            },
-        )
+    def save_last(epoch: int, step: int) -> None:
+        """``last.pt`` with everything needed to continue after ``step`` steps of ``epoch``."""
+        watch.check("pretrain", steps, run.out)
         state = {
             "encoder": model.state_dict(),
             "head": head.state_dict(),
             "class_names": train.class_names,
-            "metric": {"val_acc": acc, "val_ci95": ci, "epoch": epoch + 1},
-        }
-        improved = acc > best["val_acc"]
-        if improved:
-            best = dict(state["metric"])
-            run.save("best.pt", state)
-        run.save("last.pt", state)
-        run.monitor.line(
-            f"epoch {epoch + 1}/{p.epochs}  loss {float(train_loss):.3f}  "
-            f"train-acc {float(correct) / (steps * batch):.1%}  "
-            f"val {m.way}-way {shot}-shot {acc:.2f} ± {ci:.2f}%{'  (best)' if improved else ''}  "
-            f"{steps * batch / max(elapsed[0], 1e-9):.0f} img/s"
-        )
+            "metric": metric,
+            "resume": {
+                "epoch": epoch, "step": step, "perm": perm, "sums": sums, "best": best,
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "rng": resume.rng_state({"batches": gen}),
+            },
+        }  # fmt: skip
+        run.save("last.pt", state, keep_previous=True)
+
+    every = cfg.checkpoint_every
+    with resume.graceful_stop() as stop:
+        for epoch in range(start_epoch, p.epochs):
+            model.train()
+            head.train()
+            first = start_step if epoch == start_epoch else 0
+            if first == 0:
+                perm = torch.randperm(len(train), generator=gen).to(dev)
+                sums = torch.zeros(2, device=dev)
+            with timer() as elapsed:
+                for i in run.monitor.progress(
+                    range(first, steps), length=steps - first, label=f"pretrain {epoch + 1}/{p.epochs}"
+                ):
+                    idx = perm[i * batch : (i + 1) * batch]
+                    x, y = augment(images[idx]), labels[idx]
+                    loss, hits = train_step(model, head, opt, x, y, p.label_smoothing, cfg.precision)
+                    watch.update(loss, epoch * steps + i)
+                    sums += torch.stack([loss, hits.to(loss.dtype)])
+                    if i + 1 < steps and (stop["signum"] or (every and (epoch * steps + i + 1) % every == 0)):
+                        save_last(epoch, i + 1)
+                        if stop["signum"]:
+                            raise resume.Stopped.at("pretrain", epoch, i + 1, run.out, stop["signum"])
+            lr = opt.param_groups[0]["lr"]
+            sched.step()
+            watch.check("pretrain", steps, run.out)
+            train_loss, correct = sums[0] / steps, sums[1]
+            if epoch == 0:
+                run.monitor.images("train/batch", images[perm[:32]], 0)
+
+            feats = run.features(model, val.images)
+            acc, ci = mean_ci(nearest_centroid(feats, val_episodes, shot))
+            step = (epoch + 1) * steps
+            run.monitor.scalars(
+                step,
+                **{
+                    "train/loss": train_loss,
+                    "train/acc": correct / (steps * batch),
+                    "train/lr": lr,
+                    "train/images_per_s": (steps - first) * batch / max(elapsed[0], 1e-9),
+                    "val/acc": acc,
+                    "val/ci95": ci,
+                },
+            )
+            metric = {"val_acc": acc, "val_ci95": ci, "epoch": epoch + 1}
+            improved = acc > best["val_acc"]
+            if improved:
+                best = dict(metric)
+                run.save(
+                    "best.pt",
+                    {
+                        "encoder": model.state_dict(),
+                        "head": head.state_dict(),
+                        "class_names": train.class_names,
+                        "metric": metric,
+                    },
+                )
+            save_last(epoch + 1, 0)
+            run.monitor.line(
+                f"epoch {epoch + 1}/{p.epochs}  loss {float(train_loss):.3f}  "
+                f"train-acc {float(correct) / (steps * batch):.1%}  "
+                f"val {m.way}-way {shot}-shot {acc:.2f} ± {ci:.2f}%{'  (best)' if improved else ''}  "
+                f"{(steps - first) * batch / max(elapsed[0], 1e-9):.0f} img/s"
+            )
+            if stop["signum"] and epoch + 1 < p.epochs:
+                raise resume.Stopped.at("pretrain", epoch + 1, 0, run.out, stop["signum"])
     run.monitor.close()
     return best

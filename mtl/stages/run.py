@@ -105,9 +105,10 @@ class Run:
         tmp.write_text(self.cfg.to_yaml())
         os.replace(tmp, path)
 
-    def save(self, name: str, payload: dict) -> None:
+    def save(self, name: str, payload: dict, *, keep_previous: bool = False) -> None:
         self.save_config()
-        checkpoint.save(self.out / name, {"stage": self.stage, "config": self.cfg.to_dict(), **payload})
+        payload = {"stage": self.stage, "config": self.cfg.to_dict(), **payload}
+        checkpoint.save(self.out / name, payload, keep_previous=keep_previous)
 
     def check_finite(self, loss: torch.Tensor, where: str) -> None:
         """Stop on a NaN/inf loss (one host sync, so call it once per epoch, not per step)."""

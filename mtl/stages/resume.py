@@ -1,0 +1,187 @@
+"""What lets a training stage stop at any step and continue bit for bit: RNG states, the resume
+checkpoint and its config check, and a graceful stop on SIGTERM / SIGINT.
+
+A stage's ``last.pt`` holds, besides its weights, a ``"resume"`` dict: the position (epoch, step in
+the epoch), the optimiser and scheduler states, every random state the run draws from, the
+running sums of the epoch, and the best metric so far. Loading it restores all of that.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtl import checkpoint
+from mtl.errors import MtlError
+
+
+class Stopped(Exception):
+    """A run stopped on a signal after writing its checkpoint; the CLI exits with 128 + signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @classmethod
+    def at(cls, stage: str, epoch: int, step: int, out: Path, signum: int) -> Stopped:
+        """After ``step`` steps of epoch ``epoch`` (0-based), with ``out/last.pt`` written."""
+        return cls(
+            f"{stage}: stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step}; "
+            f"{out / 'last.pt'} is written and the same command resumes from there",
+            signum,
+        )
+
+
+def rng_state(generators: dict[str, Any]) -> dict[str, Any]:
+    """The global Python / numpy / torch random states and those of ``generators`` (torch Generators,
+    numpy Generators, or objects with ``state_dict``) as tensors and builtins (``weights_only``-safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "gauss": (has_gauss, gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    for name, gen in generators.items():
+        if isinstance(gen, torch.Generator):
+            state[name] = gen.get_state()
+        elif isinstance(gen, np.random.Generator):
+            state[name] = gen.bit_generator.state
+        else:
+            state[name] = gen.state_dict()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generators: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` recorded."""
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], *n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, gen in generators.items():
+        if isinstance(gen, torch.Generator):
+            gen.set_state(state[name])
+        elif isinstance(gen, np.random.Generator):
+            gen.bit_generator.state = state[name]
+        else:
+            gen.load_state_dict(state[name])
+
+
+def _tuples(x: Any) -> Any:
+    # random.setstate needs tuples; a checkpoint round trip may hand back lists.
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs."""
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def load_resume(
+    out: Path, stage: str, config: dict, *, fresh: bool, note, matters: Callable[[str], bool] | None = None
+) -> dict | None:
+    """The ``last.pt`` to continue from, or None to start over.
+
+    ``fresh`` ignores it. An unreadable ``last.pt`` falls back to ``last.prev.pt`` (the one before it),
+    saying so through ``note``. A checkpoint whose resolved config differs in a key that ``matters``
+    (default: any key but :data:`RESUMABLE`) is an error naming the keys.
+    """
+    if fresh:
+        return None
+    ckpt = None
+    for name in ("last.pt", "last.prev.pt"):
+        path = out / name
+        if not path.is_file():
+            continue
+        try:
+            ckpt = checkpoint.load(path, stage=stage)
+            break
+        except MtlError as exc:
+            note(f"{exc}; trying the checkpoint before it")
+    if ckpt is None:
+        return None
+    if "resume" not in ckpt:
+        raise MtlError(f"{out / 'last.pt'} has no resume state (older mtl); run with --fresh to start over")
+    matters = matters or (lambda key: not key.startswith(RESUMABLE))
+    diff = [k for k in config_diff(ckpt["config"], config) if matters(k)]
+    if diff:
+        raise MtlError(
+            f"{out / 'last.pt'} belongs to another configuration (differs in {', '.join(diff)}); "
+            "run with --fresh to start over, or restore those settings to resume"
+        )
+    return ckpt
+
+
+def announce(out: Path, epoch: int, step: int, epochs: int, kept: int) -> str:
+    """The console line of a resumed run (``epoch``, ``step``: where it continues, 0-based epoch)."""
+    if epoch >= epochs:
+        return f"already finished in {out} (kept epoch {kept}); --fresh trains again"
+    return f"resuming from {out / 'last.pt'} at epoch {epoch + 1}, step {step}"
+
+
+# Keys (prefixes) that may change between a run and its resumption: training does not read them.
+RESUMABLE = (
+    "device", "compile", "checkpoint_every", "paper.", "ablation.", "test.episodes", "test.seed",
+    "test.batch_size",
+)  # fmt: skip
+
+
+@contextmanager
+def graceful_stop() -> Iterator[dict[str, int]]:
+    """While active, SIGTERM and SIGINT only set ``flag["signum"]``: the loop finishes its step, writes a
+    checkpoint and raises :class:`Stopped`. A second signal stops at once, as usual."""
+    flag = {"signum": 0}
+    previous = {}
+
+    def handler(signum, frame):
+        if flag["signum"]:
+            signal.signal(signum, previous[signum])
+            raise KeyboardInterrupt
+        flag["signum"] = signum
+
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: no handlers, plain behaviour
+        previous.clear()
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class FiniteWatch:
+    """Remembers, on the device, the first step whose loss was NaN or inf: no host sync per step.
+    :meth:`check` (one sync) runs before every checkpoint, so a non-finite run never overwrites one."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        self.first = torch.where((self.first < 0) & ~torch.isfinite(loss), step, self.first)
+
+    def check(self, stage: str, steps_per_epoch: int, out: Path) -> None:
+        at = int(self.first)
+        if at >= 0:
+            raise MtlError(
+                f"{stage}: the loss became NaN or inf at step {at + 1} (epoch {at // steps_per_epoch + 1}); "
+                f"the last good checkpoints in {out} are kept. Lower the learning rate"
+            )
