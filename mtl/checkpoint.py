@@ -65,7 +65,7 @@ def load(path: Path, *, stage: str, map_location: str | torch.device = "cpu") ->
         raise MtlError(f"no {stage} checkpoint at {path}{hint}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MtlError(f"{path} is not a readable mtl checkpoint ({reason[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "stage" not in ckpt:

@@ -32,12 +32,20 @@ class Monitor:
         self.stage = stage
         self.quiet = quiet
         self.log_dir = log_dir
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self._writer: SummaryWriter | None = None
+        self._purge_step: int | None = None
+
+    @property
+    def writer(self) -> SummaryWriter:
+        # Created on first use: a run that fails its checks leaves no event file behind.
+        if self._writer is None:
+            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self._purge_step)
+        return self._writer
 
     def resume_at(self, step: int) -> None:
         """Continue a resumed run's curves: the interrupted run's events after ``step`` are dropped."""
-        self.writer.close()
-        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=step)
+        self.close()
+        self._writer, self._purge_step = None, step
 
     # ---- TensorBoard
     def scalars(self, step: int, **values: float | torch.Tensor) -> None:
@@ -56,7 +64,8 @@ class Monitor:
         self.writer.add_text(tag, text, step)
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
     # ---- console
     def line(self, message: str) -> None:

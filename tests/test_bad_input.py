@@ -1,0 +1,174 @@
+"""User mistakes, table-driven: each ends with one clear line, exit code 2, no traceback, and leaves a
+finished run's outputs exactly as they were."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import TINY
+
+from mtl.cli import main
+
+PIPELINE = "pipelines/glyphs-1shot.yaml"
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """A finished tiny run (all three stages) whose files every case must leave alone."""
+    root = tmp_path_factory.mktemp("bad")
+    sets = [a for o in [*TINY, f"data.root={root / 'data'}"] for a in ("--set", o)]
+    ckpts = root / "ckpts"
+    for stage in ("pretrain", "metatrain", "metatest"):
+        result = CliRunner().invoke(main, [stage, PIPELINE, *sets, "--checkpoints", str(ckpts)])
+        assert result.exit_code == 0, result.output
+    return root, sets, ckpts
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def stage(name: str, *extra: str) -> Callable[[Path, list[str], Path], list[str]]:
+    """A stage command on the finished run, with ``extra`` arguments."""
+    return lambda root, sets, ckpts: [name, PIPELINE, *sets, *extra, "--checkpoints", str(ckpts)]
+
+
+def on_copy(name: str, damage: Callable[[Path], None], *extra: str):
+    """The stage on a copy of the finished run, damaged first (so the original stays intact)."""
+
+    def args(root: Path, sets: list[str], ckpts: Path) -> list[str]:
+        copy = root / f"copy-{name}-{len(list(root.iterdir()))}"
+        shutil.copytree(ckpts, copy)
+        damage(copy)
+        return [name, PIPELINE, *sets, *extra, "--checkpoints", str(copy)]
+
+    return args
+
+
+def write(path: str, text: str):
+    def args(root: Path, sets: list[str], ckpts: Path) -> list[str]:
+        (root / path).write_text(text)
+        return ["pretrain", str(root / path), *sets, "--checkpoints", str(ckpts)]
+
+    return args
+
+
+def truncate(path: str):
+    def damage(copy: Path) -> None:
+        data = (copy / path).read_bytes()
+        (copy / path).write_bytes(data[: len(data) // 3])
+
+    return damage
+
+
+def plain(*argv: str):
+    return lambda root, sets, ckpts: [a.format(root=root, ckpts=ckpts) for a in argv]
+
+
+def adapt_task(checkpoint: str):
+    """adapt with ``checkpoint`` (relative to the run) on a valid two-class task of fresh images."""
+
+    def args(root: Path, sets: list[str], ckpts: Path) -> list[str]:
+        from fakes import pattern_images, write_image
+
+        for split in ("support", "query"):
+            for c, cls in enumerate(("a", "b")):
+                for i, img in enumerate(pattern_images(2, 16, seed=c)):
+                    write_image(root / "task" / split / cls / f"{i}.png", img)
+        task = root / "task"
+        return ["adapt", "--checkpoint", str(ckpts / checkpoint), "--support", str(task / "support"),
+                "--query", str(task / "query")]
+
+    return args
+
+
+CASES = {
+    "wrong type": (stage("pretrain", "--set", "meta.way=five"), r"meta\.way: expected int, got 'five'"),
+    "unknown key": (
+        stage("pretrain", "--set", "meta.wya=5"), r"meta\.wya: unknown key \(did you mean 'meta\.way'\?\)"
+    ),
+    "bad --set syntax": (stage("pretrain", "--set", "meta.way"), r"bad --set 'meta\.way': expected key="),
+    "out of range": (stage("metatrain", "--set", "meta.inner_lr=-1"), r"meta\.inner_lr: must be >= 0"),
+    "bad choice": (stage("pretrain", "--set", "precision=fp16"), r"precision: .*'fp16'.*auto"),
+    "missing pipeline": (plain("pretrain", "{root}/nope.yaml"), r"pipeline file not found: .*nope\.yaml"),
+    "broken YAML": (write("broken.yaml", "meta: [way: 5\n"), r"broken\.yaml.*YAML"),
+    "pipeline not a mapping": (write("list.yaml", "- 1\n- 2\n"), r"list\.yaml.*mapping"),
+    "missing extends": (write("ext.yaml", "extends: gone.yaml\n"), r"gone\.yaml"),
+    "way > classes": (
+        stage("metatrain", "--set", "meta.way=40"), r"way=40 but the train split has only \d+ classes"
+    ),
+    "shot + query > images": (
+        stage("metatrain", "--set", "meta.query=30"), r"class 'glyph-\d+' .* 10 images"
+    ),
+    "zero epochs": (stage("pretrain", "--set", "pretrain.epochs=0"), r"pretrain\.epochs: must be >= 1"),
+    "no CUDA": (stage("pretrain", "--set", "device=cuda"), r"cuda was requested but no CUDA device"),
+    "unknown backbone": (
+        stage("pretrain", "--set", "backbone.name=resnet99"), r"unknown backbone 'resnet99'"
+    ),
+    "missing previous stage": (
+        stage("metatest", "--set", "name=other"), r"no metatrain checkpoint at .*other/metatrain/best\.pt"
+    ),
+    "corrupt checkpoint": (
+        on_copy("metatest", truncate("tiny/metatrain/best.pt")),
+        r"best\.pt is not a readable mtl checkpoint",
+    ),
+    "checkpoint of another backbone": (
+        stage("metatest", "--set", "backbone.widths=[8,8,16,32]"),
+        r"was made with a different setup \(backbone\.widths: checkpoint \[8, 8, 16, 16\] vs pipeline",
+    ),
+    "resume with another config": (
+        stage("metatrain", "--set", "meta.inner_steps=3"),
+        r"belongs to another configuration \(differs in meta\.inner_steps\); run with --fresh",
+    ),
+    "output dir is a file": (
+        lambda root, sets, ckpts: [
+            "pretrain", PIPELINE, *sets, "--checkpoints", str(ckpts / "tiny" / "metatest" / "results.json")
+        ],
+        r"results\.json' is a file",
+    ),
+    "prepared dataset missing": (
+        stage("pretrain", "--set", "data.dataset=miniimagenet", "--set", "data.root=/nonexistent/mini"),
+        r"/nonexistent/mini",
+    ),
+    "prepare from a missing source": (
+        plain("data", "prepare", "folder", "--source", "{root}/none", "--dest", "{root}/prep"),
+        r"none",
+    ),
+    "data info on a non-dataset": (plain("data", "info", "{ckpts}"), r"manifest"),
+    "adapt without support folder": (
+        plain("adapt", "--checkpoint", "{ckpts}/tiny/metatrain/best.pt", "--support", "{root}/s",
+              "--query", "{root}/q"),
+        r"support folder not found: .*/s",
+    ),
+    "adapt with a pretrain checkpoint": (
+        adapt_task("tiny/pretrain/best.pt"), r"is a pretrain checkpoint, expected metatrain"
+    ),
+    "report of no runs": (plain("report", "{root}/empty-checkpoints"), r"empty-checkpoints"),
+    "bench output not writable": (
+        plain("bench", "--quick", "--out", "{root}/no/dir/b.json"), r"not a writable folder"
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_user_mistake(done, case):
+    root, sets, ckpts = done
+    make_args, message = CASES[case]
+    before = snapshot(ckpts)
+    result = CliRunner().invoke(main, make_args(root, sets, ckpts))
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    assert lines and lines[-1].startswith(("error: ", "Error: ")), result.output
+    assert sum("rror: " in line for line in lines) == 1, result.output
+    assert re.search(message, lines[-1]), lines[-1]
+    assert snapshot(ckpts) == before
+
+
+def test_the_table_has_at_least_twenty_mistakes():
+    assert len(CASES) >= 20
