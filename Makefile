@@ -1,6 +1,7 @@
 # mtl: `make pretrain metatrain metatest` runs the whole method; `make test` runs the tests.
 # PIPELINE picks the experiment, ARGS passes extra CLI options (e.g. ARGS="--set meta.shot=5").
 # `make data DATASET=miniimagenet SOURCE=~/Downloads/mini` prepares a dataset where the pipelines look.
+# GPUS=K runs pretrain and metatrain on K GPUs of this machine with torchrun (DistributedDataParallel).
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -12,9 +13,11 @@ PORT        ?= 6006
 DATASET     ?= folder
 SOURCE      ?=
 DEST        ?= $(HOME)/.cache/mtl/$(DATASET)
+GPUS        ?=
 
 STAMP := $(VENV)/.installed
 RUN   := $(BIN)/mtl
+TRAIN := $(if $(GPUS),$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m mtl,$(RUN))
 
 .PHONY: setup pretrain metatrain metatest ablation data report bench test lint tensorboard clean
 
@@ -25,7 +28,10 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-pretrain metatrain metatest: $(STAMP)
+pretrain metatrain: $(STAMP)
+	$(TRAIN) $@ $(PIPELINE) --checkpoints $(CHECKPOINTS) $(ARGS)
+
+metatest: $(STAMP)
 	$(RUN) $@ $(PIPELINE) --checkpoints $(CHECKPOINTS) $(ARGS)
 
 ablation: $(STAMP)

@@ -76,15 +76,23 @@ def meta_update(
     images: torch.Tensor,
     tasks: np.ndarray,
     transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    loss_scale: float = 1.0,
+    sync: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One meta-gradient step of SS and θ on the mean query loss of ``tasks`` ``(T, way, shot + query)``.
 
-    Returns the loss (0-d), the detached query logits ``(T, way * query, way)`` and their targets.
+    ``loss_scale`` multiplies the loss before backward and ``sync`` runs between backward and the
+    optimiser step: a rank of a multi-process run weighs its share of the meta-batch and averages
+    the meta-gradient over the ranks there. Returns the (unscaled) loss (0-d), the detached query
+    logits ``(T, way * query, way)`` and their targets.
     """
     logits, targets = task_outputs(learner, m, images, tasks, transform)
     loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)))
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+    if sync is not None:
+        sync()
     opt.step()
     return loss.detach(), logits.detach(), targets
 

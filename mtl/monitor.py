@@ -28,9 +28,11 @@ T = TypeVar("T")
 class Monitor:
     """A TensorBoard writer for one stage plus console output."""
 
-    def __init__(self, log_dir: Path, stage: str, *, quiet: bool = False) -> None:
+    def __init__(self, log_dir: Path, stage: str, *, quiet: bool = False, enabled: bool = True) -> None:
+        """``enabled=False`` (ranks other than 0 of a multi-process run): no output of any kind."""
         self.stage = stage
-        self.quiet = quiet
+        self.quiet = quiet or not enabled
+        self.enabled = enabled
         self.log_dir = log_dir
         self._writer: SummaryWriter | None = None
         self._purge_step: int | None = None
@@ -49,18 +51,26 @@ class Monitor:
 
     # ---- TensorBoard
     def scalars(self, step: int, **values: float | torch.Tensor) -> None:
+        if not self.enabled:
+            return
         for key, value in values.items():
             self.writer.add_scalar(key, float(value), step)
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        if not self.enabled:
+            return
         self.writer.add_histogram(tag, values.detach().float().cpu(), step)
 
     def images(self, tag: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
         """Log uint8 ``(B, H, W, C)`` images as one grid."""
+        if not self.enabled:
+            return
         grid = make_grid(images.detach().cpu().permute(0, 3, 1, 2), nrow=nrow, padding=2, pad_value=255)
         self.writer.add_image(tag, grid, step)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
+        if not self.enabled:
+            return
         self.writer.add_text(tag, text, step)
 
     def close(self) -> None:

@@ -81,8 +81,15 @@ def adapt_task(checkpoint: str):
                 for i, img in enumerate(pattern_images(2, 16, seed=c)):
                     write_image(root / "task" / split / cls / f"{i}.png", img)
         task = root / "task"
-        return ["adapt", "--checkpoint", str(ckpts / checkpoint), "--support", str(task / "support"),
-                "--query", str(task / "query")]
+        return [
+            "adapt",
+            "--checkpoint",
+            str(ckpts / checkpoint),
+            "--support",
+            str(task / "support"),
+            "--query",
+            str(task / "query"),
+        ]
 
     return args
 

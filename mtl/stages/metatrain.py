@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mtl import device as devices
 from mtl import ss
@@ -21,6 +22,7 @@ from mtl.data.augment import TrainAugment
 from mtl.data.cache import Split
 from mtl.data.episodes import EpisodeSampler, check_episode_shape, fixed_episodes
 from mtl.data.sources import load_splits
+from mtl.errors import MtlError
 from mtl.evaluate import finetune, mean_ci
 from mtl.meta_learner import MetaLearner, meta_optimizer, meta_update
 from mtl.monitor import timer
@@ -85,7 +87,13 @@ def metatrain(
 
     ht = m.hard_tasks
     hard = HardTasks(cfg, train) if ht.enabled else None
-    every = cfg.checkpoint_every
+    every, world = cfg.checkpoint_every, run.world
+    if world.size > m.meta_batch + ht.enabled * ht.per_batch:
+        raise MtlError(f"{world.size} processes need at least as many tasks per meta-batch (meta.meta_batch)")
+    trained = [p for p in learner.parameters() if p.requires_grad]
+
+    def sync() -> None:
+        world.average_gradients(trained)
 
     generators = {"sampler": sampler.rng}
     if isinstance(transform, TrainAugment):
@@ -99,7 +107,7 @@ def metatrain(
 
     def save_last(epoch: int, step: int) -> None:
         """``last.pt`` with everything needed to continue after ``step`` meta-batches of ``epoch``."""
-        watch.check("metatrain", batches, run.out)
+        watch.check("metatrain", batches, run.out, world)
         state = {
             "encoder": learner.encoder.state_dict(),
             "theta": {"W": learner.W.detach(), "b": learner.b.detach()},
@@ -170,7 +178,17 @@ def metatrain(
                     step = epoch * batches + i
                     tasks = np.stack([sampler.sample() for _ in range(m.meta_batch)])
                     batch_tasks = tasks if hard is None else np.concatenate([tasks, hard.draw(tasks)])
-                    loss, logits, targets = meta_update(learner, m, opt, images, batch_tasks, transform)
+                    n = len(batch_tasks)
+                    if world.active:  # every rank drew the same tasks; each runs its share
+                        mine = world.slice(n)
+                        scale = (mine.stop - mine.start) * world.size / n
+                        loss, logits, targets = meta_update(
+                            learner, m, opt, images, batch_tasks[mine], transform, loss_scale=scale, sync=sync
+                        )
+                        logits = world.gather(logits, n)
+                        loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(n))
+                    else:
+                        loss, logits, targets = meta_update(learner, m, opt, images, batch_tasks, transform)
                     watch.update(loss, step)
                     acc = (logits[: m.meta_batch].argmax(-1) == targets).float().mean()
                     hard_acc = torch.zeros((), device=dev)
@@ -184,13 +202,14 @@ def metatrain(
                         run.monitor.images(
                             "train/task", images[torch.from_numpy(tasks[0]).flatten()], 0, nrow=tasks.shape[2]
                         )
-                    if i + 1 < batches and (stop["signum"] or (every and (step + 1) % every == 0)):
+                    boundary = bool(every) and (step + 1) % every == 0
+                    if i + 1 < batches and (boundary or (stop["signum"] and not world.active)):
                         save_last(epoch, i + 1)
-                        if stop["signum"]:
-                            raise resume.Stopped.at("metatrain", epoch, i + 1, run.out, stop["signum"])
+                        if signum := resume.agreed_signal(stop, world, dev):
+                            raise resume.Stopped.at("metatrain", epoch, i + 1, run.out, signum)
             lrs = [g["lr"] for g in opt.param_groups]
             sched.step()
-            watch.check("metatrain", batches, run.out)
+            watch.check("metatrain", batches, run.out, world)
             train_loss, train_acc, hard_acc_mean = (sums / batches).unbind()
             acc, ci = meta_validate(learner, run, val, val_episodes)
             step = (epoch + 1) * batches
@@ -222,7 +241,7 @@ def metatrain(
                 f"query-acc {float(train_acc):.1%}{hard_note}  val {acc:.2f} ± {ci:.2f}%"
                 f"{'  (best)' if improved else ''}  {tasks_per_s:.1f} tasks/s"
             )
-            if stop["signum"] and epoch + 1 < m.epochs:
-                raise resume.Stopped.at("metatrain", epoch + 1, 0, run.out, stop["signum"])
+            if (signum := resume.agreed_signal(stop, world, dev)) and epoch + 1 < m.epochs:
+                raise resume.Stopped.at("metatrain", epoch + 1, 0, run.out, signum)
     run.monitor.close()
     return best

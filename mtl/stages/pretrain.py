@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mtl import checkpoint
 from mtl import device as devices
@@ -20,6 +21,7 @@ from mtl.config import Config
 from mtl.data.augment import TrainAugment
 from mtl.data.episodes import check_episode_shape, fixed_episodes
 from mtl.data.sources import load_splits
+from mtl.distributed import sync_batch_norm
 from mtl.errors import MtlError
 from mtl.evaluate import mean_ci, nearest_centroid
 from mtl.monitor import timer
@@ -117,9 +119,13 @@ def pretrain(
         fixed_episodes(val.labels, m.way, shot, cfg.test.query, p.val_episodes, seed=cfg.seed + 1)
     ).to(dev)
 
-    model = run.backbone().to(dev, memory_format=devices.memory_format(dev))
+    world = run.world
+    model = sync_batch_norm(run.backbone(), dev).to(dev, memory_format=devices.memory_format(dev))
     head = nn.Linear(model.num_features, train.num_classes).to(dev)
     devices.maybe_compile(model, cfg.compile)
+    net = nn.Sequential(model, head)
+    if world.active:  # gradients averaged over the ranks' slices of every global batch
+        net = DistributedDataParallel(net, device_ids=[dev.index or 0] if dev.type == "cuda" else None)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(
         params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay
@@ -135,6 +141,8 @@ def pretrain(
     )
     batch = min(p.batch_size, len(train))
     steps = len(train) // batch
+    if batch % world.size:
+        raise MtlError(f"pretrain.batch_size={batch} must be divisible by the {world.size} processes")
     run.monitor.line(
         f"{train.num_classes} classes, {len(train)} images, {steps} steps/epoch of {batch}, device {dev.type}"
     )
@@ -161,21 +169,22 @@ def pretrain(
 
     def save_last(epoch: int, step: int) -> None:
         """``last.pt`` with everything needed to continue after ``step`` steps of ``epoch``."""
-        watch.check("pretrain", steps, run.out)
+        watch.check("pretrain", steps, run.out, world)
         state = {
             "encoder": model.state_dict(),
             "head": head.state_dict(),
             "class_names": train.class_names,
             "metric": metric,
             "resume": {
-                "epoch": epoch, "step": step, "perm": perm, "sums": sums, "best": best,
+                "epoch": epoch, "step": step, "perm": perm, "best": best,
+                "sums": world.sum(sums) / world.size,  # each rank's share of the epoch's sums
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "rng": resume.rng_state({"batches": gen}),
             },
         }  # fmt: skip
         run.save("last.pt", state, keep_previous=True)
 
-    every = cfg.checkpoint_every
+    every, identity = cfg.checkpoint_every, nn.Identity()
     with resume.graceful_stop() as stop:
         for epoch in range(start_epoch, p.epochs):
             model.train()
@@ -189,18 +198,23 @@ def pretrain(
                     range(first, steps), length=steps - first, label=f"pretrain {epoch + 1}/{p.epochs}"
                 ):
                     idx = perm[i * batch : (i + 1) * batch]
+                    # Every rank augments the whole global batch (the same random draws), then
+                    # trains on its slice: together they compute one process's step.
                     x, y = augment(images[idx]), labels[idx]
-                    loss, hits = train_step(model, head, opt, x, y, p.label_smoothing, cfg.precision)
+                    x, y = x[world.slice(batch)], y[world.slice(batch)]
+                    loss, hits = train_step(net, identity, opt, x, y, p.label_smoothing, cfg.precision)
                     watch.update(loss, epoch * steps + i)
                     sums += torch.stack([loss, hits.to(loss.dtype)])
-                    if i + 1 < steps and (stop["signum"] or (every and (epoch * steps + i + 1) % every == 0)):
+                    boundary = bool(every) and (epoch * steps + i + 1) % every == 0
+                    if i + 1 < steps and (boundary or (stop["signum"] and not world.active)):
                         save_last(epoch, i + 1)
-                        if stop["signum"]:
-                            raise resume.Stopped.at("pretrain", epoch, i + 1, run.out, stop["signum"])
+                        if signum := resume.agreed_signal(stop, world, dev):
+                            raise resume.Stopped.at("pretrain", epoch, i + 1, run.out, signum)
             lr = opt.param_groups[0]["lr"]
             sched.step()
-            watch.check("pretrain", steps, run.out)
-            train_loss, correct = sums[0] / steps, sums[1]
+            watch.check("pretrain", steps, run.out, world)
+            total = world.sum(sums)
+            train_loss, correct = total[0] / (steps * world.size), total[1]
             if epoch == 0:
                 run.monitor.images("train/batch", images[perm[:32]], 0)
 
@@ -238,7 +252,7 @@ def pretrain(
                 f"val {m.way}-way {shot}-shot {acc:.2f} ± {ci:.2f}%{'  (best)' if improved else ''}  "
                 f"{(steps - first) * batch / max(elapsed[0], 1e-9):.0f} img/s"
             )
-            if stop["signum"] and epoch + 1 < p.epochs:
-                raise resume.Stopped.at("pretrain", epoch + 1, 0, run.out, stop["signum"])
+            if (signum := resume.agreed_signal(stop, world, dev)) and epoch + 1 < p.epochs:
+                raise resume.Stopped.at("pretrain", epoch + 1, 0, run.out, signum)
     run.monitor.close()
     return best

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mtl import checkpoint
+from mtl.distributed import World
 from mtl.errors import MtlError
 
 
@@ -136,6 +137,14 @@ def announce(out: Path, epoch: int, step: int, epochs: int, kept: int) -> str:
     return f"resuming from {out / 'last.pt'} at epoch {epoch + 1}, step {step}"
 
 
+def agreed_signal(stop: dict[str, int], world: World, device: torch.device) -> int:
+    """The stop signal if any rank received one (a collective: every rank must call it), else 0."""
+    if not world.active:
+        return stop["signum"]
+    anyone = world.sum(torch.tensor([float(stop["signum"])], device=device))
+    return stop["signum"] or (signal.SIGTERM if float(anyone) > 0 else 0)
+
+
 # Keys (prefixes) that may change between a run and its resumption: training does not read them.
 RESUMABLE = (
     "device", "compile", "checkpoint_every", "paper.", "ablation.", "test.episodes", "test.seed",
@@ -178,9 +187,12 @@ class FiniteWatch:
     def update(self, loss: torch.Tensor, step: int) -> None:
         self.first = torch.where((self.first < 0) & ~torch.isfinite(loss), step, self.first)
 
-    def check(self, stage: str, steps_per_epoch: int, out: Path) -> None:
-        at = int(self.first)
-        if at >= 0:
+    def check(self, stage: str, steps_per_epoch: int, out: Path, world: World | None = None) -> None:
+        bad = self.first >= 0
+        if world is not None and world.active:  # every rank stops together
+            bad = world.sum(bad.float()) > 0
+        if bool(bad):
+            at = max(int(self.first), 0)
             raise MtlError(
                 f"{stage}: the loss became NaN or inf at step {at + 1} (epoch {at // steps_per_epoch + 1}); "
                 f"the last good checkpoints in {out} are kept. Lower the learning rate"

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl import checkpoint
+from mtl import checkpoint, distributed
 from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import Preprocess
+from mtl.distributed import World
 from mtl.errors import MtlError
 from mtl.evaluate import extract_features
 from mtl.models.backbone import build_backbone
@@ -41,6 +42,7 @@ class Run:
     device: torch.device
     monitor: Monitor
     pre: Preprocess
+    world: World
 
     @classmethod
     def open(
@@ -54,6 +56,7 @@ class Run:
     ) -> Run:
         """``folder`` (default: the stage's name) is where outputs go, under ``<checkpoints>/<name>/``."""
         checkpoints = Path(checkpoints).expanduser()
+        world = distributed.world(cfg.device)
         device = devices.resolve(cfg.device)
         devices.seed_everything(cfg.seed)
         folder = folder or stage
@@ -62,11 +65,12 @@ class Run:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise MtlError(f"cannot write to {out}: {exc.strerror or exc}") from None
-        monitor = Monitor(checkpoints / cfg.run_name(stage) / "tb" / folder, folder, quiet=quiet)
+        log_dir = checkpoints / cfg.run_name(stage) / "tb" / folder
+        monitor = Monitor(log_dir, folder, quiet=quiet, enabled=world.main)
         pre = Preprocess(
             cfg.data.image_size, cfg.data.channels, cfg.data.mean, cfg.data.std, devices.memory_format(device)
         )
-        return cls(cfg, stage, checkpoints, out, device, monitor, pre)
+        return cls(cfg, stage, checkpoints, out, device, monitor, pre, world)
 
     def previous(self, stage: str) -> dict:
         """The ``best.pt`` of an earlier stage of this pipeline, checked against this config."""
@@ -99,13 +103,17 @@ class Run:
 
     def save_config(self) -> None:
         """Write the resolved config beside the outputs; done with the first output, so a run that
-        fails its checks leaves an earlier run's files as they were."""
+        fails its checks leaves an earlier run's files as they were. Only rank 0 writes."""
+        if not self.world.main:
+            return
         path = self.out / "config.yaml"
         tmp = path.with_suffix(".yaml.tmp")
         tmp.write_text(self.cfg.to_yaml())
         os.replace(tmp, path)
 
     def save(self, name: str, payload: dict, *, keep_previous: bool = False) -> None:
+        if not self.world.main:
+            return
         self.save_config()
         payload = {"stage": self.stage, "config": self.cfg.to_dict(), **payload}
         checkpoint.save(self.out / name, payload, keep_previous=keep_previous)

@@ -1,0 +1,135 @@
+"""Several processes, one run: ``torchrun --nproc_per_node=K -m mtl pretrain|metatrain PIPELINE``.
+
+Under torchrun (``WORLD_SIZE`` > 1) each process joins a ``torch.distributed`` group (NCCL on GPUs,
+gloo on the CPU). Every rank holds the data and draws the same random numbers, so all ranks agree on
+every global batch or meta-batch; each computes its slice, gradients are averaged across ranks, and
+only rank 0 logs, writes checkpoints and shows progress. Batch norm is synchronised across ranks
+(``nn.SyncBatchNorm`` on GPUs, :class:`DistBatchNorm2d` on the CPU), so K processes compute what one
+process computes on the whole batch, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+
+__all__ = ["DistBatchNorm2d", "World", "world"]
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    def slice(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` items (the first ``n % size`` ranks get one more)."""
+        base, extra = divmod(n, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def average_gradients(self, params: list[nn.Parameter]) -> None:
+        """Mean of every parameter's gradient over the ranks, in one flattened all-reduce."""
+        if not self.active:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.size
+        for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            g.copy_(part.view_as(g))
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks (a new tensor; the input is unchanged)."""
+        if not self.active:
+            return tensor
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    def gather(self, tensor: torch.Tensor, n: int) -> torch.Tensor:
+        """Concatenate every rank's :meth:`slice` of ``n`` rows, in rank order: the full ``(n, ...)``."""
+        if not self.active:
+            return tensor
+        sizes = [World(r, self.size).slice(n) for r in range(self.size)]
+        rows = max(s.stop - s.start for s in sizes)
+        padded = torch.zeros(rows, *tensor.shape[1:], dtype=tensor.dtype, device=tensor.device)
+        padded[: len(tensor)] = tensor
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: s.stop - s.start] for p, s in zip(parts, sizes, strict=True)])
+
+
+_WORLD = World()
+
+
+def world(device: str = "auto") -> World:
+    """The process group this process belongs to, joined on first call (a single process: size 1).
+
+    ``device`` is the config's: NCCL for CUDA, gloo for ``cpu`` or when no GPU is present.
+    """
+    global _WORLD
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and not dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available() and device != "cpu"
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        _WORLD = World(dist.get_rank(), dist.get_world_size(), local)
+    return _WORLD
+
+
+class DistBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm whose training statistics cover the batch of every rank, for the CPU (gloo), where
+    ``nn.SyncBatchNorm`` does not run. The sums travel through autograd-aware all-reduces, so the
+    backward pass is that of one batch norm over the whole global batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        c = x.shape[1]
+        xf = x.float()
+        # Two passes (mean, then squared deviations), as accurate as the fused single-process kernel.
+        local = torch.cat([xf.sum((0, 2, 3)), xf.new_full((1,), x.numel() / c)])
+        total = dist_fn.all_reduce(local)
+        count = total[-1]
+        mean = total[:c] / count
+        var = dist_fn.all_reduce((xf - mean.view(1, c, 1, 1)).square().sum((0, 2, 3))) / count
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * count / (count - 1), alpha=m)
+        y = (xf - mean.view(1, c, 1, 1)) * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return y.to(x.dtype)
+
+
+def sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Batch norms that compute statistics over all ranks' batches (a no-op for a single process)."""
+    if not _WORLD.active:
+        return model
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm2d:
+                new = DistBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine)
+                new.load_state_dict(child.state_dict())
+                setattr(parent, name, new.to(child.weight.device if child.affine else device))
+    return model

@@ -1,0 +1,93 @@
+"""torchrun with 2 gloo processes on the CPU follows the single-process run (same global batch, seed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mtl import checkpoint
+from mtl.distributed import World
+
+ROOT = Path(__file__).resolve().parents[1]
+# fp32 so that the comparison is about the distribution, not bf16 rounding; HT on, 3 tasks over 2 ranks.
+SETS = [*TINY, "precision=fp32", "meta.hard_tasks.enabled=true", "checkpoint_every=3"]
+
+
+def launch(stage: str, sets: list[str], ckpts: Path, processes: int) -> None:
+    args = [a for o in sets for a in ("--set", o)]
+    cli = ["-m", "mtl", stage, "pipelines/glyphs-1shot.yaml", *args, "--checkpoints", str(ckpts)]
+    if processes > 1:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            *cli,
+        ]
+    else:
+        cmd = [sys.executable, *cli]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def curve(ckpts: Path, stage: str, tag: str) -> list[float]:
+    acc = EventAccumulator(str(ckpts / "tiny" / "tb" / stage))
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    sets = [*SETS, f"data.root={tmp / 'data'}"]
+    for processes in (1, 2):
+        for stage in ("pretrain", "metatrain"):
+            launch(stage, sets, tmp / f"p{processes}", processes)
+    return tmp / "p1", tmp / "p2"
+
+
+@pytest.mark.parametrize(("stage", "tag"), [("pretrain", "train/loss"), ("metatrain", "train/query_loss")])
+def test_two_gloo_processes_follow_the_single_process_loss_curve(runs, stage, tag):
+    one, two = runs
+    single, double = curve(one, stage, tag), curve(two, stage, tag)
+    assert len(single) == len(double) >= 2
+    assert double == pytest.approx(single, rel=1e-4, abs=1e-5)
+    a = checkpoint.load(one / "tiny" / stage / "last.pt", stage=stage)["encoder"]
+    b = checkpoint.load(two / "tiny" / stage / "last.pt", stage=stage)["encoder"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_hard_task_pool_is_the_single_process_pool(runs):
+    one, two = runs
+    p1 = checkpoint.load(one / "tiny" / "metatrain" / "last.pt", stage="metatrain")["hard_tasks"]
+    p2 = checkpoint.load(two / "tiny" / "metatrain" / "last.pt", stage="metatrain")["hard_tasks"]
+    assert [c for c, _ in p1["entries"]] == [c for c, _ in p2["entries"]]
+    for key in ("failures", "chosen"):
+        assert torch.equal(p1[key], p2[key]), key
+    assert p1["updates"] == p2["updates"] > 0 and p1["rng"] == p2["rng"]
+
+
+def test_only_rank_0_writes(runs):
+    _, two = runs
+    events = list((two / "tiny" / "tb" / "pretrain").iterdir())
+    assert len(events) == 1  # one event file: rank 1 logged nothing
+
+
+@pytest.mark.parametrize(("n", "size"), [(3, 2), (4, 2), (5, 3), (2, 2)])
+def test_world_slices_cover_every_item_once(n, size):
+    parts = [World(r, size).slice(n) for r in range(size)]
+    assert [i for s in parts for i in range(s.start, s.stop)] == list(range(n))
+    assert max(s.stop - s.start for s in parts) - min(s.stop - s.start for s in parts) <= 1
