@@ -70,6 +70,12 @@ def load(path: Path, *, stage: str, map_location: str | torch.device = "cpu") ->
         raise MtlError(f"{path} is not a readable mtl checkpoint ({reason[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "stage" not in ckpt:
         raise MtlError(f"{path} is not an mtl checkpoint (format {FORMAT})")
+    theirs = str(ckpt.get("version", "?"))
+    if theirs.split(".")[:2] != __version__.split(".")[:2]:
+        raise MtlError(
+            f"{path} was written by mtl {theirs}; this is mtl {__version__}, whose checkpoints differ "
+            f"from {theirs.rsplit('.', 1)[0]}.x: run the stage again with this version"
+        )
     if ckpt["stage"] != stage:
         raise MtlError(f"{path} is a {ckpt['stage']} checkpoint, expected {stage}")
     return ckpt

@@ -53,3 +53,27 @@ def test_mismatched_setup_names_the_keys(tmp_path):
     ours = {"backbone": {"name": "resnet25"}, "data": {"dataset": "glyphs"}}
     with pytest.raises(MtlError, match=r"backbone.name: checkpoint 'resnet12' vs pipeline 'resnet25'"):
         checkpoint.check_compatible(ckpt, ours, tmp_path / "best.pt", ("data.dataset", "backbone.name"))
+
+
+def test_a_checkpoint_of_another_version_is_refused_saying_which(tmp_path):
+    import mtl
+
+    path = tmp_path / "best.pt"
+    checkpoint.save(path, {"stage": "pretrain"})
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "version": "0.0.9"}, path)
+    with pytest.raises(MtlError, match=rf"written by mtl 0\.0\.9; this is mtl {mtl.__version__}"):
+        checkpoint.load(path, stage="pretrain")
+    torch.save({**ckpt, "version": mtl.__version__.rsplit(".", 1)[0] + ".99"}, path)
+    assert checkpoint.load(path, stage="pretrain")["stage"] == "pretrain"  # a patch release reads it
+
+
+def test_weights_only_refuses_a_pickle_that_runs_code(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (print, ("boom",))
+
+    path = tmp_path / "best.pt"
+    torch.save({"format": checkpoint.FORMAT, "stage": "pretrain", "x": Boom()}, path)
+    with pytest.raises(MtlError, match="is not a readable mtl checkpoint"):
+        checkpoint.load(path, stage="pretrain")

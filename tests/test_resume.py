@@ -106,15 +106,16 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(pretrained, stage):
     assert_identical(final_state(killed, stage), final_state(straight, stage))
 
 
-def test_sigterm_finishes_the_step_writes_last_and_says_how_to_resume(pretrained):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_finishes_the_step_writes_last_and_says_how_to_resume(pretrained, signum):
     tmp, sets = pretrained
-    ckpts = tmp / "term"
+    ckpts = tmp / f"stopped-{signum}"
     shutil.copytree(tmp / "straight" / "tiny" / "pretrain", ckpts / "tiny" / "pretrain")
-    stopped = interrupt("metatrain", sets, ckpts, signal.SIGTERM)
-    assert stopped.returncode == 128 + signal.SIGTERM
+    stopped = interrupt("metatrain", sets, ckpts, signum)
+    assert stopped.returncode == 128 + signum
     message = stopped.stderr.strip().splitlines()
     assert len(message) == 1 and "Traceback" not in stopped.stderr
-    assert "stopped by SIGTERM at epoch" in message[0] and "resumes" in message[0]
+    assert f"stopped by {signal.Signals(signum).name} at epoch" in message[0] and "resumes" in message[0]
     run("metatrain", sets, ckpts)
     straight = tmp / "straight"
     if not (straight / "tiny" / "metatrain" / "last.pt").exists():
