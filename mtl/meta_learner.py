@@ -15,6 +15,7 @@ from mtl import base_learner, ss
 from mtl import device as devices
 from mtl.config import MetaConfig
 from mtl.data.episodes import episode_targets
+from mtl.data.store import ImageStore
 
 __all__ = ["MetaLearner", "meta_optimizer", "meta_update", "task_outputs"]
 
@@ -38,19 +39,20 @@ class MetaLearner(nn.Module):
 def task_outputs(
     learner: MetaLearner,
     m: MetaConfig,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStore,
     tasks: np.ndarray,
     transform: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adapt θ on each task's support set and score its queries.
 
-    images: uint8 ``(N, H, W, C)`` on the device; tasks: ``(T, way, shot + query)`` image indices;
+    images: uint8 ``(N, H, W, C)`` on the device, or an :class:`~mtl.data.store.ImageStore`;
+    tasks: ``(T, way, shot + query)`` image indices;
     ``transform`` turns uint8 batches into model input. Returns query logits ``(T, way * query, way)``
     of the adapted θ' and their targets ``(way * query,)``.
     """
     dev = images.device
     T, way, n = tasks.shape
-    idx = torch.from_numpy(tasks).to(dev)
+    idx = torch.from_numpy(tasks)  # host ids: gathering moves them (or the batch) to the device
     with devices.autocast(dev, learner.precision):
         if learner.train_bn:
             # Batch statistics: support and query sets are normalised separately.
@@ -73,7 +75,7 @@ def meta_update(
     learner: MetaLearner,
     m: MetaConfig,
     opt: torch.optim.Optimizer,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStore,
     tasks: np.ndarray,
     transform: Callable[[torch.Tensor], torch.Tensor],
     *,

@@ -12,6 +12,7 @@ import torch
 from mtl.config import Config
 from mtl.data.cache import Split
 from mtl.data.episodes import EpisodeSampler
+from mtl.data.store import ImageStore
 from mtl.hard_tasks import HardTaskPool, per_class_scores
 from mtl.monitor import Monitor
 
@@ -63,13 +64,13 @@ class HardTasks:
         step: int,
         acc: torch.Tensor,
         hard_acc: torch.Tensor,
-        images: torch.Tensor,
+        images: torch.Tensor | ImageStore,
         hard_tasks: np.ndarray,
     ) -> None:
         monitor.scalars(step, **{"hard/normal_query_acc": acc, "hard/hard_query_acc": hard_acc})
         monitor.scalars(step, **{"hard/pool_size": len(self.pool)})
         if step == 0:
-            grid = images[torch.from_numpy(hard_tasks[0]).flatten().to(images.device)]
+            grid = images[torch.from_numpy(hard_tasks[0]).flatten()]
             monitor.images("hard/task", grid, 0, nrow=hard_tasks.shape[2])
 
     def log_epoch(self, monitor: Monitor, step: int, class_names: list[str]) -> None:

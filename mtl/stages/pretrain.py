@@ -162,7 +162,7 @@ def pretrain(
         sched.load_state_dict(r["scheduler"])
         resume.set_rng_state(r["rng"], {"batches": gen})
         best, metric, start_epoch, start_step = r["best"], resumed["metric"], r["epoch"], r["step"]
-        perm, sums = r["perm"].to(dev), r["sums"].to(dev)
+        perm, sums = r["perm"].cpu(), r["sums"].to(dev)
         run.monitor.resume_at(start_epoch * steps + start_step)
         run.monitor.line(resume.announce(run.out, start_epoch, start_step, p.epochs, best["epoch"]))
     watch = resume.FiniteWatch(dev)
@@ -191,7 +191,7 @@ def pretrain(
             head.train()
             first = start_step if epoch == start_epoch else 0
             if first == 0:
-                perm = torch.randperm(len(train), generator=gen).to(dev)
+                perm = torch.randperm(len(train), generator=gen)  # host: gathering takes host ids
                 sums = torch.zeros(2, device=dev)
             with timer() as elapsed:
                 for i in run.monitor.progress(
@@ -200,7 +200,7 @@ def pretrain(
                     idx = perm[i * batch : (i + 1) * batch]
                     # Every rank augments the whole global batch (the same random draws), then
                     # trains on its slice: together they compute one process's step.
-                    x, y = augment(images[idx]), labels[idx]
+                    x, y = augment(images[idx]), labels[idx.to(dev, non_blocking=True)]
                     x, y = x[world.slice(batch)], y[world.slice(batch)]
                     loss, hits = train_step(net, identity, opt, x, y, p.label_smoothing, cfg.precision)
                     watch.update(loss, epoch * steps + i)

@@ -14,6 +14,7 @@ from mtl import checkpoint, distributed
 from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import Preprocess
+from mtl.data.store import ImageStore
 from mtl.distributed import World
 from mtl.errors import MtlError
 from mtl.evaluate import extract_features
@@ -97,9 +98,12 @@ class Run:
         finally:
             model.train(was_training)
 
-    def to_device(self, images: np.ndarray) -> torch.Tensor:
-        """A whole split as one uint8 tensor on the device: batches are then gathered by index."""
-        return torch.from_numpy(np.array(images)).to(self.device)
+    def to_device(self, images: np.ndarray) -> ImageStore:
+        """A whole split where batches are gathered by index (on the device when it fits)."""
+        store = ImageStore(images, self.device)
+        if store.where == "host":
+            self.monitor.line(f"{store.data.numel() / 2**30:.1f} GB of images kept in host memory")
+        return store
 
     def save_config(self) -> None:
         """Write the resolved config beside the outputs; done with the first output, so a run that
