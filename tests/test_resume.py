@@ -21,10 +21,11 @@ from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
-# Longer epochs than TINY, so that a kill lands inside one; a checkpoint after every step.
+# Longer epochs than TINY, so that a kill lands inside one; a checkpoint after every step; hard
+# tasks on, so that the pool and its samplers must resume too.
 LONGER = [
     "pretrain.epochs=3", "pretrain.batch_size=8", "meta.epochs=3", "meta.episodes_per_epoch=16",
-    "checkpoint_every=1",
+    "checkpoint_every=1", "meta.hard_tasks.enabled=true",
 ]  # fmt: skip
 
 
@@ -69,6 +70,9 @@ def final_state(ckpts: Path, stage: str) -> dict:
     for name in ("best.pt", "last.pt"):
         ckpt = checkpoint.load(ckpts / "tiny" / stage / name, stage=stage)
         state[name] = {k: ckpt[k] for k in ("encoder", "theta", "head", "metric") if k in ckpt}
+        if "hard_tasks" in ckpt:
+            pool = ckpt["hard_tasks"]
+            state[name]["pool"] = {k: pool[k] for k in ("entries", "failures", "chosen", "updates", "rng")}
     return state
 
 
