@@ -36,7 +36,7 @@ from mtl.errors import MtlError
 from mtl.evaluate import extract_features, finetune
 from mtl.meta_learner import MetaLearner, meta_optimizer, meta_update
 from mtl.models.backbone import build_backbone
-from mtl.monitor import PeakMemory
+from mtl.monitor import PeakMemory, timed
 from mtl.report import bench_table
 from mtl.stages.pretrain import train_step
 
@@ -64,26 +64,6 @@ class Setup:
 # ablation-sized evaluation (2,000 episodes), the paper's inner loop, a 4-task meta-batch
 QUICK = Setup((16, 32, 64, 128), 32, 20, 60, 2000, 40, 4, 2.0, 128)
 FULL = Setup((64, 160, 320, 640), 84, 20, 120, 2000, 100, 4, 10.0, 128)
-
-
-def _timed(step: Callable[[], object], device: torch.device, min_seconds: float) -> tuple[float, int]:
-    """Run ``step`` twice to warm up, then until ``min_seconds`` have passed; (seconds, calls) timed."""
-    step()
-    step()
-    _sync(device)
-    calls, start = 0, time.perf_counter()
-    while True:
-        step()
-        calls += 1
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds and calls >= 2:
-            return elapsed, calls
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _images(s: Setup) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +117,9 @@ def bench_metatest(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.
         )
 
     with PeakMemory(dev) as mem_fast:
-        t_fast, n_fast = _timed(fast, dev, s.min_seconds)
+        t_fast, n_fast = timed(fast, dev, s.min_seconds)
     with PeakMemory(dev) as mem_ref:
-        t_ref, n_ref = _timed(slow, dev, s.min_seconds)
+        t_ref, n_ref = timed(slow, dev, s.min_seconds)
     fast("fp32")  # the same maths as the reference, for the equality check
     k = s.ref_episodes
     fp32, auto, ref = out["fp32"][:k].cpu(), out["auto"][:k].cpu(), out["ref"].cpu()
@@ -171,7 +151,7 @@ def bench_metatrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch
     def measure(name: str, step: Callable[[], torch.Tensor]) -> None:
         first: list[torch.Tensor] = []
         with PeakMemory(dev) as mem:
-            seconds, calls = _timed(lambda: first.append(step()) if not first else step(), dev, s.min_seconds)
+            seconds, calls = timed(lambda: first.append(step()) if not first else step(), dev, s.min_seconds)
         result[name] = {
             "tasks_per_s": calls * s.meta_batch / seconds,
             "peak_mb": mem.mb,
@@ -251,7 +231,7 @@ def bench_pretrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.
     for _ in range(3):
         for name, step in (("pipeline", pipeline), ("bare", synthetic)):
             with PeakMemory(dev) as peak:
-                dt, calls = _timed(step, dev, s.min_seconds / 3)
+                dt, calls = timed(step, dev, s.min_seconds / 3)
             t[name], n[name] = t[name] + dt, n[name] + calls
             mem[name] = max(mem.get(name, 0.0), peak.mb)
     ips = {k: n[k] * s.pretrain_batch / t[k] for k in t}

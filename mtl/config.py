@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from mtl import pipeline_file
 from mtl.errors import MtlError
 
 
@@ -172,11 +173,7 @@ class Config:
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a pipeline file (following ``extends:``), apply ``key=value`` overrides, validate."""
-    raw: dict = _read_yaml(Path(path)) if path is not None else {}
-    for item in overrides:
-        key, value = _parse_override(item)
-        _set_dotted(raw, key, value)
-    return from_dict(raw)
+    return from_dict(pipeline_file.read(path, overrides))
 
 
 def from_dict(raw: dict) -> Config:
@@ -199,62 +196,6 @@ def _cross_check(cfg: Config) -> None:
             )
     if cfg.data.std is not None and min(cfg.data.std) <= 0:
         raise MtlError("data.std: values must be > 0")
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    path = path.expanduser()
-    if not path.is_file():
-        raise MtlError(f"pipeline file not found: {path}")
-    if path.resolve() in seen:
-        raise MtlError(f"{path}: 'extends' forms a cycle")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where else ""
-        raise MtlError(f"{path}: not valid YAML{line}") from None
-    if not isinstance(data, dict):
-        raise MtlError(f"{path}: a pipeline must be a mapping of keys to values")
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise MtlError(f"{path}: 'extends' must be a file path")
-    base = _read_yaml(path.parent / parent, (*seen, path.resolve()))
-    return _merge(base, data)
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise MtlError(f"bad --set '{item}': expected key=value, e.g. --set meta.shot=5")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
-    return key, value
-
-
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    *parents, leaf = key.split(".")
-    for i, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise MtlError(f"--set {key}: '{'.'.join(parents[: i + 1])}' is not a section")
-        node = child
-    node[leaf] = value
 
 
 # --------------------------------------------------------------------------- validation

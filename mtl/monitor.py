@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
@@ -141,3 +141,24 @@ class PeakMemory:
             self._thread.join()
             self._peak = max(self._peak, self._rss())
             self.mb = (self._peak - self._base) / 2**20
+
+
+def timed(step: Callable[[], object], device: torch.device, min_seconds: float) -> tuple[float, int]:
+    """Run ``step`` twice to warm up, then until ``min_seconds`` have passed (at least twice), waiting
+    for the device after each call; returns (seconds, calls) of the timed part."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()
+    step()
+    sync()
+    calls, start = 0, time.perf_counter()
+    while True:
+        step()
+        calls += 1
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and calls >= 2:
+            return elapsed, calls

@@ -237,13 +237,8 @@ def render_class(
     """The first ``n`` images of class ``class_id``: ``(n, image_size, image_size, channels)`` uint8."""
     style = _check(preset, image_size, channels, seed, n)
     template = _class_template(seed, class_id)
-    stream = zlib.crc32(preset.encode())
-    draws = [
-        _image_params(
-            np.random.default_rng([seed, class_id, 1, stream, j]), template, style, channels, image_size
-        )
-        for j in range(n)
-    ]
+    rngs = [np.random.default_rng([seed, class_id, 1, zlib.crc32(preset.encode()), j]) for j in range(n)]
+    draws = [_image_params(rng, template, style, channels, image_size) for rng in rngs]
     cubics, extra, count, affine, shift, width, ink, paper, noise = map(np.stack, zip(*draws, strict=True))
     # Sample counts depend only on the class and the style, so an image never depends on its batch.
     points, segments = template[0], template[2]
@@ -281,10 +276,8 @@ def ensure_glyphs(
     root: Path, *, classes: int, images_per_class: int, image_size: int, channels: int, preset: str, seed: int
 ) -> Path:
     """The prepared ``glyphs`` dataset folder under ``root``, generated only if missing or invalid."""
-    params = dict(
-        classes=classes, images_per_class=images_per_class, image_size=image_size,
-        channels=channels, preset=preset, seed=seed,
-    )  # fmt: skip
+    params = {"classes": classes, "images_per_class": images_per_class, "image_size": image_size}
+    params |= {"channels": channels, "preset": preset, "seed": seed}
     style = _check(preset, image_size, channels, seed, images_per_class)
     split_class_ids(classes)
     name = f"glyphs-{preset}-c{classes}-n{images_per_class}-s{image_size}-ch{channels}-seed{seed}"
@@ -299,10 +292,7 @@ def ensure_glyphs(
 def _cached(dest: Path, recorded: dict) -> bool:
     """Whether ``dest`` holds a loadable glyphs dataset made with exactly these parameters."""
     try:
-        if load_manifest(dest).get("glyphs") != recorded:
-            return False
-        for name in SPLITS:
-            load_split(dest, name)
+        same = load_manifest(dest).get("glyphs") == recorded
+        return same and all(load_split(dest, name) is not None for name in SPLITS)
     except MtlError:
         return False
-    return True
