@@ -32,6 +32,7 @@ import torch
 
 from mtl import base_learner, checkpoint, config, ss
 from mtl import device as devices
+from mtl.atomic import atomic_write
 from mtl.data.augment import Preprocess
 from mtl.data.formats.common import class_dirs, image_files
 from mtl.data.images import BadImage, to_pixels
@@ -200,22 +201,13 @@ def _write_csv(out: Path, classes: list[str], rows: list[dict], labelled: bool) 
     leaves a half-written CSV."""
     header = ["image", "prediction", "probability", *(["label", "correct"] if labelled else [])]
     header += [f"p({c})" for c in classes]
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            for r in rows:
-                label = [r["label"], int(r["prediction"] == r["label"])] if labelled else []
-                probs = [f"{r['probs'][c]:.4f}" for c in classes]
-                writer.writerow([r["image"], r["prediction"], f"{r['probability']:.4f}", *label, *probs])
-        os.replace(tmp, out)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise MtlError(f"could not write {out}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in rows:
+            label = [r["label"], int(r["prediction"] == r["label"])] if labelled else []
+            probs = [f"{r['probs'][c]:.4f}" for c in classes]
+            writer.writerow([r["image"], r["prediction"], f"{r['probability']:.4f}", *label, *probs])
 
 
 def _table(result: dict, n_support: int, out: Path | None, correct: int) -> list[str]:

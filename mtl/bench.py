@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtl import atomic, reference, ss
 from mtl import device as devices
-from mtl import reference, ss
 from mtl.config import MetaConfig
 from mtl.data.augment import Preprocess, TrainAugment
 from mtl.data.episodes import EpisodeSampler, fixed_episodes
@@ -284,8 +284,6 @@ def run_bench(
     result["metatrain_speedup"] = result["metatrain"]["speedup"]
     result["pretrain_efficiency"] = result["pretrain"]["efficiency"]
     result["seconds"] = time.perf_counter() - started
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic.write_text(out, json.dumps(result, indent=2) + "\n")
     print("\n".join(bench_table(result)) + f"\n\nwritten to {out} ({result['seconds']:.0f} s in all)")
     return result

@@ -11,9 +11,7 @@ Each stage keeps ``best.pt`` (chosen on validation classes) and ``last.pt`` in
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 
 from mtl import __version__
+from mtl.atomic import atomic_write
 from mtl.errors import MtlError
 
 FORMAT = 1
@@ -41,21 +40,9 @@ def save(path: Path, payload: dict[str, Any], *, keep_previous: bool = False) ->
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": __version__, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_previous and path.exists():
-            os.replace(path, path.with_suffix(".prev.pt"))
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise MtlError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    previous = path.with_suffix(".prev.pt") if keep_previous else None
+    with atomic_write(path, "wb", keep_previous=previous, what="checkpoint ") as f:
+        torch.save(payload, f)
 
 
 def load(path: Path, *, stage: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

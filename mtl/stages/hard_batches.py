@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mtl import atomic
 from mtl.config import Config
 from mtl.data.cache import Split
 from mtl.data.episodes import EpisodeSampler
@@ -83,6 +83,4 @@ class HardTasks:
         )
 
     def write_summary(self, path: Path, class_names: list[str]) -> None:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.pool.summary(class_names), indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps(self.pool.summary(class_names), indent=2) + "\n")

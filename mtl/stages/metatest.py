@@ -8,12 +8,11 @@ without meta-training, and nearest-centroid on pretrained features and on raw pi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from mtl import ss
+from mtl import atomic, ss
 from mtl.config import Config
 from mtl.data.cache import Split
 from mtl.data.episodes import check_episode_shape, fixed_episodes
@@ -96,9 +95,7 @@ def publish(
     run.monitor.text("test/results", table)
     run.monitor.close()
     run.save_config()
-    tmp = run.out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, run.out / "results.json")
+    atomic.write_text(run.out / "results.json", json.dumps(results, indent=2) + "\n")
     if not quiet:
         print(table)
     return results

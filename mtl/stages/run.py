@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl import checkpoint, distributed
+from mtl import atomic, checkpoint, distributed
 from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import Preprocess
@@ -110,10 +109,7 @@ class Run:
         fails its checks leaves an earlier run's files as they were. Only rank 0 writes."""
         if not self.world.main:
             return
-        path = self.out / "config.yaml"
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(self.cfg.to_yaml())
-        os.replace(tmp, path)
+        atomic.write_text(self.out / "config.yaml", self.cfg.to_yaml())
 
     def save(self, name: str, payload: dict, *, keep_previous: bool = False) -> None:
         if not self.world.main:
