@@ -29,10 +29,10 @@ def resolve(name: str) -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether the device multiplies bf16 matrices natively: CUDA, or a CPU with AMX tiles (Intel Xeon
-    since Sapphire Rapids). Elsewhere oneDNN emulates bf16, slower than fp32."""
+    """Whether the device multiplies bf16 matrices natively: a GPU of the Ampere generation or newer, or a
+    CPU with AMX tiles (Intel Xeon since Sapphire Rapids). Elsewhere bf16 is emulated, slower than fp32."""
     if device.type == "cuda":
-        return True
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe is not None and probe())
 

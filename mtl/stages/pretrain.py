@@ -125,7 +125,8 @@ def pretrain(
     devices.maybe_compile(model, cfg.compile)
     net = nn.Sequential(model, head)
     if world.active:  # gradients averaged over the ranks' slices of every global batch
-        net = DistributedDataParallel(net, device_ids=[dev.index or 0] if dev.type == "cuda" else None)
+        ids = [torch.cuda.current_device()] if dev.type == "cuda" else None  # this rank's GPU
+        net = DistributedDataParallel(net, device_ids=ids)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(
         params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay
