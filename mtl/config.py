@@ -145,7 +145,7 @@ class Config:
     precision: str = _opt(
         "auto",
         choices=("auto", "fp32", "bf16"),
-        doc="encoder autocast; auto: bf16 where native (CUDA, AMX CPUs)",
+        doc="encoder autocast; auto: bf16 where native (Ampere+ GPUs, AMX CPUs)",
     )
     compile: bool = _opt(False, doc="torch.compile the encoder for pretrain and metatrain (CUDA)")
     checkpoint_every: int = _opt(0, min=0, doc="also write last.pt every N training steps (0: every epoch)")
