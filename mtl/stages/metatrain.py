@@ -105,22 +105,23 @@ def metatrain(
     sums = torch.zeros(3, device=dev)  # query loss, query accuracy, hard-task accuracy: epoch sums
     watch = resume.FiniteWatch(dev)
 
-    def save_last(epoch: int, step: int) -> None:
-        """``last.pt`` with everything needed to continue after ``step`` meta-batches of ``epoch``."""
-        watch.check("metatrain", batches, run.out, world)
+    def weights() -> dict:
+        """What best.pt and last.pt both hold: SS encoder, θ, the pool, the last epoch's metric."""
         state = {
             "encoder": learner.encoder.state_dict(),
             "theta": {"W": learner.W.detach(), "b": learner.b.detach()},
             "class_names": train.class_names,
             "metric": metric,
-            "resume": {
-                "epoch": epoch, "step": step, "sums": sums, "best": best,
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": resume.rng_state(generators),
-            },
-        }  # fmt: skip
+        }
         if hard is not None:
             state["hard_tasks"] = hard.pool.state_dict()
+        return state
+
+    def save_last(epoch: int, step: int) -> None:
+        """``last.pt`` with everything needed to continue after ``step`` meta-batches of ``epoch``."""
+        watch.check("metatrain", batches, run.out, world)
+        position = {"epoch": epoch, "step": step, "sums": sums, "best": best}
+        state = {**weights(), "resume": resume.training_state(opt, sched, generators, **position)}
         run.save("last.pt", state, keep_previous=True)
 
     def keep(epoch: int, acc: float, ci: float) -> bool:
@@ -131,15 +132,7 @@ def metatrain(
         improved = acc > best["val_acc"]
         if improved:
             best.update(metric)
-            state = {
-                "encoder": learner.encoder.state_dict(),
-                "theta": {"W": learner.W.detach(), "b": learner.b.detach()},
-                "class_names": train.class_names,
-                "metric": metric,
-            }
-            if hard is not None:
-                state["hard_tasks"] = hard.pool.state_dict()
-            run.save("best.pt", state)
+            run.save("best.pt", weights())
         if hard is not None:
             hard.write_summary(run.out / "hard_tasks.json", train.class_names)
         save_last(epoch, 0)
@@ -153,13 +146,9 @@ def metatrain(
         with torch.no_grad():
             learner.W.copy_(resumed["theta"]["W"])
             learner.b.copy_(resumed["theta"]["b"])
-        opt.load_state_dict(r["optimizer"])
-        sched.load_state_dict(r["scheduler"])
-        resume.set_rng_state(r["rng"], generators)
+        resume.restore_training(r, opt, sched, generators, run=run, epochs=m.epochs, steps_per_epoch=batches)
         best, metric, sums = r["best"], resumed["metric"], r["sums"].to(dev)
         start_epoch, start_step = r["epoch"], r["step"]
-        run.monitor.resume_at(start_epoch * batches + start_step)
-        run.monitor.line(resume.announce(run.out, start_epoch, start_step, m.epochs, best["epoch"]))
     else:
         acc, ci = meta_validate(learner, run, val, val_episodes)
         keep(0, acc, ci)

@@ -152,6 +152,7 @@ def pretrain(
     metric = dict(best)
     start_epoch, start_step, perm = 0, 0, None
     sums = torch.zeros(2, device=dev)  # loss sum, correct predictions of the epoch so far
+    generators = {"batches": gen}
     resumed = resume.load_resume(
         run.out, "pretrain", cfg.to_dict(), fresh=fresh, note=run.monitor.line, matters=_matters(cfg)
     )
@@ -159,30 +160,26 @@ def pretrain(
         r = resumed["resume"]
         model.load_state_dict(resumed["encoder"])
         head.load_state_dict(resumed["head"])
-        opt.load_state_dict(r["optimizer"])
-        sched.load_state_dict(r["scheduler"])
-        resume.set_rng_state(r["rng"], {"batches": gen})
+        resume.restore_training(r, opt, sched, generators, run=run, epochs=p.epochs, steps_per_epoch=steps)
         best, metric, start_epoch, start_step = r["best"], resumed["metric"], r["epoch"], r["step"]
         perm, sums = r["perm"].cpu(), r["sums"].to(dev)
-        run.monitor.resume_at(start_epoch * steps + start_step)
-        run.monitor.line(resume.announce(run.out, start_epoch, start_step, p.epochs, best["epoch"]))
     watch = resume.FiniteWatch(dev)
 
-    def save_last(epoch: int, step: int) -> None:
-        """``last.pt`` with everything needed to continue after ``step`` steps of ``epoch``."""
-        watch.check("pretrain", steps, run.out, world)
-        state = {
+    def weights() -> dict:
+        """What best.pt and last.pt both hold: the network and the metric of the last epoch."""
+        return {
             "encoder": model.state_dict(),
             "head": head.state_dict(),
             "class_names": train.class_names,
             "metric": metric,
-            "resume": {
-                "epoch": epoch, "step": step, "perm": perm, "best": best,
-                "sums": world.sum(sums) / world.size,  # each rank's share of the epoch's sums
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": resume.rng_state({"batches": gen}),
-            },
-        }  # fmt: skip
+        }
+
+    def save_last(epoch: int, step: int) -> None:
+        """``last.pt`` with everything needed to continue after ``step`` steps of ``epoch``."""
+        watch.check("pretrain", steps, run.out, world)
+        share = world.sum(sums) / world.size  # each rank's share of the epoch's sums
+        position = {"epoch": epoch, "step": step, "perm": perm, "best": best, "sums": share}
+        state = {**weights(), "resume": resume.training_state(opt, sched, generators, **position)}
         run.save("last.pt", state, keep_previous=True)
 
     every, identity = cfg.checkpoint_every, nn.Identity()
@@ -237,15 +234,7 @@ def pretrain(
             improved = acc > best["val_acc"]
             if improved:
                 best = dict(metric)
-                run.save(
-                    "best.pt",
-                    {
-                        "encoder": model.state_dict(),
-                        "head": head.state_dict(),
-                        "class_names": train.class_names,
-                        "metric": metric,
-                    },
-                )
+                run.save("best.pt", weights())
             save_last(epoch + 1, 0)
             run.monitor.line(
                 f"epoch {epoch + 1}/{p.epochs}  loss {float(train_loss):.3f}  "

@@ -130,11 +130,35 @@ def load_resume(
     return ckpt
 
 
-def announce(out: Path, epoch: int, step: int, epochs: int, kept: int) -> str:
-    """The console line of a resumed run (``epoch``, ``step``: where it continues, 0-based epoch)."""
+def training_state(
+    opt: torch.optim.Optimizer, sched: Any, generators: dict[str, Any], **position: Any
+) -> dict:
+    """The ``"resume"`` entry of a ``last.pt``: ``position`` (epoch, step, running sums, best metric,
+    ...) plus the optimiser and scheduler states and every random state."""
+    return {
+        **position,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": rng_state(generators),
+    }
+
+
+def restore_training(
+    r: dict, opt: torch.optim.Optimizer, sched: Any, generators: dict[str, Any], *, run: Any, epochs: int,
+    steps_per_epoch: int,
+) -> None:  # fmt: skip
+    """Load what :func:`training_state` saved; continue TensorBoard at that step and say where."""
+    opt.load_state_dict(r["optimizer"])
+    sched.load_state_dict(r["scheduler"])
+    set_rng_state(r["rng"], generators)
+    epoch, step = r["epoch"], r["step"]
+    run.monitor.resume_at(epoch * steps_per_epoch + step)
     if epoch >= epochs:
-        return f"already finished in {out} (kept epoch {kept}); --fresh trains again"
-    return f"resuming from {out / 'last.pt'} at epoch {epoch + 1}, step {step}"
+        run.monitor.line(
+            f"already finished in {run.out} (kept epoch {r['best']['epoch']}); --fresh trains again"
+        )
+    else:
+        run.monitor.line(f"resuming from {run.out / 'last.pt'} at epoch {epoch + 1}, step {step}")
 
 
 def agreed_signal(stop: dict[str, int], world: World, device: torch.device) -> int:

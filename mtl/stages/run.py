@@ -117,8 +117,3 @@ class Run:
         self.save_config()
         payload = {"stage": self.stage, "config": self.cfg.to_dict(), **payload}
         checkpoint.save(self.out / name, payload, keep_previous=keep_previous)
-
-    def check_finite(self, loss: torch.Tensor, where: str) -> None:
-        """Stop on a NaN/inf loss (one host sync, so call it once per epoch, not per step)."""
-        if not torch.isfinite(loss).all():
-            raise MtlError(f"{self.stage}: loss is not finite at {where}; lower the learning rate")
