@@ -56,3 +56,21 @@ def write_image(path: Path, pixels: np.ndarray) -> Path:
     img = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     img.save(path, quality=95) if path.suffix.lower() in (".jpg", ".jpeg") else img.save(path)
     return path
+
+
+def assert_prepare_refused(tmp_path: Path, dataset: str, src: Path, message: str) -> None:
+    """``mtl data prepare`` of ``src`` fails with one ``error:`` line containing ``message``, exit 2, no
+    traceback, no destination folder, and no code run by a refused pickle (it would create ``ran``)."""
+    from click.testing import CliRunner
+
+    from mtl.cli import main
+
+    dest = tmp_path / "prep"
+    args = ["data", "prepare", dataset, "--source", src, "--dest", dest, "--workers", 1]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not dest.exists()
+    assert not (tmp_path / "ran").exists()

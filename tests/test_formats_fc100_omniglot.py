@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from fakes import write_py2_pickle, write_py3_pickle
+from fakes import assert_prepare_refused, write_py2_pickle, write_py3_pickle
 from PIL import Image
 
-from mtl.cli import main
 from mtl.data.cache import load_split
 from mtl.data.prepare import prepare
 
@@ -333,13 +331,4 @@ def _bad(tmp_path: Path, case: str) -> tuple[str, Path, str]:
     ],
 )
 def test_bad_input_ends_with_one_line_naming_the_file(tmp_path, case):
-    dataset, src, message = _bad(tmp_path, case)
-    dest = tmp_path / "prep"
-    args = ["data", "prepare", dataset, "--source", src, "--dest", dest, "--workers", 1]
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
-    assert "Traceback" not in result.output
-    assert not dest.exists()
-    assert not (tmp_path / "ran").exists()  # the refused pickle ran nothing
+    assert_prepare_refused(tmp_path, *_bad(tmp_path, case))

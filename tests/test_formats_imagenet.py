@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fakes import pattern_images, write_image, write_py2_pickle, write_py3_pickle
+from fakes import assert_prepare_refused, pattern_images, write_image, write_py2_pickle, write_py3_pickle
 from PIL import Image
 
 from mtl.cli import main
@@ -304,15 +304,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[str, Path, str]:
     ],
 )
 def test_bad_input_ends_with_one_line_naming_the_file(tmp_path, case):
-    dataset, src, message = _bad(tmp_path, case)
-    dest = tmp_path / "prep"
-    result = invoke("data", "prepare", dataset, "--source", src, "--dest", dest, "--workers", 1)
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
-    assert "Traceback" not in result.output
-    assert not dest.exists()
-    assert not (tmp_path / "ran").exists()  # the refused pickle ran nothing
+    assert_prepare_refused(tmp_path, *_bad(tmp_path, case))
 
 
 def test_skip_bad_skips_and_counts_an_undecodable_image(tmp_path):

@@ -31,6 +31,12 @@ def invoke(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def prepare_cli(tmp_path, *options):
+    """``mtl data prepare folder`` from ``tmp_path/own`` into ``tmp_path/prep``, one worker."""
+    return invoke("data", "prepare", "folder", "--source", tmp_path / "own", "--dest", tmp_path / "prep",
+                  *options, "--workers", 1)  # fmt: skip
+
+
 def test_folder_without_splits_is_split_by_class_with_a_seeded_ratio(tmp_path):
     written = own_images(tmp_path / "own")
     report = prepare("folder", tmp_path / "own", tmp_path / "prep", image_size=24, workers=1)
@@ -67,21 +73,7 @@ def test_folder_with_split_folders_and_resizing(tmp_path):
 
 def test_cli_prepare_and_info(tmp_path):
     own_images(tmp_path / "own")
-    result = invoke(
-        "data",
-        "prepare",
-        "folder",
-        "--source",
-        tmp_path / "own",
-        "--dest",
-        tmp_path / "prep",
-        "--image-size",
-        16,
-        "--split",
-        "0.6,0.2,0.2",
-        "--workers",
-        1,
-    )
+    result = prepare_cli(tmp_path, "--image-size", 16, "--split", "0.6,0.2,0.2")
     assert result.exit_code == 0, result.output
     assert "train     6 classes       24 images" in result.output
     info = invoke("data", "info", tmp_path / "prep", "--json")
@@ -94,18 +86,7 @@ def test_cli_prepare_and_info(tmp_path):
 def test_skip_bad_counts_undecodable_images(tmp_path):
     own_images(tmp_path / "own")
     (tmp_path / "own" / "class_j" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    result = invoke(
-        "data",
-        "prepare",
-        "folder",
-        "--source",
-        tmp_path / "own",
-        "--dest",
-        tmp_path / "prep",
-        "--skip-bad",
-        "--workers",
-        1,
-    )
+    result = prepare_cli(tmp_path, "--skip-bad")
     assert result.exit_code == 0, result.output
     assert "skipped 1 undecodable images" in result.output and "broken.jpg" in result.output
     assert load_manifest(tmp_path / "prep")["skipped"] == 1
