@@ -53,7 +53,7 @@ class World:
             g.copy_(part.view_as(g))
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The sum over ranks (a new tensor; the input is unchanged)."""
+        """The sum over ranks, in a new tensor (for a single process, the input itself)."""
         if not self.active:
             return tensor
         out = tensor.clone()
