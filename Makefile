@@ -25,7 +25,7 @@ setup: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-cache-dir -e '.[dev]'
 	touch $@
 
 pretrain metatrain: $(STAMP)
