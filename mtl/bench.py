@@ -224,7 +224,10 @@ def bench_pretrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.
     def synthetic() -> None:
         train_step(*bare, x_fixed, y_fixed, precision="auto")
 
-    # Interleaved rounds, so that a slow spell of a shared machine hits both paths alike.
+    # Both paths warm up first (the first steps of a new shape pay for kernel selection and the
+    # allocator), then run in interleaved rounds, so that a slow spell of a shared machine hits both.
+    for step in (pipeline, synthetic):
+        timed(step, dev, s.min_seconds / 4)
     t = {"pipeline": 0.0, "bare": 0.0}
     n = {"pipeline": 0, "bare": 0}
     mem = {}
