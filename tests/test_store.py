@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from mtl.data import store as store_module
 from mtl.data.store import ImageStore
 
 
 @pytest.mark.parametrize("where", ["device", "host", "auto"])
-def test_batches_are_the_indexed_images_wherever_the_split_lives(where):
+def test_batches_are_the_indexed_images_wherever_the_split_lives(where, monkeypatch):
+    monkeypatch.setattr(store_module, "_CHUNK", 7)  # filled in chunks that do not divide the split
     images = np.random.default_rng(0).integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
     store = ImageStore(images, torch.device("cpu"), where=where)
     assert store.where == ("device" if where == "auto" else where)
@@ -17,6 +19,7 @@ def test_batches_are_the_indexed_images_wherever_the_split_lives(where):
     batch = store[idx]
     assert batch.dtype == torch.uint8 and batch.shape == (2, 2, 4, 4, 3)
     assert np.array_equal(batch.numpy(), images[idx.numpy()])
+    assert np.array_equal(store[torch.arange(20)].numpy(), images)
 
 
 def test_a_memmap_is_read_into_memory_and_a_bad_place_is_refused(tmp_path):
