@@ -29,8 +29,9 @@ def done(tmp_path_factory):
     return root, sets, ckpts
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file's bytes and every folder (``None``): a failed command adds, changes and removes nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
 
 
 def stage(name: str, *extra: str) -> Callable[[Path, list[str], Path], list[str]]:
@@ -147,6 +148,10 @@ CASES = {
         r"none",
     ),
     "data info on a non-dataset": (plain("data", "info", "{ckpts}"), r"manifest"),
+    "prepare over the run's outputs": (
+        plain("data", "prepare", "folder", "--source", "{root}/data", "--dest", "{ckpts}"),
+        r"ckpts is not empty and not a prepared dataset \(it holds 'tiny'\); it is left alone",
+    ),
     "adapt without support folder": (
         plain("adapt", "--checkpoint", "{ckpts}/tiny/metatrain/best.pt", "--support", "{root}/s",
               "--query", "{root}/q"),

@@ -167,3 +167,35 @@ def test_info_on_a_folder_that_is_not_prepared(tmp_path):
         result.output.strip()
         == f"error: no prepared dataset at {tmp_path} (manifest.json missing); run `mtl data prepare` first"
     )
+
+
+@pytest.mark.parametrize("dest", ["a file", "a folder of other files", "the source's parent"])
+def test_prepare_never_replaces_what_is_not_a_prepared_dataset(tmp_path, dest):
+    own_images(tmp_path / "own")
+    if dest == "a file":
+        target, message = tmp_path / "notes.txt", "notes.txt is a file, not a dataset folder"
+        target.write_text("keep me")
+    elif dest == "a folder of other files":
+        target, message = tmp_path / "photos", "not a prepared dataset (it holds 'me.jpg')"
+        target.mkdir()
+        (target / "me.jpg").write_bytes(b"keep me")
+    else:
+        target, message = tmp_path, "is not empty and not a prepared dataset (it holds 'own')"
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    result = invoke("data", "prepare", "folder", "--source", tmp_path / "own", "--dest", target)
+    assert result.exit_code == 2
+    assert message in result.output.strip().splitlines()[-1], result.output
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+def test_prepare_replaces_an_earlier_prepared_dataset_and_writes_through_a_symlink(tmp_path):
+    own_images(tmp_path / "own")
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "disk")
+    for _ in range(2):  # the second run replaces the first run's dataset
+        assert prepare_cli(tmp_path).exit_code == 0
+        link = tmp_path / "link"
+        result = invoke("data", "prepare", "folder", "--source", tmp_path / "own", "--dest", link)
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "link").is_symlink()
+    assert load_manifest(tmp_path / "disk")["fingerprint"] == load_manifest(tmp_path / "prep")["fingerprint"]

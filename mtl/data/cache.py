@@ -7,8 +7,7 @@ Layout of a prepared folder::
     {split}_labels.npy        (N,) int64, values 0..K-1
     {split}_classes.json      K class names, index = label
 
-Every stage reads this layout, whatever the dataset came from. ``manifest.json`` is written last and the
-folder only appears under its final name once it is complete, so a half-written dataset is never loaded.
+Every stage reads this layout. The folder appears under its name only when complete (:func:`swap_in`).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _TMP_NAME = re.compile(r"^\..+\.(tmp|old)-\d+$")
+_OWN_FILE = re.compile(r"^(manifest\.json|[A-Za-z0-9_-]+_(images\.npy|labels\.npy|classes\.json))$")
 _HASH_CHUNK = 64 << 20  # bytes of images hashed at a time, so GB-sized memmaps never load whole
 _RESERVED = ("format_version", "source_format", "image_shape", "splits", "fingerprint")
 
@@ -190,17 +190,23 @@ def write_manifest(
     _fsync_dir(folder)
 
 
+def check_replaceable(dest: Path) -> None:
+    """Refuse a ``dest`` that a prepared dataset may not replace: a file, or a folder that holds anything
+    but a prepared dataset's files (the user's own data, or the very source being prepared)."""
+    if dest.exists() and not dest.is_dir():
+        raise MtlError(f"{dest} is a file, not a dataset folder; choose a new or empty folder")
+    if dest.is_dir() and (foreign := sorted(p.name for p in dest.iterdir() if not _OWN_FILE.match(p.name))):
+        raise MtlError(
+            f"{dest} is not empty and not a prepared dataset (it holds {foreign[0]!r}); "
+            "it is left alone: choose a new or empty folder"
+        )
+
+
 def swap_in(new: Path, dest: Path) -> None:
-    """Move the complete folder ``new`` to ``dest``, replacing any previous ``dest``."""
-    _swap_in(new, dest, dest.parent / f".{dest.name}.old-{os.getpid()}")
-
-
-def _swap_in(new: Path, dest: Path, old: Path) -> None:
-    """Move the complete folder ``new`` to ``dest``, moving an existing ``dest`` aside first.
-
-    A directory cannot be renamed over a non-empty one, hence the two renames; if the second fails the
-    previous dataset is put back.
-    """
+    """Move the complete folder ``new`` to ``dest``, replacing a previous prepared dataset there (it
+    moves aside first, since a folder cannot be renamed over another, and comes back on failure)."""
+    check_replaceable(dest)
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
     replacing = dest.exists()
     if replacing:
         shutil.rmtree(old, ignore_errors=True)
@@ -233,11 +239,8 @@ def load_manifest(root: Path) -> dict:
         raise MtlError(f"{path} is corrupt: {e}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
         raise MtlError(f"{path} is corrupt: no 'splits' mapping")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise MtlError(
-            f"{path} has format_version {manifest.get('format_version')!r}, this mtl reads "
-            f"{FORMAT_VERSION}; prepare the dataset again"
-        )
+    if (version := manifest.get("format_version")) != FORMAT_VERSION:
+        raise MtlError(f"{path} has format_version {version!r}, mtl reads {FORMAT_VERSION}; prepare again")
     return manifest
 
 

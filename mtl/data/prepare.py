@@ -68,9 +68,11 @@ def prepare(
     if dataset not in DATASETS:
         raise MtlError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
-    source, dest = Path(source).expanduser(), Path(dest).expanduser()
+    # A symlinked dest (e.g. ~/.cache/mtl/x -> /data/x) is written where it points.
+    source, dest = Path(source).expanduser(), Path(dest).expanduser().resolve()
     if not source.exists():
         raise MtlError(f"source not found: {source}")
+    cache.check_replaceable(dest)  # before hours of decoding, not after
     if dest.resolve() == source.resolve() or source.resolve() in dest.resolve().parents:
         raise MtlError(f"--dest {dest} must not be inside the source {source}")
     size = image_size or spec.image_size

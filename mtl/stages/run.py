@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,10 +62,7 @@ class Run:
         devices.seed_everything(cfg.seed)
         folder = folder or stage
         out = checkpoint.stage_dir(checkpoints, cfg.run_name(stage), folder)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MtlError(f"cannot write to {out}: {exc.strerror or exc}") from None
+        _check_writable(out)
         log_dir = checkpoints / cfg.run_name(stage) / "tb" / folder
         monitor = Monitor(log_dir, folder, quiet=quiet, enabled=world.main)
         pre = Preprocess(
@@ -109,6 +107,10 @@ class Run:
         fails its checks leaves an earlier run's files as they were. Only rank 0 writes."""
         if not self.world.main:
             return
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MtlError(f"cannot write to {self.out}: {exc.strerror or exc}") from None
         atomic.write_text(self.out / "config.yaml", self.cfg.to_yaml())
 
     def save(self, name: str, payload: dict, *, keep_previous: bool = False) -> None:
@@ -117,3 +119,15 @@ class Run:
         self.save_config()
         payload = {"stage": self.stage, "config": self.cfg.to_dict(), **payload}
         checkpoint.save(self.out / name, payload, keep_previous=keep_previous)
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work if ``out`` cannot be made, without making it yet: a command that fails
+    later (a missing checkpoint, a bad dataset) leaves no empty folders behind."""
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MtlError(f"cannot write to {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MtlError(f"cannot write to {out}: {existing} is not writable")
