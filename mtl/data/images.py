@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 Image.MAX_IMAGE_PIXELS = None  # datasets hold large photos; the files are the user's own
 RESAMPLE = Image.Resampling.BICUBIC
@@ -45,6 +45,8 @@ def _open(item: Path | bytes, size: int) -> Image.Image:
         # JPEG can decode at 1/2, 1/4 or 1/8 scale: far faster for photos much larger than `size`.
         img.draft("RGB", (2 * size, 2 * size))
         img.load()
+        # Phone photos are stored sideways with an EXIF orientation tag; viewers (and users) see them upright.
+        ImageOps.exif_transpose(img, in_place=True)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImage(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
     if getattr(img, "mode", "") in ("P", "PA", "LA", "RGBA", "I;16", "I", "F", "CMYK", "1"):
