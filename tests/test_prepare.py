@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -199,3 +200,14 @@ def test_prepare_replaces_an_earlier_prepared_dataset_and_writes_through_a_symli
         assert result.exit_code == 0, result.output
     assert (tmp_path / "link").is_symlink()
     assert load_manifest(tmp_path / "disk")["fingerprint"] == load_manifest(tmp_path / "prep")["fingerprint"]
+
+
+def test_a_full_disk_is_reported_before_any_image_is_decoded(tmp_path, monkeypatch):
+    own_images(tmp_path / "own")  # 40 images of 84x84x3: 846,720 bytes prepared
+    monkeypatch.setattr("mtl.data.prepare.shutil.disk_usage", lambda path: SimpleNamespace(free=400_000))
+    result = prepare_cli(tmp_path)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {tmp_path}: the prepared dataset needs 0.8 MB, only 0.4 MB are free"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["own"]

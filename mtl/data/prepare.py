@@ -85,6 +85,7 @@ def prepare(
 
     report = Report(dest, source_format)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _check_space(dest.parent, sum(len(s) for s in splits.values()) * size * size * spec.channels)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -100,6 +101,18 @@ def prepare(
     report.splits = cache.load_manifest(dest)["splits"]
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_space(folder: Path, need: int) -> None:
+    """Images are written through memory maps, where a full disk kills the process (SIGBUS) with no
+    message; so the space is checked before the first image is decoded."""
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise MtlError(f"{folder}: the prepared dataset needs {_size(need)}, only {_size(free)} are free")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
 def _check_split(name: str, s: SplitSource, source: Path) -> None:
