@@ -1,7 +1,8 @@
 """Episodic evaluation on precomputed features.
 
-The encoder is fixed during evaluation, so every image of a split is encoded once
-(:func:`extract_features`) and each episode only indexes that ``(num_images, D)`` matrix. The classifiers
+The encoder is fixed during evaluation, so every image the episodes use is encoded once
+(:func:`extract_features`, with :func:`mtl.data.episodes.episode_images` choosing the images) and each
+episode only indexes that ``(num_images, D)`` matrix. The classifiers
 (:func:`nearest_centroid`, :func:`finetune`) then process a chunk of episodes at once with batched matmuls
 and keep no autograd graph — evaluation needs no gradient through the encoder.
 """
@@ -35,12 +36,13 @@ def extract_features(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
 ) -> Tensor:
-    """Encode every image of a split.
+    """Encode every image of ``images`` (a split, or the rows of it that episodes use).
 
     Args:
         encode: maps a uint8 batch ``(B, H, W, C)`` already on ``device`` to ``(B, D)`` features; it owns
             preprocessing, ``model.eval()`` and autocast.
-        images: ``(N, H, W, C)`` uint8 (a numpy memmap is read one batch at a time).
+        images: ``(N, H, W, C)`` uint8, an array or :class:`~mtl.data.episodes.ImageRows` (a memmap is
+            read one batch at a time).
         batch_size: images per ``encode`` call.
         device: where batches and the result live.
 

@@ -7,6 +7,7 @@ import torch
 from mtl.data.episodes import (
     EpisodeSampler,
     check_episode_shape,
+    episode_images,
     episode_targets,
     fixed_episodes,
     split_episode,
@@ -154,3 +155,28 @@ def test_episode_targets_match_split_order():
     ep = np.arange(3 * 4).reshape(3, 4)
     _, q = split_episode(ep, shot=2)
     assert (q // 4).tolist() == episode_targets(3, 2).tolist()
+
+
+def test_episode_images_encode_only_what_the_episodes_use_with_the_same_result(tmp_path):
+    from mtl.evaluate import extract_features, nearest_centroid
+
+    labels = _labels(num_classes=12, per_class=30)
+    images = np.random.default_rng(1).integers(0, 256, (len(labels), 4, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    on_disk = np.load(tmp_path / "x.npy", mmap_mode="r")
+    episodes = fixed_episodes(labels, 5, 1, 3, 10, seed=0)  # 200 draws of 360 images
+    rows, local = episode_images(on_disk, episodes)
+    assert len(rows) == len(np.unique(episodes)) < len(images) and rows.shape == (len(rows), 4, 4, 3)
+    assert np.array_equal(rows[:][local], images[episodes])  # the same images in the same places
+
+    seen = []
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(len(batch))
+        return batch.flatten(1).float()
+
+    subset = extract_features(encode, rows, batch_size=64)
+    assert sum(seen) == len(rows)
+    full = extract_features(encode, images, batch_size=64)
+    local_t, episodes_t = torch.from_numpy(local), torch.from_numpy(episodes)
+    assert torch.equal(nearest_centroid(subset, local_t, 1), nearest_centroid(full, episodes_t, 1))

@@ -18,7 +18,9 @@ from mtl.errors import MtlError
 
 __all__ = [
     "EpisodeSampler",
+    "ImageRows",
     "check_episode_shape",
+    "episode_images",
     "episode_targets",
     "fixed_episodes",
     "split_episode",
@@ -163,3 +165,28 @@ def split_episode(idx: torch.Tensor | np.ndarray, shot: int) -> tuple[Any, Any]:
 def episode_targets(way: int, per_class: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Targets of a class-major set: ``(way * per_class,)`` int64 ``[0, .., 0, 1, .., 1, ...]``."""
     return torch.arange(way, device=device).repeat_interleave(per_class)
+
+
+class ImageRows:
+    """Rows ``ids`` of an ``(N, H, W, C)`` image array as an array-like ``(len(ids), H, W, C)``, read a
+    slice at a time (a memory-mapped split stays on disk)."""
+
+    def __init__(self, images: np.ndarray, ids: np.ndarray) -> None:
+        self.images, self.ids = images, ids
+        self.shape = (len(ids), *images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return np.asarray(self.images[self.ids[rows]])
+
+
+def episode_images(images: np.ndarray, episodes: np.ndarray) -> tuple[ImageRows, np.ndarray]:
+    """The images that ``episodes`` use, and the episodes re-indexed into them.
+
+    Evaluation encodes each image once, and only those an episode draws: 600 5-way episodes with
+    16 images per class touch at most 48,000 images, under a third of tieredImageNet's test split.
+    """
+    ids, local = np.unique(episodes, return_inverse=True)
+    return ImageRows(images, ids), local.reshape(np.shape(episodes)).astype(np.int64)

@@ -63,8 +63,8 @@ def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool 
 
     run = Run.open(cfg, "ablation", checkpoints, quiet=quiet)
     pre_ckpt = run.previous("pretrain")
-    test, episodes = test_episodes(run, cfg.ablation.episodes)
-    pre_feats = pretrained_features(run, pre_ckpt, test)
+    images, episodes = test_episodes(run, cfg.ablation.episodes)
+    pre_feats = pretrained_features(run, pre_ckpt, images)
     scores = {
         NC: nearest_centroid(pre_feats, episodes, cfg.meta.shot),
         FT: finetuned_accuracy(run, pre_feats, episodes),
@@ -73,7 +73,7 @@ def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool 
         best = checkpoint.load(
             checkpoint.stage_dir(checkpoints, cfg.name, folder) / "best.pt", stage="metatrain"
         )
-        scores[method] = mtl_accuracy(run, best, test, episodes)
+        scores[method] = mtl_accuracy(run, best, images, episodes)
     seconds["total"] = round(time.perf_counter() - start, 1)
     results = publish(
         run, scores, cfg.ablation.episodes, quiet=quiet, extra={"seconds": seconds, "kept_epoch": kept}

@@ -14,8 +14,7 @@ import torch
 
 from mtl import atomic, ss
 from mtl.config import Config
-from mtl.data.cache import Split
-from mtl.data.episodes import check_episode_shape, fixed_episodes
+from mtl.data.episodes import ImageRows, check_episode_shape, episode_images, fixed_episodes
 from mtl.data.sources import load_splits
 from mtl.evaluate import finetune, mean_ci, nearest_centroid, raw_pixels
 from mtl.report import results_table
@@ -27,29 +26,32 @@ NC_FEATURES = "nearest centroid, pretrained features"
 NC_PIXELS = "nearest centroid, raw pixels"
 
 
-def test_episodes(run: Run, episodes: int) -> tuple[Split, torch.Tensor]:
-    """The test split and ``episodes`` fixed episodes ``(E, way, shot + query)`` on the device.
+def test_episodes(run: Run, episodes: int) -> tuple[ImageRows, torch.Tensor]:
+    """``episodes`` fixed test episodes ``(E, way, shot + query)`` on the device, indexing the test
+    images they use (returned too).
 
     The episodes depend only on the test split and ``test.seed``: every method and run sees the same tasks.
     """
     m, t = run.cfg.meta, run.cfg.test
     test = load_splits(run.cfg.data, ("test",))["test"]
     check_episode_shape(test.labels, m.way, m.shot, t.query, split="test", class_names=test.class_names)
-    idx = fixed_episodes(test.labels, m.way, m.shot, t.query, episodes, seed=t.seed)
-    return test, torch.from_numpy(idx).to(run.device)
+    images, idx = episode_images(
+        test.images, fixed_episodes(test.labels, m.way, m.shot, t.query, episodes, seed=t.seed)
+    )
+    return images, torch.from_numpy(idx).to(run.device)
 
 
 def inner_steps(cfg: Config) -> int:
     return cfg.test.inner_steps if cfg.test.inner_steps is not None else cfg.meta.inner_steps
 
 
-def pretrained_features(run: Run, pre_ckpt: dict, test: Split) -> torch.Tensor:
+def pretrained_features(run: Run, pre_ckpt: dict, images: ImageRows) -> torch.Tensor:
     encoder = run.backbone()
     encoder.load_state_dict(pre_ckpt["encoder"])
-    return run.features(encoder.to(run.device), test.images)
+    return run.features(encoder.to(run.device), images)
 
 
-def mtl_accuracy(run: Run, meta_ckpt: dict, test: Split, episodes: torch.Tensor) -> torch.Tensor:
+def mtl_accuracy(run: Run, meta_ckpt: dict, images: ImageRows, episodes: torch.Tensor) -> torch.Tensor:
     """Per-episode accuracy ``(E,)`` of a meta-trained checkpoint: SS features, θ adapted per episode.
 
     If the test ``way`` differs from meta-training's, every class starts from the mean of θ's rows.
@@ -60,7 +62,7 @@ def mtl_accuracy(run: Run, meta_ckpt: dict, test: Split, episodes: torch.Tensor)
     W, b = (meta_ckpt["theta"][k].to(run.device) for k in ("W", "b"))
     if W.shape[0] != m.way:
         W, b = W.mean(0, keepdim=True).expand(m.way, -1), b.mean().expand(m.way)
-    feats = run.features(encoder.to(run.device), test.images)
+    feats = run.features(encoder.to(run.device), images)
     return finetune(feats, episodes, m.shot, W, b, steps=inner_steps(run.cfg), lr=m.inner_lr)
 
 
@@ -106,13 +108,13 @@ def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
     run = Run.open(cfg, "metatest", checkpoints, quiet=quiet)
     meta_ckpt = run.previous("metatrain")
     pre_ckpt = run.previous("pretrain")
-    test, episodes = test_episodes(run, cfg.test.episodes)
-    pre_feats = pretrained_features(run, pre_ckpt, test)
+    images, episodes = test_episodes(run, cfg.test.episodes)
+    pre_feats = pretrained_features(run, pre_ckpt, images)
     scores = {
-        MTL: mtl_accuracy(run, meta_ckpt, test, episodes),
+        MTL: mtl_accuracy(run, meta_ckpt, images, episodes),
         FT: finetuned_accuracy(run, pre_feats, episodes),
         NC_FEATURES: nearest_centroid(pre_feats, episodes, cfg.meta.shot),
-        NC_PIXELS: nearest_centroid(raw_pixels(test.images).to(run.device), episodes, cfg.meta.shot),
+        NC_PIXELS: nearest_centroid(raw_pixels(images).to(run.device), episodes, cfg.meta.shot),
     }
     results = publish(run, scores, cfg.test.episodes, quiet=quiet)
     if not quiet and meta_ckpt["metric"]["epoch"] == 0:

@@ -19,8 +19,7 @@ from mtl import device as devices
 from mtl import ss
 from mtl.config import Config
 from mtl.data.augment import TrainAugment
-from mtl.data.cache import Split
-from mtl.data.episodes import EpisodeSampler, check_episode_shape, fixed_episodes
+from mtl.data.episodes import EpisodeSampler, ImageRows, check_episode_shape, episode_images, fixed_episodes
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.evaluate import finetune, mean_ci
@@ -31,10 +30,13 @@ from mtl.stages.hard_batches import HardTasks
 from mtl.stages.run import Run
 
 
-def meta_validate(learner: MetaLearner, run: Run, val: Split, episodes: torch.Tensor) -> tuple[float, float]:
-    """Few-shot accuracy (mean %, CI %) on fixed validation episodes from cached SS features."""
+def meta_validate(
+    learner: MetaLearner, run: Run, images: ImageRows, episodes: torch.Tensor
+) -> tuple[float, float]:
+    """Few-shot accuracy (mean %, CI %) on fixed validation episodes (indexing ``images``) from cached
+    SS features."""
     cfg = run.cfg
-    feats = run.features(learner.encoder, val.images)
+    feats = run.features(learner.encoder, images)
     steps = cfg.test.inner_steps if cfg.test.inner_steps is not None else cfg.meta.inner_steps
     W, b = learner.W.detach(), learner.b.detach()
     return mean_ci(finetune(feats, episodes, cfg.meta.shot, W, b, steps=steps, lr=cfg.meta.inner_lr))
@@ -63,9 +65,11 @@ def metatrain(
     train, val = splits["train"], splits["val"]
     check_episode_shape(train.labels, m.way, m.shot, m.query, split="train", class_names=train.class_names)
     check_episode_shape(val.labels, m.way, m.shot, cfg.test.query, split="val", class_names=val.class_names)
-    val_episodes = torch.from_numpy(
-        fixed_episodes(val.labels, m.way, m.shot, cfg.test.query, m.val_episodes, seed=cfg.seed + 1)
-    ).to(dev)
+    val_images, val_episodes = episode_images(
+        val.images,
+        fixed_episodes(val.labels, m.way, m.shot, cfg.test.query, m.val_episodes, seed=cfg.seed + 1),
+    )
+    val_episodes = torch.from_numpy(val_episodes).to(dev)
 
     encoder = run.backbone()
     if not from_scratch:
@@ -150,7 +154,7 @@ def metatrain(
         best, metric, sums = r["best"], resumed["metric"], r["sums"].to(dev)
         start_epoch, start_step = r["epoch"], r["step"]
     else:
-        acc, ci = meta_validate(learner, run, val, val_episodes)
+        acc, ci = meta_validate(learner, run, val_images, val_episodes)
         keep(0, acc, ci)
         run.monitor.line(f"before meta-training: val {acc:.2f} ± {ci:.2f}%")
         run.monitor.scalars(0, **{"val/acc": acc, "val/ci95": ci})
@@ -200,7 +204,7 @@ def metatrain(
             sched.step()
             watch.check("metatrain", batches, run.out, world)
             train_loss, train_acc, hard_acc_mean = (sums / batches).unbind()
-            acc, ci = meta_validate(learner, run, val, val_episodes)
+            acc, ci = meta_validate(learner, run, val_images, val_episodes)
             step = (epoch + 1) * batches
             # Hard tasks count: they cost an encoder forward and backward like any other task.
             tasks_per_s = (batches - first) * (m.meta_batch + ht.enabled * ht.per_batch)

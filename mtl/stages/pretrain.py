@@ -19,7 +19,7 @@ from mtl import checkpoint
 from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import TrainAugment
-from mtl.data.episodes import check_episode_shape, fixed_episodes
+from mtl.data.episodes import check_episode_shape, episode_images, fixed_episodes
 from mtl.data.sources import load_splits
 from mtl.distributed import sync_batch_norm
 from mtl.errors import MtlError
@@ -115,9 +115,10 @@ def pretrain(
     splits = load_splits(cfg.data, ("train", "val"))
     train, val = splits["train"], splits["val"]
     check_episode_shape(val.labels, m.way, shot, cfg.test.query, split="val", class_names=val.class_names)
-    val_episodes = torch.from_numpy(
-        fixed_episodes(val.labels, m.way, shot, cfg.test.query, p.val_episodes, seed=cfg.seed + 1)
-    ).to(dev)
+    val_images, val_episodes = episode_images(
+        val.images, fixed_episodes(val.labels, m.way, shot, cfg.test.query, p.val_episodes, seed=cfg.seed + 1)
+    )
+    val_episodes = torch.from_numpy(val_episodes).to(dev)
 
     world = run.world
     model = sync_batch_norm(run.backbone(), dev).to(dev, memory_format=devices.memory_format(dev))
@@ -216,7 +217,7 @@ def pretrain(
             if epoch == 0:
                 run.monitor.images("train/batch", images[perm[:32]], 0)
 
-            feats = run.features(model, val.images)
+            feats = run.features(model, val_images)
             acc, ci = mean_ci(nearest_centroid(feats, val_episodes, shot))
             step = (epoch + 1) * steps
             run.monitor.scalars(
