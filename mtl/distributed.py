@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 __all__ = ["DistBatchNorm2d", "World", "world"]
@@ -93,6 +92,23 @@ def world(device: str = "auto") -> World:
     return _WORLD
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum over ranks of the gradients (each rank's loss depends
+    on every rank's input). ``torch.distributed.nn.functional.all_reduce`` did this, and is deprecated."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class DistBatchNorm2d(nn.BatchNorm2d):
     """Batch norm whose training statistics cover the batch of every rank, for the CPU (gloo), where
     ``nn.SyncBatchNorm`` does not run. The sums travel through autograd-aware all-reduces, so the
@@ -105,10 +121,10 @@ class DistBatchNorm2d(nn.BatchNorm2d):
         xf = x.float()
         # Two passes (mean, then squared deviations), as accurate as the fused single-process kernel.
         local = torch.cat([xf.sum((0, 2, 3)), xf.new_full((1,), x.numel() / c)])
-        total = dist_fn.all_reduce(local)
+        total = _AllReduceSum.apply(local)
         count = total[-1]
         mean = total[:c] / count
-        var = dist_fn.all_reduce((xf - mean.view(1, c, 1, 1)).square().sum((0, 2, 3))) / count
+        var = _AllReduceSum.apply((xf - mean.view(1, c, 1, 1)).square().sum((0, 2, 3))) / count
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum

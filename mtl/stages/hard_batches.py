@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from mtl import atomic
 from mtl.config import Config
 from mtl.data.cache import Split
 from mtl.data.episodes import EpisodeSampler
@@ -82,5 +80,6 @@ class HardTasks:
             "hard/hardest_classes", "\n".join(["| class | accuracy (%) |", "|---|---:|", *rows]), step
         )
 
-    def write_summary(self, path: Path, class_names: list[str]) -> None:
-        atomic.write_text(path, json.dumps(self.pool.summary(class_names), indent=2) + "\n")
+    def summary_json(self, class_names: list[str]) -> str:
+        """The pool's state for ``hard_tasks.json``."""
+        return json.dumps(self.pool.summary(class_names), indent=2) + "\n"

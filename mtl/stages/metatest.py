@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mtl import atomic, ss
+from mtl import ss
 from mtl.config import Config
 from mtl.data.episodes import ImageRows, check_episode_shape, episode_images, fixed_episodes
 from mtl.data.sources import load_splits
@@ -96,8 +96,7 @@ def publish(
     table = results_table(results)
     run.monitor.text("test/results", table)
     run.monitor.close()
-    run.save_config()
-    atomic.write_text(run.out / "results.json", json.dumps(results, indent=2) + "\n")
+    run.write_text("results.json", json.dumps(results, indent=2) + "\n")
     if not quiet:
         print(table)
     return results

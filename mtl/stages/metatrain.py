@@ -138,7 +138,7 @@ def metatrain(
             best.update(metric)
             run.save("best.pt", weights())
         if hard is not None:
-            hard.write_summary(run.out / "hard_tasks.json", train.class_names)
+            run.write_text("hard_tasks.json", hard.summary_json(train.class_names))
         save_last(epoch, 0)
         return improved
 

@@ -113,6 +113,12 @@ class Run:
             raise MtlError(f"cannot write to {self.out}: {exc.strerror or exc}") from None
         atomic.write_text(self.out / "config.yaml", self.cfg.to_yaml())
 
+    def write_text(self, name: str, text: str) -> None:
+        """Write ``text`` to ``name`` in the output folder, atomically. Only rank 0 writes."""
+        if self.world.main:
+            self.save_config()
+            atomic.write_text(self.out / name, text)
+
     def save(self, name: str, payload: dict, *, keep_previous: bool = False) -> None:
         if not self.world.main:
             return
