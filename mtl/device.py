@@ -19,7 +19,7 @@ def resolve(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise MtlError("device: cuda was requested but no CUDA device is available (use device: auto or cpu)")
+        raise MtlError("cuda was requested but no CUDA device is available: use auto or cpu")
     device = torch.device(name)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
