@@ -14,6 +14,7 @@ A mistake a user can make ends with one line on stderr and exit status 2, withou
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 
@@ -36,7 +37,8 @@ def _user_errors(fn: Callable) -> Callable:
 
             if not isinstance(exc, Stopped):
                 raise
-            click.echo(str(exc), err=True)
+            if os.environ.get("RANK", "0") == "0":  # every rank stops at the same step; one says so
+                click.echo(str(exc), err=True)
             sys.exit(128 + exc.signum)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

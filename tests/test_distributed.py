@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,18 @@ SETS = [*TINY, "precision=fp32", "meta.hard_tasks.enabled=true", "checkpoint_eve
 
 
 def launch(stage: str, sets: list[str], ckpts: Path, processes: int) -> None:
+    done = subprocess.run(
+        _command(stage, sets, ckpts, processes),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _command(stage: str, sets: list[str], ckpts: Path, processes: int) -> list[str]:
     args = [a for o in sets for a in ("--set", o)]
     cli = ["-m", "mtl", stage, "pipelines/glyphs-1shot.yaml", *args, "--checkpoints", str(ckpts)]
     if processes > 1:
@@ -34,8 +50,7 @@ def launch(stage: str, sets: list[str], ckpts: Path, processes: int) -> None:
         ]
     else:
         cmd = [sys.executable, *cli]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env())
-    assert done.returncode == 0, done.stderr[-3000:]
+    return cmd
 
 
 def _env() -> dict[str, str]:
@@ -56,6 +71,41 @@ def runs(tmp_path_factory):
         for stage in ("pretrain", "metatrain"):
             launch(stage, sets, tmp / f"p{processes}", processes)
     return tmp / "p1", tmp / "p2"
+
+
+def test_sigterm_to_a_two_process_metatrain_then_resume_is_bit_identical(runs, tmp_path):
+    """As a cluster scheduler does: SIGTERM to torchrun and its workers, mid-epoch; then the same command."""
+    _, two = runs
+    sets = [*SETS, f"data.root={two.parent / 'data'}", "meta.epochs=30", "checkpoint_every=1"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    for ckpts in (straight, stopped):
+        shutil.copytree(two / "tiny" / "pretrain", ckpts / "tiny" / "pretrain")
+    launch("metatrain", sets, straight, 2)
+
+    proc = subprocess.Popen(
+        _command("metatrain", sets, stopped, 2), cwd=ROOT, env=_env(), start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    last, deadline = stopped / "tiny" / "metatrain" / "last.pt", time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, RuntimeError, EOFError, KeyError):
+            if torch.load(last, weights_only=True)["resume"]["step"] > 0:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    os.killpg(proc.pid, signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0
+    assert output.count("metatrain: stopped by SIGTERM at epoch") == 1, output[-3000:]  # rank 0 only
+
+    launch("metatrain", sets, stopped, 2)
+    for name in ("best.pt", "last.pt"):
+        a = checkpoint.load(straight / "tiny" / "metatrain" / name, stage="metatrain")
+        b = checkpoint.load(stopped / "tiny" / "metatrain" / name, stage="metatrain")
+        assert a["metric"] == b["metric"]
+        for part in ("encoder", "theta"):
+            assert a[part].keys() == b[part].keys()
+            assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (name, part)
 
 
 @pytest.mark.parametrize(("stage", "tag"), [("pretrain", "train/loss"), ("metatrain", "train/query_loss")])
