@@ -73,7 +73,7 @@ def prepare(
     if not source.exists():
         raise MtlError(f"source not found: {source}")
     cache.check_replaceable(dest)  # before hours of decoding, not after
-    if dest.resolve() == source.resolve() or source.resolve() in dest.resolve().parents:
+    if dest == source.resolve() or source.resolve() in dest.parents:
         raise MtlError(f"--dest {dest} must not be inside the source {source}")
     size = image_size or spec.image_size
     if size < 8:

@@ -14,7 +14,7 @@ import torch
 
 from mtl import ss
 from mtl.config import Config
-from mtl.data.episodes import ImageRows, check_episode_shape, episode_images, fixed_episodes
+from mtl.data.episodes import ImageRows
 from mtl.data.sources import load_splits
 from mtl.evaluate import finetune, mean_ci, nearest_centroid, raw_pixels
 from mtl.report import results_table
@@ -32,13 +32,8 @@ def test_episodes(run: Run, episodes: int) -> tuple[ImageRows, torch.Tensor]:
 
     The episodes depend only on the test split and ``test.seed``: every method and run sees the same tasks.
     """
-    m, t = run.cfg.meta, run.cfg.test
     test = load_splits(run.cfg.data, ("test",))["test"]
-    check_episode_shape(test.labels, m.way, m.shot, t.query, split="test", class_names=test.class_names)
-    images, idx = episode_images(
-        test.images, fixed_episodes(test.labels, m.way, m.shot, t.query, episodes, seed=t.seed)
-    )
-    return images, torch.from_numpy(idx).to(run.device)
+    return run.eval_episodes(test, "test", episodes, shot=run.cfg.meta.shot, seed=run.cfg.test.seed)
 
 
 def inner_steps(cfg: Config) -> int:

@@ -19,7 +19,7 @@ from mtl import device as devices
 from mtl import ss
 from mtl.config import Config
 from mtl.data.augment import TrainAugment
-from mtl.data.episodes import EpisodeSampler, ImageRows, check_episode_shape, episode_images, fixed_episodes
+from mtl.data.episodes import EpisodeSampler, ImageRows, check_episode_shape
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.evaluate import finetune, mean_ci
@@ -64,12 +64,7 @@ def metatrain(
     splits = load_splits(cfg.data, ("train", "val"))
     train, val = splits["train"], splits["val"]
     check_episode_shape(train.labels, m.way, m.shot, m.query, split="train", class_names=train.class_names)
-    check_episode_shape(val.labels, m.way, m.shot, cfg.test.query, split="val", class_names=val.class_names)
-    val_images, val_episodes = episode_images(
-        val.images,
-        fixed_episodes(val.labels, m.way, m.shot, cfg.test.query, m.val_episodes, seed=cfg.seed + 1),
-    )
-    val_episodes = torch.from_numpy(val_episodes).to(dev)
+    val_images, val_episodes = run.eval_episodes(val, "val", m.val_episodes, shot=m.shot, seed=cfg.seed + 1)
 
     encoder = run.backbone()
     if not from_scratch:

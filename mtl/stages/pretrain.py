@@ -19,7 +19,6 @@ from mtl import checkpoint
 from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import TrainAugment
-from mtl.data.episodes import check_episode_shape, episode_images, fixed_episodes
 from mtl.data.sources import load_splits
 from mtl.distributed import sync_batch_norm
 from mtl.errors import MtlError
@@ -114,11 +113,7 @@ def pretrain(
     shot = p.val_shot or m.shot
     splits = load_splits(cfg.data, ("train", "val"))
     train, val = splits["train"], splits["val"]
-    check_episode_shape(val.labels, m.way, shot, cfg.test.query, split="val", class_names=val.class_names)
-    val_images, val_episodes = episode_images(
-        val.images, fixed_episodes(val.labels, m.way, shot, cfg.test.query, p.val_episodes, seed=cfg.seed + 1)
-    )
-    val_episodes = torch.from_numpy(val_episodes).to(dev)
+    val_images, val_episodes = run.eval_episodes(val, "val", p.val_episodes, shot=shot, seed=cfg.seed + 1)
 
     world = run.world
     model = sync_batch_norm(run.backbone(), dev).to(dev, memory_format=devices.memory_format(dev))

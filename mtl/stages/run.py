@@ -14,6 +14,8 @@ from mtl import atomic, checkpoint, distributed
 from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import Preprocess
+from mtl.data.cache import Split
+from mtl.data.episodes import ImageRows, check_episode_shape, episode_images, fixed_episodes
 from mtl.data.store import ImageStore
 from mtl.distributed import World
 from mtl.errors import MtlError
@@ -94,6 +96,18 @@ class Run:
             return extract_features(encode, images, batch_size=self.cfg.test.batch_size, device=self.device)
         finally:
             model.train(was_training)
+
+    def eval_episodes(
+        self, split: Split, name: str, count: int, *, shot: int, seed: int
+    ) -> tuple[ImageRows, torch.Tensor]:
+        """``count`` fixed ``meta.way``-way ``shot``-shot episodes of ``split`` with ``test.query``
+        queries per class, as ``(count, way, shot + query)`` ids on the device into the images they use
+        (returned too, for :meth:`features`)."""
+        way, query = self.cfg.meta.way, self.cfg.test.query
+        check_episode_shape(split.labels, way, shot, query, split=name, class_names=split.class_names)
+        episodes = fixed_episodes(split.labels, way, shot, query, count, seed=seed)
+        images, local = episode_images(split.images, episodes)
+        return images, torch.from_numpy(local).to(self.device)
 
     def to_device(self, images: np.ndarray) -> ImageStore:
         """A whole split where batches are gathered by index (on the device when it fits)."""
