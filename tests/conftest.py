@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,15 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
 @pytest.fixture
 def tiny_cfg(tiny_overrides: list[str]) -> config.Config:
     return config.load(None, tiny_overrides)
+
+
+def wait_for_mid_epoch_checkpoint(proc: subprocess.Popen, last: Path) -> None:
+    """Return once ``last`` (a ``last.pt``) was written in the middle of an epoch, with ``proc`` still
+    running, so that a signal sent now interrupts a run that has something to resume."""
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, RuntimeError, EOFError, KeyError):
+            if torch.load(last, weights_only=True)["resume"]["step"] > 0:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"

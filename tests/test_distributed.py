@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, wait_for_mid_epoch_checkpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtl import checkpoint
@@ -86,13 +84,7 @@ def test_sigterm_to_a_two_process_metatrain_then_resume_is_bit_identical(runs, t
         _command("metatrain", sets, stopped, 2), cwd=ROOT, env=_env(), start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    last, deadline = stopped / "tiny" / "metatrain" / "last.pt", time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError, RuntimeError, EOFError, KeyError):
-            if torch.load(last, weights_only=True)["resume"]["step"] > 0:
-                break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be stopped"
+    wait_for_mid_epoch_checkpoint(proc, stopped / "tiny" / "metatrain" / "last.pt")
     os.killpg(proc.pid, signal.SIGTERM)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0

@@ -8,12 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, wait_for_mid_epoch_checkpoint
 
 from mtl import checkpoint, config
 from mtl.errors import MtlError
@@ -50,16 +49,7 @@ def interrupt(stage: str, sets: list[str], ckpts: Path, signum: int) -> subproce
     last = ckpts / "tiny" / stage / "last.pt"
     pipe = subprocess.PIPE
     proc = subprocess.Popen(command(stage, sets, ckpts), cwd=ROOT, stdout=pipe, stderr=pipe)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            state = torch.load(last, weights_only=True)["resume"]
-            if state["step"] > 0:
-                break
-        except (FileNotFoundError, RuntimeError, EOFError, KeyError):
-            pass
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    wait_for_mid_epoch_checkpoint(proc, last)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
