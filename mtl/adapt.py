@@ -175,10 +175,11 @@ def _query_files(query: Path, classes: list[str]) -> list[tuple[Path, str | None
 def _features(cfg: config.Config, ckpt: dict, paths: list[Path], dev: torch.device) -> torch.Tensor:
     """Decode ``paths`` and encode them with the checkpoint's SS encoder: ``(len(paths), D)`` float32."""
     d, bb = cfg.data, cfg.backbone
-    pixels = np.empty((len(paths), d.image_size, d.image_size, d.channels), dtype=np.uint8)
+    size = d.resize or d.image_size  # as the prepared images reach the encoder: resized, then cropped
+    pixels = np.empty((len(paths), size, size, d.channels), dtype=np.uint8)
     for i, path in enumerate(paths):
         try:
-            pixels[i] = to_pixels(path, d.image_size, d.channels)
+            pixels[i] = to_pixels(path, size, d.channels)
         except BadImage as exc:
             # PIL's reason often repeats the file name, which already leads the message.
             reason = str(exc).replace(f" '{path}'", "")
@@ -187,7 +188,7 @@ def _features(cfg: config.Config, ckpt: dict, paths: list[Path], dev: torch.devi
     encoder = ss.attach(encoder, train_bn=cfg.meta.bn == "affine")
     encoder.load_state_dict(ckpt["encoder"])
     encoder.to(dev).eval()
-    pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(dev))
+    pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(dev), d.resize)
 
     def encode(batch: torch.Tensor) -> torch.Tensor:
         with devices.autocast(dev, cfg.precision):

@@ -3,6 +3,7 @@
     mtl pretrain  pipelines/glyphs-1shot.yaml [--set key=value ...] [--checkpoints DIR]
     mtl metatrain pipelines/glyphs-1shot.yaml
     mtl metatest  pipelines/glyphs-1shot.yaml
+    mtl config    pipelines/miniimagenet-1shot.yaml [--json]
     mtl data prepare miniimagenet --source ~/Downloads/mini --dest ~/.cache/mtl/miniimagenet
     mtl data info ~/.cache/mtl/miniimagenet
     mtl report [CHECKPOINTS]
@@ -104,6 +105,28 @@ main.add_command(
         "ablate", "The ablation: NC, FT, MTL, MTL + HT (and from scratch) on one pretrained encoder."
     )
 )
+
+
+@main.command("config")
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline key (repeatable)."
+)
+@click.option("--json", "as_json", is_flag=True, help='Print {"config": ..., "derived": ...} as JSON.')
+@_user_errors
+def show_config(pipeline: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Print the resolved PIPELINE and what it will run: meta-updates, tasks per update, the updates
+    where the meta-LRs drop, pretraining steps and images per epoch."""
+    import json
+
+    from mtl import config, recipe
+
+    cfg = config.load(pipeline, overrides)
+    if as_json:
+        click.echo(json.dumps({"config": cfg.to_dict(), "derived": recipe.derived(cfg)}, indent=2))
+        return
+    click.echo(cfg.to_yaml().rstrip())
+    click.echo(f"\n# what {cfg.name} will run\n{recipe.describe(cfg)}")
 
 
 @main.group()

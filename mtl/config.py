@@ -34,7 +34,7 @@ def _opt(default: Any = None, *, choices: tuple | None = None, min: float | None
 
 @dataclass
 class GlyphsConfig:
-    preset: str = _opt("easy", choices=("easy", "hard"))
+    preset: str = _opt("easy", choices=("easy", "hard", "families"))
     classes: int = _opt(100, min=3)
     images_per_class: int = _opt(100, min=2)
     seed: int = _opt(0, doc="the dataset's own seed (independent of the training seed)")
@@ -48,12 +48,18 @@ class DataConfig:
     channels: int = _opt(3, choices=(1, 3))
     mean: list[float] | None = _opt(None, doc="per-channel normalisation mean (default: ImageNet / 0.5)")
     std: list[float] | None = _opt(None)
+    resize: int | None = _opt(
+        None,
+        min=8,
+        doc="resize images to this size, then centre-crop image_size (official PyTorch code: 92 -> 80); "
+        "null: resize straight to image_size",
+    )
     glyphs: GlyphsConfig = _opt(GlyphsConfig())
 
 
 @dataclass
 class BackboneConfig:
-    name: str = _opt("resnet12", doc="resnet12 | resnet12_paper | resnet25 | timm:<model>")
+    name: str = _opt("resnet12", doc="resnet12 | resnet12_paper | resnet12_tf | resnet25 | timm:<model>")
     widths: list[int] | None = _opt(None, doc="resnet12 stage widths, e.g. [64, 160, 320, 640]")
     drop_rate: float = _opt(0.0, min=0.0)
 
@@ -77,6 +83,11 @@ class PretrainConfig:
     step_size: int = _opt(30, min=1, doc="epochs between LR decays (step schedule)")
     gamma: float = _opt(0.2, min=0.0)
     label_smoothing: float = _opt(0.0, min=0.0)
+    head_hidden: int = _opt(
+        0,
+        min=0,
+        doc="hidden units of the classification head: 0 linear; official PyTorch: 1000 (Linear-ReLU-Linear)",
+    )
     augment: AugmentConfig = _opt(AugmentConfig())
     val_episodes: int = _opt(600, min=1, doc="few-shot validation episodes after each epoch")
     val_shot: int | None = _opt(None, min=1, doc="shot of that validation (default: meta.shot)")
@@ -87,11 +98,25 @@ class PretrainConfig:
 
 @dataclass
 class HardTaskConfig:
-    enabled: bool = _opt(False, doc="hard-task meta-batches (MTL + HT)")
-    per_batch: int = _opt(1, min=1, doc="hard tasks added to every meta-batch")
-    capacity: int = _opt(64, min=1, doc="failure classes the pool remembers")
-    mode: str = _opt("softmax", choices=("softmax", "uniform"), doc="how pool classes are drawn")
-    temperature: float = _opt(0.1, min=0.0, doc="softmax(-accuracy / temperature)")
+    enabled: bool = _opt(False, doc="extra tasks in every meta-batch (MTL + HT)")
+    per_batch: int = _opt(1, min=1, doc="extra tasks added to every meta-batch")
+    window: int | None = _opt(
+        None,
+        min=1,
+        doc="meta-batches whose failure classes form the pool (null: ceil(way / meta_batch), the fewest "
+        "that give way failure classes)",
+    )
+    mode: str = _opt(
+        "softmax",
+        choices=("softmax", "uniform", "random"),
+        doc="pool classes drawn by softmax(-accuracy / temperature) or uniformly; random: the control, "
+        "extra tasks of random base classes",
+    )
+    temperature: float = _opt(0.1, min=0.0, doc="softmax(-accuracy / temperature); 0: the lowest accuracies")
+
+    def window_for(self, way: int, meta_batch: int) -> int:
+        """The pool's window in meta-batches (``window``, or the fewest whose tasks fail ``way`` times)."""
+        return self.window if self.window is not None else -(-way // meta_batch)
 
 
 @dataclass
@@ -100,8 +125,8 @@ class MetaConfig:
     shot: int = _opt(1, min=1)
     query: int = _opt(15, min=1)
     epochs: int = _opt(100, min=1)
-    episodes_per_epoch: int = _opt(100, min=1, doc="tasks per epoch")
-    meta_batch: int = _opt(1, min=1, doc="tasks per meta-update")
+    updates_per_epoch: int = _opt(100, min=1, doc="meta-updates per epoch (meta-validation after each epoch)")
+    meta_batch: int = _opt(1, min=1, doc="normal tasks per meta-update (extra tasks come on top)")
     inner_steps: int = _opt(100, min=0)
     inner_lr: float = _opt(0.01, min=0.0)
     first_order: bool = False
@@ -109,6 +134,9 @@ class MetaConfig:
     lr_theta: float = _opt(1e-3, min=0.0, doc="Adam lr of the base-learner initialisation θ")
     step_size: int = _opt(10, min=1, doc="epochs between meta-LR decays")
     gamma: float = _opt(0.5, min=0.0)
+    lr_floor: float = _opt(
+        0.0, min=0.0, doc="the meta-LRs never decay below lr_floor x their start (TF code: 0.1)"
+    )
     bn: str = _opt("frozen", choices=("frozen", "affine"))
     augment: bool = _opt(False, doc="augment task images as in pretraining (pretrain.augment settings)")
     hard_tasks: HardTaskConfig = _opt(HardTaskConfig())
@@ -196,9 +224,23 @@ def _cross_check(cfg: Config) -> None:
             )
     if cfg.data.std is not None and min(cfg.data.std) <= 0:
         raise MtlError("data.std: values must be > 0")
+    if cfg.data.resize is not None and cfg.data.resize < cfg.data.image_size:
+        raise MtlError(
+            f"data.resize: {cfg.data.resize} is smaller than data.image_size {cfg.data.image_size} "
+            "(images are resized, then centre-cropped to image_size)"
+        )
+    if cfg.meta.lr_floor > 1:
+        raise MtlError(f"meta.lr_floor: a fraction of the starting LR, at most 1, got {cfg.meta.lr_floor}")
 
 
 # --------------------------------------------------------------------------- validation
+
+# Keys of earlier versions, and what replaced them.
+RENAMED = {
+    "meta.episodes_per_epoch": "meta.updates_per_epoch (meta-updates per epoch, of meta.meta_batch tasks)",
+    "meta.hard_tasks.capacity": "meta.hard_tasks.window (the pool holds the failures of that many recent "
+    "meta-batches)",
+}
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -210,6 +252,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in raw:
+        if f"{prefix}{key}" in RENAMED:
+            raise MtlError(f"{prefix}{key}: no longer a key, replaced by {RENAMED[f'{prefix}{key}']}")
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""

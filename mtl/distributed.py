@@ -5,7 +5,8 @@ gloo on the CPU). Every rank holds the data and draws the same random numbers, s
 every global batch or meta-batch; each computes its slice, gradients are averaged across ranks, and
 only rank 0 logs, writes checkpoints and shows progress. Batch norm is synchronised across ranks
 (``nn.SyncBatchNorm`` on GPUs, :class:`DistBatchNorm2d` on the CPU), so K processes compute what one
-process computes on the whole batch, up to float rounding.
+process computes on the whole batch, up to float rounding. A batch norm without a learnable scale γ
+(:class:`~mtl.models.norm.ShiftBatchNorm2d`) stays so: its β is synchronised like any parameter.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mtl.models.norm import ShiftBatchNorm2d, fix_scale, has_fixed_scale
 
 __all__ = ["DistBatchNorm2d", "World", "world"]
 
@@ -137,15 +141,34 @@ class DistBatchNorm2d(nn.BatchNorm2d):
 
 
 def sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Batch norms that compute statistics over all ranks' batches (a no-op for a single process)."""
+    """Batch norms that compute statistics over all ranks' batches (a no-op for a single process).
+
+    On CUDA every batch norm becomes an ``nn.SyncBatchNorm``, on the CPU every plain ``nn.BatchNorm2d``
+    a :class:`DistBatchNorm2d`; either keeps a fixed γ a buffer. Only builds modules: the process group
+    is needed once they run in train mode.
+    """
     if not _WORLD.active:
         return model
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.BatchNorm2d:
+            if device.type == "cuda" and isinstance(child, _BatchNorm):
+                setattr(parent, name, _sync(child))
+            elif device.type != "cuda" and type(child) in (nn.BatchNorm2d, ShiftBatchNorm2d):
                 new = DistBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine)
+                if has_fixed_scale(child):
+                    fix_scale(new)
                 new.load_state_dict(child.state_dict())
                 setattr(parent, name, new.to(child.weight.device if child.affine else device))
     return model
+
+
+def _sync(bn: _BatchNorm) -> nn.SyncBatchNorm:
+    """``bn`` as an ``nn.SyncBatchNorm`` sharing its tensors. ``convert_sync_batchnorm`` would assign a
+    fixed γ buffer to SyncBatchNorm's γ parameter, which fails, so such a norm is converted here."""
+    if not has_fixed_scale(bn):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(bn)
+    new = fix_scale(nn.SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats))
+    new.weight, new.bias = bn.weight, bn.bias
+    new.running_mean, new.running_var = bn.running_mean, bn.running_var
+    new.num_batches_tracked = bn.num_batches_tracked
+    return new.train(bn.training)

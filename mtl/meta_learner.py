@@ -16,8 +16,9 @@ from mtl import device as devices
 from mtl.config import MetaConfig
 from mtl.data.episodes import episode_targets
 from mtl.data.store import ImageStore
+from mtl.recipe import lr_factor
 
-__all__ = ["MetaLearner", "meta_optimizer", "meta_update", "task_outputs"]
+__all__ = ["MetaLearner", "meta_optimizer", "meta_scheduler", "meta_update", "task_outputs"]
 
 
 class MetaLearner(nn.Module):
@@ -55,10 +56,11 @@ def task_outputs(
     idx = torch.from_numpy(tasks)  # host ids: gathering moves them (or the batch) to the device
     with devices.autocast(dev, learner.precision):
         if learner.train_bn:
-            # Batch statistics: support and query sets are normalised separately.
-            sup = learner.encoder(transform(images[idx[:, :, : m.shot].reshape(-1)]))
-            qry = learner.encoder(transform(images[idx[:, :, m.shot :].reshape(-1)]))
-            sup, qry = sup.float().view(T, way * m.shot, -1), qry.float().view(T, way * (n - m.shot), -1)
+            # Batch statistics of each task's support set and of its query set on their own, as both
+            # official codes normalise them: pooling the tasks of a meta-batch would mix their statistics.
+            sup = torch.stack([learner.encoder(transform(images[i[:, : m.shot].reshape(-1)])) for i in idx])
+            qry = torch.stack([learner.encoder(transform(images[i[:, m.shot :].reshape(-1)])) for i in idx])
+            sup, qry = sup.float(), qry.float()
         else:
             # Frozen BN: every task of the meta-batch, hard tasks included, in one encoder forward.
             feats = learner.encoder(transform(images[idx.reshape(-1)])).float().view(T, way, n, -1)
@@ -97,6 +99,11 @@ def meta_update(
         sync()
     opt.step()
     return loss.detach(), logits.detach(), targets
+
+
+def meta_scheduler(opt: torch.optim.Optimizer, m: MetaConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The step schedule of both meta-LRs, stepped after every epoch (see :func:`mtl.recipe.lr_factor`)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: lr_factor(m, epoch))
 
 
 def meta_optimizer(learner: MetaLearner, m: MetaConfig) -> torch.optim.Optimizer:

@@ -10,6 +10,10 @@ broadcast over the kernel's spatial extent; it starts at 1. ``Φ_S2`` (:attr:`SS
 per output channel, shape ``(C_out,)``; it starts at 0. At initialisation the network therefore computes
 exactly what it computed before :func:`attach`.
 
+A network can keep a convolution out of SS by setting ``conv.ss_exempt = True`` on it (``resnet12_tf``
+does so for its 1x1 shortcuts, which the official TF code does not scale or shift): :func:`attach` leaves
+such a convolution a plain ``nn.Conv2d``, frozen like every other pretrained parameter.
+
 Usage::
 
     backbone.load_state_dict(pretrained)  # a plain (un-attached) checkpoint
@@ -23,7 +27,7 @@ the BN affine weights trainable (:func:`bn_parameters`), which is what the offic
 does; whether running statistics are updated then depends on the caller putting BN in train mode.
 
 State dicts: an attached model's keys are the plain model's keys with ``.conv`` inserted before each
-convolution's ``weight``/``bias``, plus ``.scale`` and ``.shift``. Load pretrained weights *before*
+SS convolution's ``weight``/``bias``, plus ``.scale`` and ``.shift``. Load pretrained weights *before*
 attaching; load a meta-trained (attached) checkpoint into a freshly attached model of the same architecture.
 """
 
@@ -39,6 +43,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
 from mtl.errors import MtlError
+from mtl.models.norm import fix_scale, has_fixed_scale
 
 __all__ = ["FoldedBatchNorm2d", "SSConv2d", "attach", "bn_parameters", "parameters", "ss_modules"]
 
@@ -131,6 +136,7 @@ def _fold_frozen_bn(model: nn.Module) -> None:
             for parent, name, conv, bn in pairs:
                 folded = FoldedBatchNorm2d(bn.num_features, bn.eps)
                 folded.num_features, folded.affine = bn.num_features, getattr(bn, "affine", True)
+                folded.fixed_scale = getattr(bn, "fixed_scale", False)
                 for key, buf in bn.named_buffers():
                     setattr(folded, key, buf)
                 setattr(parent, name, folded)
@@ -155,6 +161,9 @@ def attach(model: nn.Module, *, train_bn: bool = False) -> nn.Module:
 
     Works in place and returns ``model``. Calling it again is harmless: existing SS convolutions are kept
     (their scale and shift untouched) and only the trainable set is recomputed from ``train_bn``.
+    Convolutions marked ``ss_exempt`` stay plain and frozen. A batch norm without a learnable scale γ
+    (:class:`~mtl.models.norm.ShiftBatchNorm2d`) keeps γ fixed at 1 whatever ``train_bn`` is, also
+    when frozen and then unfrozen by a second call.
 
     Args:
         model: any network containing convolutions (mtl's ResNets, timm models, ...).
@@ -171,7 +180,7 @@ def attach(model: nn.Module, *, train_bn: bool = False) -> nn.Module:
         if isinstance(parent, SSConv2d):
             continue
         for child_name, child in list(parent.named_children()):
-            if isinstance(child, nn.Conv2d):
+            if isinstance(child, nn.Conv2d) and not getattr(child, "ss_exempt", False):
                 if id(child) not in wrapped:
                     wrapped[id(child)] = SSConv2d(child)
                 setattr(parent, child_name, wrapped[id(child)])
@@ -179,12 +188,19 @@ def attach(model: nn.Module, *, train_bn: bool = False) -> nn.Module:
     if train_bn:  # undo an earlier attach(train_bn=False)
         for _, module in ss_modules(model):
             module._bn = []
+        # timm unfreezes into nn.BatchNorm2d with a γ parameter: make γ a buffer again where it was one.
+        fixed = [name for name, m in model.named_modules() if getattr(m, "fixed_scale", False)]
         unfreeze_batch_norm_2d(model)
+        for name in fixed:
+            fix_scale(model.get_submodule(name))
     else:
         # Frozen batch norm is a fixed per-channel affine map x · a + c: folded into the convolution
         # before it, it costs nothing, where BatchNorm2d's eval-mode forward and backward took a
         # quarter of a meta-training step on the CPU (ResNet-12, channels_last).
+        fixed = [name for name, m in model.named_modules() if has_fixed_scale(m)]
         freeze_batch_norm_2d(model)
+        for name in fixed:  # every frozen BN holds γ as a buffer: remember which ones had no γ to learn
+            model.get_submodule(name).fixed_scale = True
         _fold_frozen_bn(model)
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):

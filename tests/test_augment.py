@@ -54,3 +54,18 @@ def test_flip_mirrors_the_image():
     flipped = torch.isclose(out, plain.flip(-1), atol=1e-5).flatten(1).all(1)
     same = torch.isclose(out, plain, atol=1e-5).flatten(1).all(1)
     assert (flipped | same).all() and flipped.any() and same.any()
+
+
+def test_resize_then_centre_crop_is_the_official_evaluation_transform():
+    from torchvision.transforms import v2
+
+    x = images(b=3, h=84, w=84)
+    pre = Preprocess(80, 3, mean=[0.0] * 3, std=[1.0] * 3, resize=92)
+    official = v2.Compose([v2.Resize(92, antialias=True), v2.CenterCrop(80)])
+    ref = official(x.permute(0, 3, 1, 2).float() / 255)
+    out = pre(x)
+    assert out.shape == (3, 3, 80, 80)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    # Training augmentation crops the whole image to the model size: no second resize and crop.
+    aug = TrainAugment(pre, scale=(1.0, 1.0), flip=False, generator=torch.Generator().manual_seed(0))
+    assert aug(x).shape == (3, 3, 80, 80)

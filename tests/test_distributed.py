@@ -14,8 +14,10 @@ import torch
 from conftest import TINY, wait_for_mid_epoch_checkpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtl import checkpoint
-from mtl.distributed import World
+from mtl import checkpoint, distributed
+from mtl.distributed import DistBatchNorm2d, World, sync_batch_norm
+from mtl.models.backbone import build_backbone
+from mtl.models.norm import has_fixed_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 # fp32 so that the comparison is about the distribution, not bf16 rounding; HT on, 3 tasks over 2 ranks.
@@ -116,7 +118,9 @@ def test_hard_task_pool_is_the_single_process_pool(runs):
     one, two = runs
     p1 = checkpoint.load(one / "tiny" / "metatrain" / "last.pt", stage="metatrain")["hard_tasks"]
     p2 = checkpoint.load(two / "tiny" / "metatrain" / "last.pt", stage="metatrain")["hard_tasks"]
-    assert [c for c, _ in p1["entries"]] == [c for c, _ in p2["entries"]]
+    # Entries: [class, accuracy, meta-batch, images it failed on].
+    assert [e[:3] for e in p1["entries"]] == [e[:3] for e in p2["entries"]]
+    assert all(torch.equal(a[3], b[3]) for a, b in zip(p1["entries"], p2["entries"], strict=True))
     for key in ("failures", "chosen"):
         assert torch.equal(p1[key], p2[key]), key
     assert p1["updates"] == p2["updates"] > 0 and p1["rng"] == p2["rng"]
@@ -133,3 +137,39 @@ def test_world_slices_cover_every_item_once(n, size):
     parts = [World(r, size).slice(n) for r in range(size)]
     assert [i for s in parts for i in range(s.start, s.stop)] == list(range(n))
     assert max(s.stop - s.start for s in parts) - min(s.stop - s.start for s in parts) <= 1
+
+
+def _bn_parameter_names(model: torch.nn.Module) -> list[str]:
+    return [n for n, _ in model.named_parameters() if ".bn" in n]
+
+
+@pytest.mark.parametrize(("device", "kind"), [("cpu", DistBatchNorm2d), ("cuda", torch.nn.SyncBatchNorm)])
+def test_sync_batch_norm_keeps_a_gamma_free_batch_norm_gamma_free(monkeypatch, device, kind):
+    """The conversion alone, as two ranks would make it; without a process group the converted norms
+    compute what the single-process ones do (CUDA's SyncBatchNorm is only built here, on the CPU)."""
+    monkeypatch.setattr(distributed, "_WORLD", World(0, 2))
+    torch.manual_seed(0)
+    plain = build_backbone("resnet12_tf", widths=(8, 8, 16, 16))
+    plain.train()
+    with torch.no_grad():
+        plain(torch.randn(8, 3, 16, 16))
+    names, state = _bn_parameter_names(plain), plain.state_dict()
+    model = sync_batch_norm(build_backbone("resnet12_tf", widths=(8, 8, 16, 16)), torch.device(device))
+    model.load_state_dict(state)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) == 12 and all(type(m) is kind and has_fixed_scale(m) for m in bns)
+    assert _bn_parameter_names(model) == names and all(n.endswith(".bias") for n in names)  # β only
+    assert list(model.state_dict()) == list(state)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        for training in (False, True):
+            model.train(training), plain.train(training)
+            torch.testing.assert_close(model(x), plain(x))
+    torch.testing.assert_close(
+        model.state_dict()["layer1.bn1.running_mean"], state["layer1.bn1.running_mean"]
+    )
+
+    # Other networks convert as before: γ stays a parameter.
+    r12 = sync_batch_norm(build_backbone("resnet12", widths=(8, 8, 16, 16)), torch.device(device))
+    bns = [m for m in r12.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) == 16 and all(type(m) is kind and isinstance(m.weight, torch.nn.Parameter) for m in bns)

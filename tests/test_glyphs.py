@@ -9,6 +9,13 @@ import numpy as np
 import pytest
 
 from mtl.data.cache import load_manifest, load_split
+from mtl.data.glyph_families import (
+    family_ids,
+    family_of_name,
+    family_split_ids,
+    family_template,
+    glyph_families,
+)
 from mtl.data.glyphs import PRESETS, ensure_glyphs, generate, render_class, split_class_ids
 from mtl.errors import MtlError
 
@@ -153,3 +160,96 @@ def test_ensure_glyphs_rejects_bad_parameters(tmp_path, change, message):
     with pytest.raises(MtlError, match=message):
         ensure_glyphs(tmp_path, **{"preset": "easy", **TINY, **change})
     assert list(tmp_path.iterdir()) == []
+
+
+# --- preset "families": classes in families of look-alikes ---------------------------------------------
+
+FAMILY_TINY = dict(classes=24, images_per_class=2, image_size=16, channels=1, preset="families", seed=0)
+
+
+def test_families_are_deterministic_runs_of_ids():
+    families = glyph_families(100, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(families, glyph_families(100, 0), strict=True))
+    assert np.array_equal(np.concatenate(families), np.arange(100))
+    assert np.array_equal(family_ids(100, 0), np.repeat(np.arange(len(families)), [len(f) for f in families]))
+    # Fewer classes only cut the last family short: class c's family never depends on the class count.
+    assert np.array_equal(family_ids(37, 0), family_ids(100, 0)[:37])
+    assert [len(f) for f in glyph_families(100, 1)] != [len(f) for f in families]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_family_sizes_vary_from_singletons_to_six(seed):
+    sizes = np.array([len(f) for f in glyph_families(100, seed)[:-1]])  # the last one may be cut
+    assert sizes.min() == 1 and sizes.max() == 6
+    assert (np.bincount(sizes, minlength=7)[1:] >= 4).all()  # singletons (easy) to families of six (hard)
+
+
+def test_family_splits_hold_whole_families():
+    ids = family_split_ids(100, 0)
+    assert [len(ids[s]) for s in ("train", "val", "test")] == [63, 16, 21]
+    assert np.array_equal(np.concatenate([ids["train"], ids["val"], ids["test"]]), np.arange(100))
+    for seed in range(5):
+        ids, fam = family_split_ids(100, seed), family_ids(100, seed)
+        owners = {}
+        for split, members in ids.items():
+            for f in np.unique(fam[members]):
+                assert owners.setdefault(int(f), split) == split  # a family lies in one split only
+        counts = [len(ids[s]) for s in ("train", "val", "test")]
+        assert abs(counts[0] - 64) <= 3 and abs(counts[1] - 16) <= 3 and counts[1] >= 5 and counts[2] >= 5
+    with pytest.raises(MtlError, match="only 2 families with seed 0; use more classes"):
+        family_split_ids(5, 0)
+
+
+def test_family_members_share_their_base_strokes(monkeypatch):
+    families = glyph_families(60, 0)
+
+    def shared(a: int, b: int) -> float:
+        """Fraction of class a's control points that class b has too."""
+        pa, pb = family_template(0, a)[0], family_template(0, b)[0]
+        return float((np.abs(pa[:, None] - pb[None]).max(-1) == 0).any(1).mean())
+
+    big = [f for f in families if len(f) >= 3]
+    for f in big:
+        for a, b in [(f[0], f[1]), (f[1], f[-1])]:
+            assert 0.5 <= shared(a, b) < 1  # most strokes in common, but not all
+    assert shared(big[0][0], big[1][0]) == 0 and shared(big[1][1], big[2][2]) == 0
+    # Rendered without nuisances, members of a family overlap far more than classes of two families.
+    clean = dict(jitter=0.0, stroke_shift=0.0, rotation=0.0, scale=(1.0, 1.0), shear=0.0, shift=0.0)
+    clean |= dict(width=(0.05, 0.05), noise=0.0, distractors=(0, 0))
+    monkeypatch.setitem(PRESETS, "families", replace(PRESETS["families"], **clean))
+
+    def ink(c: int) -> np.ndarray:
+        image = render_class(int(c), 1, image_size=32, channels=1, preset="families", seed=0)
+        return image[0, ..., 0] < 128
+
+    def iou(a: int, b: int) -> float:
+        x, y = ink(a), ink(b)
+        return (x & y).sum() / (x | y).sum()
+
+    same = [iou(f[0], f[1]) for f in big[:6]]
+    other = [iou(big[i][0], big[i + 1][0]) for i in range(6)]
+    assert min(same) > max(other) and np.mean(same) > 2 * np.mean(other)
+    assert max(same) < 0.95  # alike, yet not the same
+
+
+def test_family_names_and_rendering():
+    splits = generate(**FAMILY_TINY)
+    fam = family_ids(24, 0)
+    names = [n for s in splits.values() for n in s.class_names]
+    assert names == [f"glyph-{c:04d}-f{fam[c]:02d}" for c in range(24)]
+    assert [family_of_name(n) for n in names] == list(fam)
+    assert family_of_name("glyph-0042") is None and family_of_name("glyph-0042-f07") == 7
+    # Image j of class c depends on (seed, preset, c, j, ...) only, as for the other presets.
+    test = splits["test"]
+    alone = render_class(23, 2, **{k: FAMILY_TINY[k] for k in ("image_size", "channels", "preset", "seed")})
+    assert np.array_equal(alone, test.images[-2:])
+    other = render_class(23, 2, image_size=16, channels=1, preset="hard", seed=0)
+    assert not np.array_equal(alone, other)
+
+
+def test_ensure_glyphs_records_the_families_version(tmp_path):
+    root = ensure_glyphs(tmp_path, **FAMILY_TINY)
+    assert root.name == "glyphs-families-c24-n2-s16-ch1-seed0"
+    assert load_manifest(root)["glyphs"]["families_version"] >= 1
+    easy = ensure_glyphs(tmp_path, preset="easy", **TINY)
+    assert "families_version" not in load_manifest(easy)["glyphs"]

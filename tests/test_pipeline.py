@@ -148,3 +148,13 @@ def test_a_failed_run_leaves_earlier_outputs_untouched(tiny_overrides, tmp_path)
     )
     assert bad.exit_code == 2
     assert {p.name: p.read_bytes() for p in stage.iterdir()} == before
+
+
+def test_pretrain_can_use_the_official_two_layer_head(tiny_overrides, tmp_path):
+    cfg = config.load(None, [*tiny_overrides, "pretrain.head_hidden=12", "pretrain.epochs=1"])
+    pretrain(cfg, tmp_path, quiet=True)
+    head = checkpoint.load(tmp_path / "tiny" / "pretrain" / "best.pt", stage="pretrain")["head"]
+    # Linear(16, 12) -> ReLU -> Linear(12, 19 base classes)
+    assert {k: tuple(v.shape) for k, v in head.items()} == {
+        "0.weight": (12, 16), "0.bias": (12,), "2.weight": (19, 12), "2.bias": (19,),
+    }  # fmt: skip

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Longer epochs than TINY, so that a kill lands inside one; a checkpoint after every step; hard
 # tasks on, so that the pool and its samplers must resume too.
 LONGER = [
-    "pretrain.epochs=3", "pretrain.batch_size=8", "meta.epochs=3", "meta.episodes_per_epoch=16",
+    "pretrain.epochs=3", "pretrain.batch_size=8", "meta.epochs=3", "meta.updates_per_epoch=8",
     "checkpoint_every=1", "meta.hard_tasks.enabled=true",
 ]  # fmt: skip
 
@@ -73,6 +73,10 @@ def assert_identical(a, b, path="") -> None:
             assert_identical(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, torch.Tensor):
         assert torch.equal(a, b), path
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_identical(x, y, f"{path}[{i}]")
     else:
         assert a == b, path
 

@@ -220,3 +220,111 @@ def test_bare_conv_is_rejected():
         ss.attach(nn.Conv2d(3, 3, 3))
     with pytest.raises(TypeError):
         ss.SSConv2d(nn.Linear(3, 3))
+
+
+# --------------------------------------------------------------------------- convolutions without SS
+
+
+def _tiny_resnet12_tf(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_backbone("resnet12_tf", widths=(8, 16, 16, 32))
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32) + 0.3)  # running statistics that are not the identity
+    return model.eval()
+
+
+def test_an_ss_exempt_conv_stays_a_plain_frozen_conv():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1))
+    model[2].ss_exempt = True
+    ref = copy.deepcopy(model)
+    ss.attach(model)
+    assert isinstance(model[0], ss.SSConv2d) and type(model[2]) is nn.Conv2d
+    assert [name for name, _ in ss.ss_modules(model)] == ["0"]
+    assert not any(p.requires_grad for p in model[2].parameters())
+    assert "2.weight" in model.state_dict() and "2.scale" not in model.state_dict()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x))
+
+
+def test_resnet12_tf_ss_weights_match_the_tf_code():
+    model = ss.attach(build_backbone("resnet12_tf"))
+
+    # tensorflow/models/resnet12.py, construct_residual_block_ss_weights: per block of input width i
+    # and width o, scales i·o + o² + o² for the three 3x3 convs and shifts 3·o; none for the shortcut.
+    def block(i: int, o: int) -> int:
+        return i * o + 2 * o * o + 3 * o
+
+    expected = block(3, 64) + block(64, 128) + block(128, 256) + block(256, 512)
+    assert expected == 8_576 + 41_344 + 164_608 + 656_896 == 871_424
+    assert sum(p.numel() for p in ss.parameters(model)) == expected
+    blocks = (model.layer1, model.layer2, model.layer3, model.layer4)
+    assert [name for name, _ in ss.ss_modules(model.layer1)] == ["conv1", "conv2", "conv3"]
+    for b in blocks:
+        assert type(b.shortcut) is nn.Conv2d and not b.shortcut.weight.requires_grad
+    assert len(dict(ss.ss_modules(model))) == 12
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_resnet12_tf_attach_keeps_output_and_gamma_free_bn(train_bn):
+    model = _tiny_resnet12_tf()
+    ref = copy.deepcopy(model)
+    ss.attach(model, train_bn=train_bn)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+    folded = [m for m in model.modules() if isinstance(m, ss.FoldedBatchNorm2d)]
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if train_bn:  # β trainable, γ fixed at one and no parameter
+        assert not folded and len(bns) == 12
+        assert {id(p) for p in ss.bn_parameters(model)} == {id(m.bias) for m in bns}
+        for bn in bns:
+            assert [n for n, _ in bn.named_parameters()] == ["bias"] and torch.equal(
+                bn.weight, torch.ones(bn.num_features)
+            )
+    else:  # every frozen BN was folded into the SS conv before it
+        assert len(folded) == 12 and not bns
+        assert list(ss.bn_parameters(model)) == []
+    model.train()
+    model(x).square().sum().backward()
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    expected = {id(p) for p in ss.parameters(model)} | {id(p) for p in ss.bn_parameters(model)}
+    assert trainable == expected
+
+
+def test_resnet12_tf_attach_again_keeps_gamma_fixed():
+    model = ss.attach(_tiny_resnet12_tf())
+    _randomize(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        frozen_out = model(x)
+    ss.attach(model, train_bn=True)  # unfreezes the folded BNs again
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 12 and len(list(ss.bn_parameters(model))) == 12
+    assert all([n for n, _ in bn.named_parameters()] == ["bias"] and bn.eps == 1e-3 for bn in bns)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), frozen_out, rtol=1e-4, atol=1e-5)
+    ss.attach(model)
+    assert sum(isinstance(m, ss.FoldedBatchNorm2d) for m in model.modules()) == 12
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), frozen_out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_resnet12_tf_state_dict_round_trips(train_bn):
+    pretrained = _tiny_resnet12_tf(seed=0).state_dict()
+    model = _tiny_resnet12_tf(seed=1)
+    model.load_state_dict(pretrained)  # a pretrained network into a fresh one, then SS
+    ss.attach(model, train_bn=train_bn)
+    _randomize(model)
+    fresh = ss.attach(_tiny_resnet12_tf(seed=2), train_bn=train_bn)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(fresh(x), model(x))
+        fresh.load_state_dict(model.state_dict())
+        torch.testing.assert_close(fresh(x), model(x))
+    keys = set(model.state_dict())
+    assert {"layer1.conv1.conv.weight", "layer1.conv1.conv.bias", "layer1.conv1.scale"} <= keys
+    assert "layer1.shortcut.weight" in keys and "layer1.shortcut.scale" not in keys

@@ -24,7 +24,9 @@ class Preprocess:
 
     ``mean``/``std`` default to ImageNet statistics for RGB and 0.5/0.5 for grey. Images whose size or
     channel count differs from the model's (e.g. an 84×84 cache fed to an 80×80 ResNet-25) are resized
-    with antialiasing and converted RGB<->grey here.
+    with antialiasing and converted RGB<->grey here. With ``resize``, images are first resized to
+    ``resize × resize`` and then centre-cropped to ``image_size`` (the official PyTorch code's
+    ``Resize(92)`` + ``CenterCrop(80)``).
     """
 
     def __init__(
@@ -34,8 +36,10 @@ class Preprocess:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
+        resize: int | None = None,
     ) -> None:
         self.size = image_size
+        self.resize = resize
         self.channels = channels
         self.mean = list(mean or (IMAGENET_MEAN if channels == 3 else (0.5,)))
         self.std = list(std or (IMAGENET_STD if channels == 3 else (0.5,)))
@@ -57,7 +61,13 @@ class Preprocess:
         return x.contiguous(memory_format=self.memory_format)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.normalize(self.to_float(images))
+        x = self.to_float(images)
+        if self.resize is not None:
+            x = F.interpolate(
+                x, size=(self.resize, self.resize), mode="bilinear", antialias=True, align_corners=False
+            )
+            x = TF.center_crop(x, [self.size, self.size])
+        return self.normalize(x)
 
 
 class TrainAugment:

@@ -6,6 +6,10 @@ affine transform (rotation, scale, shear, shift), a random pen width and pixel n
 random ink and background colours. The ``hard`` preset adds stronger nuisances and 1-2 distractor strokes
 per image, so that raw pixels separate classes poorly while the shared strokes stay easy to see.
 
+The ``families`` preset groups classes into families of 1-6 look-alikes (one base of 3 strokes, plus a
+short mark of each member's own at a spot the family shares), with mild nuisances and one mark-like
+distractor per image, and splits whole families; see :mod:`mtl.data.glyph_families`.
+
 Image ``j`` of class ``c`` depends only on ``(seed, preset, c, j, image_size, channels)``: never on the
 split, the other classes or how many images are rendered at once.
 """
@@ -51,6 +55,10 @@ PRESETS: dict[str, GlyphStyle] = {
         jitter=0.08, stroke_shift=0.06, rotation=20.0, scale=(0.8, 1.2), shear=0.25, shift=0.08,
         width=(0.035, 0.07), noise=0.1, contrast=0.25, distractors=(1, 2), light_ink=True,
     ),
+    "families": GlyphStyle(
+        jitter=0.04, stroke_shift=0.03, rotation=10.0, scale=(0.9, 1.1), shear=0.1, shift=0.05,
+        width=(0.04, 0.07), noise=0.05, contrast=0.3, distractors=(1, 1), light_ink=True,
+    ),
 }  # fmt: skip
 SPLITS = ("train", "val", "test")
 _FRACTIONS = (0.64, 0.16)  # train / val share of the classes, the rest is test (miniImageNet: 64/16/20)
@@ -89,6 +97,18 @@ def split_class_ids(num_classes: int) -> dict[str, np.ndarray]:
     return {name: np.arange(bounds[i], bounds[i + 1], dtype=np.int64) for i, name in enumerate(SPLITS)}
 
 
+def _families():
+    """:mod:`mtl.data.glyph_families`, imported on first use because it builds on this module's strokes."""
+    from mtl.data import glyph_families
+
+    return glyph_families
+
+
+def class_split_ids(classes: int, preset: str, seed: int) -> dict[str, np.ndarray]:
+    """Class ids of each split: :func:`split_class_ids`, or whole families for the ``families`` preset."""
+    return _families().family_split_ids(classes, seed) if preset == "families" else split_class_ids(classes)
+
+
 def _cubic(rng: np.random.Generator, start: np.ndarray, length: tuple[float, float]) -> np.ndarray:
     """``(4, 2)`` control points of a gently bent cubic from ``start`` in a random direction."""
     size = rng.uniform(*length)
@@ -121,10 +141,12 @@ def _stroke(rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([first, second[1:]])
 
 
-def _class_template(seed: int, class_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A class's strokes: points ``(P, 2)``, stroke id per point ``(P,)``, cubic point indices ``(S, 4)``."""
-    rng = np.random.default_rng([seed, class_id, 0])
-    strokes = [_stroke(rng) for _ in range(rng.integers(1, 5))]
+Template = tuple[np.ndarray, np.ndarray, np.ndarray]  # points (P, 2), stroke per point (P,), cubics (S, 4)
+
+
+def assemble(strokes: list[np.ndarray]) -> Template:
+    """A class's strokes ``(4 or 7, 2)`` as points ``(P, 2)``, stroke id per point ``(P,)`` and the point
+    indices of each cubic ``(S, 4)``."""
     points = np.concatenate(strokes)
     stroke_of = np.concatenate([np.full(len(s), i) for i, s in enumerate(strokes)])
     segments, offset = [], 0
@@ -132,6 +154,14 @@ def _class_template(seed: int, class_id: int) -> tuple[np.ndarray, np.ndarray, n
         segments += [np.arange(offset + 3 * k, offset + 3 * k + 4) for k in range((len(s) - 1) // 3)]
         offset += len(s)
     return points, stroke_of, np.stack(segments)
+
+
+def _class_template(seed: int, class_id: int, preset: str) -> Template:
+    """A class's strokes: 1-4 independent ones, or its family's base and own mark for ``families``."""
+    if preset == "families":
+        return _families().family_template(seed, class_id)
+    rng = np.random.default_rng([seed, class_id, 0])
+    return assemble([_stroke(rng) for _ in range(rng.integers(1, 5))])
 
 
 class _Draw(NamedTuple):
@@ -236,7 +266,7 @@ def render_class(
 ) -> np.ndarray:
     """The first ``n`` images of class ``class_id``: ``(n, image_size, image_size, channels)`` uint8."""
     style = _check(preset, image_size, channels, seed, n)
-    template = _class_template(seed, class_id)
+    template = _class_template(seed, class_id, preset)
     rngs = [np.random.default_rng([seed, class_id, 1, zlib.crc32(preset.encode()), j]) for j in range(n)]
     draws = [_image_params(rng, template, style, channels, image_size) for rng in rngs]
     cubics, extra, count, affine, shift, width, ink, paper, noise = map(np.stack, zip(*draws, strict=True))
@@ -258,17 +288,20 @@ def render_class(
 def generate(
     *, classes: int, images_per_class: int, image_size: int, channels: int, preset: str, seed: int
 ) -> dict[str, Split]:
-    """All three splits; each split's labels are ``0..K-1`` over its own classes, named ``glyph-0042``."""
+    """All three splits; each split's labels are ``0..K-1`` over its own classes, named ``glyph-0042``
+    (``glyph-0042-f07`` with the ``families`` preset: class 42 of family 7)."""
     _check(preset, image_size, channels, seed, images_per_class)
     splits = {}
-    for name, ids in split_class_ids(classes).items():
+    for name, ids in class_split_ids(classes, preset, seed).items():
         images = np.empty((len(ids) * images_per_class, image_size, image_size, channels), np.uint8)
         for k, c in enumerate(ids):
             images[k * images_per_class : (k + 1) * images_per_class] = render_class(
                 int(c), images_per_class, image_size=image_size, channels=channels, preset=preset, seed=seed
             )
         labels = np.repeat(np.arange(len(ids), dtype=np.int64), images_per_class)
-        splits[name] = Split(images, labels, [f"glyph-{c:04d}" for c in ids])
+        fams = preset == "families"
+        names = _families().family_class_names(ids, seed) if fams else [f"glyph-{c:04d}" for c in ids]
+        splits[name] = Split(images, labels, names)
     return splits
 
 
@@ -279,11 +312,14 @@ def ensure_glyphs(
     params = {"classes": classes, "images_per_class": images_per_class, "image_size": image_size}
     params |= {"channels": channels, "preset": preset, "seed": seed}
     style = _check(preset, image_size, channels, seed, images_per_class)
-    split_class_ids(classes)
+    class_split_ids(classes, preset, seed)
     name = f"glyphs-{preset}-c{classes}-n{images_per_class}-s{image_size}-ch{channels}-seed{seed}"
     dest = Path(root).expanduser() / name
     # The style and renderer version are recorded too, so a cache made by other drawing code is redone.
-    recorded = json.loads(json.dumps({**params, "style": asdict(style), "version": _VERSION}))
+    recorded = {**params, "style": asdict(style), "version": _VERSION}
+    if preset == "families":  # a version of its own: changing the families leaves easy / hard caches valid
+        recorded["families_version"] = _families().VERSION
+    recorded = json.loads(json.dumps(recorded))
     if _cached(dest, recorded):
         return dest
     return save_dataset(dest, generate(**params), source_format="glyphs", extra={"glyphs": recorded})

@@ -1,3 +1,5 @@
-"""Backbones. Importing this package registers ``resnet12`` and ``resnet25`` with timm."""
+"""Backbones. Importing this package registers ``resnet12``, ``resnet12_paper``, ``resnet12_tf`` and
+``resnet25`` with timm."""
 
 from mtl.models import resnet as _resnet  # noqa: F401
+from mtl.models import resnet12_tf as _resnet12_tf  # noqa: F401

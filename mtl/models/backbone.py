@@ -12,8 +12,10 @@ from mtl.errors import MtlError
 
 __all__ = ["OWN_BACKBONES", "TimmBackbone", "build_backbone"]
 
-OWN_BACKBONES = ("resnet12", "resnet12_paper", "resnet25")
+OWN_BACKBONES = ("resnet12", "resnet12_paper", "resnet12_tf", "resnet25")
 _TIMM_PREFIX = "timm:"
+# Keyword arguments that switch off a backbone's own pretraining-only regularisers (its block dropout).
+_NOT_PRETRAINING = {"resnet12_tf": {"block_drop_rate": 0.0}}
 
 
 class TimmBackbone(nn.Module):
@@ -44,14 +46,19 @@ def build_backbone(
     in_chans: int = 3,
     widths: Sequence[int] | None = None,
     drop_rate: float = 0.0,
+    pretraining: bool = False,
 ) -> nn.Module:
     """A randomly initialised feature extractor without classifier head.
 
     Args:
-        name: ``resnet12``, ``resnet12_paper``, ``resnet25`` or ``timm:<timm model name>``.
+        name: ``resnet12``, ``resnet12_paper``, ``resnet12_tf``, ``resnet25`` or ``timm:<timm model name>``.
         in_chans: input channels (1 for Omniglot).
         widths: stage widths, only for mtl's ResNets (4 values for resnet12*, 3 for resnet25).
-        drop_rate: dropout on the pooled features (active in train mode only).
+        drop_rate: dropout on the pooled features (active in train mode only), when ``pretraining``.
+        pretraining: build the network for pretraining. Dropout is a pretraining regulariser: only then
+            are ``drop_rate`` and ``resnet12_tf``'s dropout after each block (p = 0.1, as in the TF code)
+            applied; otherwise every dropout rate is 0. Dropout has no parameters or buffers, so both
+            builds have the same state dict and a pretrained checkpoint loads into either.
 
     Returns:
         A module mapping ``(B, in_chans, H, W)`` images to ``(B, num_features)`` features; its
@@ -60,16 +67,18 @@ def build_backbone(
     """
     kwargs: dict = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
     # Not every timm model accepts drop_rate, so only pass it when asked for.
-    if drop_rate > 0.0:
+    if drop_rate > 0.0 and pretraining:
         kwargs["drop_rate"] = drop_rate
 
     if name in OWN_BACKBONES:
         if widths is not None:
             kwargs["widths"] = tuple(widths)
+        if not pretraining:
+            kwargs.update(_NOT_PRETRAINING.get(name, {}))
         return timm.create_model(name, **kwargs)
 
     if not name.startswith(_TIMM_PREFIX):
-        raise MtlError(f"unknown backbone '{name}': use resnet12, resnet12_paper, resnet25 or timm:<model>")
+        raise MtlError(f"unknown backbone '{name}': use {', '.join(OWN_BACKBONES)} or timm:<model>")
     model_name = name[len(_TIMM_PREFIX) :]
     if widths is not None:
         raise MtlError(f"widths only applies to {', '.join(OWN_BACKBONES)}, not to backbone '{name}'")

@@ -3,6 +3,11 @@
 * ``resnet12``: four residual blocks of three 3x3 convs (BN + LeakyReLU(0.1)), a 1x1-conv + BN shortcut
   and a 2x2 max-pool per block, then global average pooling. Widths default to the modern 64-160-320-640
   (MetaOptNet / RFS / FEAT, 640-d features); ``resnet12_paper`` is the MTL paper's 64-128-256-512 (512-d).
+* ``resnet12_tf`` (:mod:`mtl.models.resnet12_tf`): exactly the network of the official MTL TensorFlow
+  code, also 64-128-256-512. Unlike ``resnet12_paper`` its 3x3 convs have biases, its batch norms no
+  scale γ (eps 1e-3), the third conv is followed by LeakyReLU too while the residual sum is not, the
+  shortcut is a bare 1x1 conv without BN (and gets no SS weights), each block ends with dropout 0.1 in
+  pretraining, and the convs are Glorot-uniform initialised.
 * ``resnet25``: the official MTL PyTorch network. A 3x3 stem conv (80 ch), three stages of four
   BasicBlocks (160-320-640, stride 2 each), ReLU, global average pooling (640-d). 1 + 3 x 4 x 2 = 25 convs.
 

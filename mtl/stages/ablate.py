@@ -5,17 +5,21 @@ One pretrained encoder (the pipeline's pretrain ``best.pt``, trained first if mi
 1. nearest centroid on pretrained features;
 2. θ fine-tuned on the frozen pretrained features, no meta-training (the paper's "FT");
 3. MTL: SS + θ meta-trained, no hard tasks;
-4. MTL + HT: the same with hard-task meta-batches;
-5. (``ablation.scratch``) SS + θ meta-trained on a random, unpretrained encoder (batch norm learns its
+4. MTL + random extra tasks: the control of row 5, as many extra tasks per meta-batch as HT adds, of
+   random base classes (``meta.hard_tasks.mode: random``); without it an HT gain cannot be told from
+   the gain of more tasks per meta-update;
+5. MTL + HT: the same with hard-task meta-batches;
+6. (``ablation.scratch``) SS + θ meta-trained on a random, unpretrained encoder (batch norm learns its
    statistics and affine weights meanwhile, ``meta.bn: affine``).
 
-Rows 3–5 are meta-trained here, into ``<checkpoints>/<name>/ablation/<variant>/``, with the pipeline's
+Rows 3–6 are meta-trained here, into ``<checkpoints>/<name>/ablation/<variant>/``, with the pipeline's
 meta-training settings and seed; all rows are scored on ``ablation.episodes`` fixed test episodes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -30,12 +34,14 @@ from mtl.stages.run import Run
 NC = "nearest centroid, pretrained features"
 FT = "FT: θ fine-tuned on pretrained features (no meta-training)"
 MTL = "MTL: SS + θ meta-trained, no HT"
+MTL_RANDOM = "MTL + as many random extra tasks (control of HT)"
 MTL_HT = "MTL + HT: hard-task meta-batches"
 SCRATCH = "SS + θ meta-trained on a random encoder (no pretraining)"
 
 
-def _variant(cfg: Config, *, hard_tasks: bool, bn: str | None = None) -> Config:
-    ht = dataclasses.replace(cfg.meta.hard_tasks, enabled=hard_tasks)
+def _variant(cfg: Config, *, hard_tasks: bool, bn: str | None = None, mode: str | None = None) -> Config:
+    mode = mode or ("softmax" if cfg.meta.hard_tasks.mode == "random" else cfg.meta.hard_tasks.mode)
+    ht = dataclasses.replace(cfg.meta.hard_tasks, enabled=hard_tasks, mode=mode)
     meta = dataclasses.replace(cfg.meta, hard_tasks=ht, bn=bn or cfg.meta.bn)
     return dataclasses.replace(cfg, meta=meta)
 
@@ -48,6 +54,7 @@ def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool 
         pretrain(cfg, checkpoints, quiet=quiet)
     variants = {
         MTL: ("ablation/mtl", _variant(cfg, hard_tasks=False), False),
+        MTL_RANDOM: ("ablation/mtl-random", _variant(cfg, hard_tasks=True, mode="random"), False),
         MTL_HT: ("ablation/mtl-ht", _variant(cfg, hard_tasks=True), False),
     }
     if cfg.ablation.scratch:
@@ -75,12 +82,21 @@ def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool 
         )
         scores[method] = mtl_accuracy(run, best, images, episodes)
     seconds["total"] = round(time.perf_counter() - start, 1)
-    results = publish(
-        run, scores, cfg.ablation.episodes, quiet=quiet, extra={"seconds": seconds, "kept_epoch": kept}
-    )
+    per_epoch = {
+        method: json.loads(path.read_text())["epochs"]
+        for method, (folder, _, _) in variants.items()
+        if (path := checkpoint.stage_dir(checkpoints, cfg.name, folder) / "hard_tasks.json").is_file()
+    }
+    extra = {"seconds": seconds, "kept_epoch": kept, "query_acc_per_epoch": per_epoch}
+    results = publish(run, scores, cfg.ablation.episodes, quiet=quiet, extra=extra)
     if not quiet:
         print(
             f"\nwall-clock: {seconds['total'] / 60:.1f} min in all; meta-training "
             + ", ".join(f"{k.split(':')[0]} {v:.0f} s" for k, v in seconds.items() if k != "total")
         )
+        for method, epochs in per_epoch.items():
+            rows = ", ".join(f"{e['normal_query_acc']:.1f}/{e['extra_query_acc']:.1f}" for e in epochs)
+            print(
+                f"{method.split(':')[0]}: training query accuracy per epoch, normal/extra tasks (%): {rows}"
+            )
     return results

@@ -1,4 +1,9 @@
-"""Hard tasks inside metatrain's meta-batches: draw fresh hard tasks, feed the pool, log what happens."""
+"""Hard tasks inside metatrain's meta-batches: draw fresh hard tasks, feed the pool, log what happens.
+
+``meta.hard_tasks.mode: random`` is the control: as many extra tasks, of random base classes, drawn
+the same way (fresh images, their own random generators), so that a gain of hard tasks can be told
+apart from the gain of more tasks per meta-update.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ class HardTasks:
 
     def __init__(self, cfg: Config, train: Split) -> None:
         m, ht = cfg.meta, cfg.meta.hard_tasks
-        self.way, self.per_batch = m.way, ht.per_batch
+        self.way, self.per_batch, self.random = m.way, ht.per_batch, ht.mode == "random"
         # Separate generators: enabling HT must not shift the plain tasks' random stream.
         rng_pool, rng_images = (
             np.random.default_rng([cfg.seed, 7, 1]),
@@ -29,24 +34,34 @@ class HardTasks:
         self.pool = HardTaskPool(
             train.num_classes,
             m.way,
-            capacity=ht.capacity,
+            window=ht.window_for(m.way, m.meta_batch),
             temperature=ht.temperature,
-            mode=ht.mode,
+            mode="uniform" if self.random else ht.mode,
             seed=rng_pool,
         )
         self.sampler = EpisodeSampler(train.labels, m.way, m.shot, m.query, seed=rng_images)
+        self.history: list[dict[str, float]] = []  # per epoch: query accuracy of normal and extra tasks
 
     def draw(self, tasks: np.ndarray) -> np.ndarray:
         """``per_batch`` hard tasks ``(per_batch, way, shot + query)`` from the pool as it stands.
 
         Drawn before the meta-batch is encoded, so that normal and hard tasks share one encoder
-        forward: the pool holds the failure classes of every earlier meta-batch. Their images avoid
-        ``tasks`` (this meta-batch's normal tasks), so a hard task never reuses an image of this step.
+        forward: the pool holds the failure classes of the last ``window`` meta-batches. Their images
+        avoid ``tasks`` (this meta-batch's normal tasks) and the images each pool class failed on, so a
+        hard task re-samples its classes with new images. In the ``random`` control the classes are
+        random base classes instead.
         """
-        used = np.unique(tasks)
-        return np.stack(
-            [self.sampler.sample(self.pool.sample(), exclude=used) for _ in range(self.per_batch)]
-        )
+        drawn = []
+        for _ in range(self.per_batch):
+            if self.random:
+                classes = self.pool.rng.choice(self.pool.num_classes, self.way, replace=False)
+                self.pool.chosen[classes] += 1
+                self.pool.updates += 1
+            else:
+                classes = self.pool.sample()
+            used = np.union1d(tasks.ravel(), self.pool.failed_images(classes))
+            drawn.append(self.sampler.sample(classes, exclude=used))
+        return np.stack(drawn)
 
     def add(self, labels: np.ndarray, tasks: np.ndarray, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Put each normal task's failure class into the pool.
@@ -54,7 +69,7 @@ class HardTasks:
         tasks: ``(T, way, shot + query)`` image indices; logits: their ``(T, way * query, way)`` scores.
         """
         acc, loss = per_class_scores(logits, targets, self.way)
-        self.pool.add(labels[tasks[:, :, 0]], acc.cpu().numpy(), loss.cpu().numpy())
+        self.pool.add(labels[tasks[:, :, 0]], acc.cpu().numpy(), loss.cpu().numpy(), tasks)
 
     def log(
         self,
@@ -72,6 +87,7 @@ class HardTasks:
             monitor.images("hard/task", grid, 0, nrow=hard_tasks.shape[2])
 
     def log_epoch(self, monitor: Monitor, step: int, class_names: list[str]) -> None:
+        monitor.scalars(step, **{"hard/pool_share_of_base_classes": len(self.pool) / self.pool.num_classes})
         chosen = np.repeat(np.arange(len(self.pool.chosen)), self.pool.chosen)
         if len(chosen):
             monitor.histogram("hard/chosen_class", torch.from_numpy(chosen), step)
@@ -80,6 +96,20 @@ class HardTasks:
             "hard/hardest_classes", "\n".join(["| class | accuracy (%) |", "|---|---:|", *rows]), step
         )
 
+    def record_epoch(self, epoch: int, normal_acc: float, extra_acc: float) -> None:
+        """Keep an epoch's mean query accuracies (%) of the normal and the extra tasks."""
+        self.history.append(
+            {"epoch": epoch, "normal_query_acc": round(normal_acc, 2), "extra_query_acc": round(extra_acc, 2)}
+        )
+
     def summary_json(self, class_names: list[str]) -> str:
-        """The pool's state for ``hard_tasks.json``."""
-        return json.dumps(self.pool.summary(class_names), indent=2) + "\n"
+        """The pool's state and the per-epoch accuracies for ``hard_tasks.json``."""
+        summary = {"extra_tasks": "random" if self.random else "hard", **self.pool.summary(class_names)}
+        return json.dumps({**summary, "epochs": self.history}, indent=2) + "\n"
+
+    def state_dict(self) -> dict:
+        return {"pool": self.pool.state_dict(), "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool.load_state_dict(state["pool"])
+        self.history = [dict(h) for h in state["history"]]

@@ -23,7 +23,7 @@ from mtl.data.episodes import EpisodeSampler, ImageRows, check_episode_shape
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.evaluate import finetune, mean_ci
-from mtl.meta_learner import MetaLearner, meta_optimizer, meta_update
+from mtl.meta_learner import MetaLearner, meta_optimizer, meta_scheduler, meta_update
 from mtl.monitor import timer
 from mtl.stages import resume
 from mtl.stages.hard_batches import HardTasks
@@ -73,10 +73,10 @@ def metatrain(
     learner.encoder.to(memory_format=devices.memory_format(dev))
     learner.encoder = devices.maybe_compile(learner.encoder, cfg.compile)
     opt = meta_optimizer(learner, m)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=m.step_size, gamma=m.gamma)
+    sched = meta_scheduler(opt, m)
     sampler = EpisodeSampler(train.labels, m.way, m.shot, m.query, seed=cfg.seed)
     images = run.to_device(train.images)
-    batches = max(1, m.episodes_per_epoch // m.meta_batch)
+    batches = m.updates_per_epoch
     aug = cfg.pretrain.augment
     transform = (
         TrainAugment(run.pre, aug.crop_scale, aug.flip, torch.Generator().manual_seed(cfg.seed))
@@ -98,7 +98,7 @@ def metatrain(
     if isinstance(transform, TrainAugment):
         generators["augment"] = transform.generator
     if hard is not None:
-        generators.update(hard_pool=hard.pool, hard_images=hard.sampler.rng)
+        generators.update(hard_tasks=hard, hard_images=hard.sampler.rng)
     best = {"val_acc": -1.0, "val_ci95": 0.0, "epoch": 0}
     metric = dict(best)
     sums = torch.zeros(3, device=dev)  # query loss, query accuracy, hard-task accuracy: epoch sums
@@ -220,10 +220,13 @@ def metatrain(
             shifts = torch.cat([mod.shift.detach().flatten() for _, mod in ss.ss_modules(learner.encoder)])
             run.monitor.histogram("ss/scale", scales, step)
             run.monitor.histogram("ss/shift", shifts, step)
+            if hard is not None:
+                hard.record_epoch(epoch + 1, 100 * float(train_acc), 100 * float(hard_acc_mean))
             improved = keep(epoch + 1, acc, ci)
             if hard is not None:
                 hard.log_epoch(run.monitor, step, train.class_names)
-            hard_note = f"  hard-acc {float(hard_acc_mean):.1%}" if hard is not None else ""
+            extra = "random-extra-acc" if ht.mode == "random" else "hard-acc"
+            hard_note = f"  {extra} {float(hard_acc_mean):.1%}" if hard is not None else ""
             run.monitor.line(
                 f"epoch {epoch + 1}/{m.epochs}  query-loss {float(train_loss):.3f}  "
                 f"query-acc {float(train_acc):.1%}{hard_note}  val {acc:.2f} ± {ci:.2f}%"

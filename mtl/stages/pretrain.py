@@ -69,6 +69,14 @@ def finished(run: Run) -> dict | None:
     return None
 
 
+def classifier(features: int, classes: int, hidden: int = 0) -> nn.Module:
+    """Pretraining's head on ``(B, features)``: linear, or with ``hidden`` units the official PyTorch
+    code's ``Linear(features, hidden) -> ReLU -> Linear(hidden, classes)``. Thrown away after pretraining."""
+    if hidden == 0:
+        return nn.Linear(features, classes)
+    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, classes))
+
+
 def train_step(
     model: nn.Module,
     head: nn.Module,
@@ -116,8 +124,10 @@ def pretrain(
     val_images, val_episodes = run.eval_episodes(val, "val", p.val_episodes, shot=shot, seed=cfg.seed + 1)
 
     world = run.world
-    model = sync_batch_norm(run.backbone(), dev).to(dev, memory_format=devices.memory_format(dev))
-    head = nn.Linear(model.num_features, train.num_classes).to(dev)
+    model = sync_batch_norm(run.backbone(pretraining=True), dev).to(
+        dev, memory_format=devices.memory_format(dev)
+    )
+    head = classifier(model.num_features, train.num_classes, p.head_hidden).to(dev)
     devices.maybe_compile(model, cfg.compile)
     net = nn.Sequential(model, head)
     if world.active:  # gradients averaged over the ranks' slices of every global batch

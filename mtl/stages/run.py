@@ -28,6 +28,7 @@ MODEL_KEYS = (
     "data.dataset",
     "data.image_size",
     "data.channels",
+    "data.resize",
     "data.glyphs",
     "backbone.name",
     "backbone.widths",
@@ -67,9 +68,8 @@ class Run:
         _check_writable(out)
         log_dir = checkpoints / cfg.run_name(stage) / "tb" / folder
         monitor = Monitor(log_dir, folder, quiet=quiet, enabled=world.main)
-        pre = Preprocess(
-            cfg.data.image_size, cfg.data.channels, cfg.data.mean, cfg.data.std, devices.memory_format(device)
-        )
+        d = cfg.data
+        pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(device), d.resize)
         return cls(cfg, stage, checkpoints, out, device, monitor, pre, world)
 
     def previous(self, stage: str) -> dict:
@@ -79,9 +79,16 @@ class Run:
         checkpoint.check_compatible(ckpt, self.cfg.to_dict(), path, MODEL_KEYS)
         return ckpt
 
-    def backbone(self) -> nn.Module:
+    def backbone(self, *, pretraining: bool = False) -> nn.Module:
+        """The configured feature extractor, freshly initialised; with its dropout only if ``pretraining``."""
         b = self.cfg.backbone
-        return build_backbone(b.name, in_chans=self.cfg.data.channels, widths=b.widths, drop_rate=b.drop_rate)
+        return build_backbone(
+            b.name,
+            in_chans=self.cfg.data.channels,
+            widths=b.widths,
+            drop_rate=b.drop_rate,
+            pretraining=pretraining,
+        )
 
     def features(self, model: nn.Module, images: np.ndarray) -> torch.Tensor:
         """``(N, H, W, C)`` uint8 -> ``(N, D)`` float32 features on the device; no grad, eval mode."""

@@ -14,17 +14,19 @@ from mtl.data.formats import fc100, folder, miniimagenet, omniglot, tieredimagen
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset's reader and its standard prepared image size and channel count."""
+    """A dataset's reader, its standard prepared image size and channel count, and the size of its
+    standard train split (what ``mtl config`` counts pretraining steps from before it is prepared)."""
 
     read: Callable
     image_size: int
     channels: int = 3
+    train_images: int | None = None
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "miniimagenet": DatasetSpec(miniimagenet.read, 84),
-    "fc100": DatasetSpec(fc100.read, 32),
-    "tieredimagenet": DatasetSpec(tieredimagenet.read, 84),
-    "omniglot": DatasetSpec(omniglot.read, 28, channels=1),
+    "miniimagenet": DatasetSpec(miniimagenet.read, 84, train_images=64 * 600),
+    "fc100": DatasetSpec(fc100.read, 32, train_images=60 * 600),
+    "tieredimagenet": DatasetSpec(tieredimagenet.read, 84, train_images=448_695),
+    "omniglot": DatasetSpec(omniglot.read, 28, channels=1, train_images=964 * 20),
     "folder": DatasetSpec(folder.read, 84),
 }

@@ -1,0 +1,89 @@
+"""What a resolved pipeline will run, in the figures a researcher checks before a long run.
+
+``mtl config PIPELINE`` prints them beside the resolved config: the number of meta-updates, the tasks
+of each (normal + hard), the update numbers where the meta-learning rates drop, the hard-task window,
+and pretraining's steps and images per epoch. Nothing here trains or loads images; the train split's
+size comes from the prepared dataset's manifest when there is one, else from the dataset's standard
+size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mtl.config import Config, MetaConfig
+from mtl.errors import MtlError
+
+__all__ = ["derived", "lr_factor", "train_images"]
+
+
+def lr_factor(m: MetaConfig, epoch: int) -> float:
+    """The meta-LRs' factor after ``epoch`` epochs: ``gamma`` every ``step_size`` epochs, never below
+    ``lr_floor`` (the TF code halves every 1,000 updates down to a tenth)."""
+    return max(m.gamma ** (epoch // m.step_size), m.lr_floor)
+
+
+def train_images(cfg: Config) -> tuple[int | None, str]:
+    """Images in the train split, and where the number comes from."""
+    from mtl.data import glyphs
+    from mtl.data.cache import load_manifest
+    from mtl.data.formats import DATASETS
+
+    d = cfg.data
+    if d.dataset == "glyphs":
+        g = d.glyphs
+        classes = len(glyphs.class_split_ids(g.classes, g.preset, g.seed)["train"])
+        return classes * g.images_per_class, "the glyphs settings"
+    root = Path(d.root).expanduser()
+    try:
+        return int(load_manifest(root)["splits"]["train"]["images"]), f"the manifest at {root}"
+    except (MtlError, KeyError, TypeError, ValueError):
+        pass
+    spec = DATASETS.get(d.dataset)
+    if spec is not None and spec.train_images is not None:
+        return spec.train_images, f"the standard {d.dataset} train split (not prepared at {root} yet)"
+    return None, f"unknown until the dataset is prepared at {root}"
+
+
+def derived(cfg: Config) -> dict[str, Any]:
+    """The figures of ``mtl config``: a flat mapping of numbers and lists (JSON-ready)."""
+    m, ht, p = cfg.meta, cfg.meta.hard_tasks, cfg.pretrain
+    extra = ht.per_batch if ht.enabled else 0
+    meta_updates = m.epochs * m.updates_per_epoch
+    drops = [e * m.updates_per_epoch for e in range(1, m.epochs) if lr_factor(m, e) != lr_factor(m, e - 1)]
+    final = lr_factor(m, m.epochs - 1)
+    images, source = train_images(cfg)
+    batch = min(p.batch_size, images) if images else p.batch_size
+    steps = images // batch if images else None
+    return {
+        "meta_updates": meta_updates,
+        "tasks_per_update": {"normal": m.meta_batch, "hard": extra, "total": m.meta_batch + extra},
+        "extra_tasks": (ht.mode if ht.mode == "random" else "hard") if extra else None,
+        "meta_tasks": meta_updates * (m.meta_batch + extra),
+        "lr_drops_at": drops,
+        "final_lr_ss": m.lr_ss * final,
+        "final_lr_theta": m.lr_theta * final,
+        "hard_task_window": ht.window_for(m.way, m.meta_batch) if extra else None,
+        "inner_steps": {
+            "train": m.inner_steps,
+            "test": cfg.test.inner_steps if cfg.test.inner_steps is not None else m.inner_steps,
+        },
+        "train_images": images,
+        "train_images_from": source,
+        "pretrain_steps_per_epoch": steps,
+        "pretrain_steps": p.epochs * steps if steps is not None else None,
+        "images_per_epoch": steps * batch if steps is not None else None,
+    }
+
+
+def describe(cfg: Config) -> str:
+    """The figures of :func:`derived` as aligned ``key: value`` lines."""
+    lines = []
+    for key, value in derived(cfg).items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value)) or "none"
+        lines.append(f"{key + ':':<26}{value}")
+    return "\n".join(lines)
