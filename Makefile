@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 RUN   := $(BIN)/mtl
 TRAIN := $(if $(GPUS),$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m mtl,$(RUN))
 
-.PHONY: setup pretrain metatrain metatest ablation data report bench test lint tensorboard clean
+.PHONY: setup pretrain metatrain metatest ablation compare data report bench test lint tensorboard clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,9 @@ metatest: $(STAMP)
 
 ablation: $(STAMP)
 	$(RUN) ablate $(PIPELINE) --checkpoints $(CHECKPOINTS) $(ARGS)
+
+compare: $(STAMP)
+	$(RUN) compare $(PIPELINE) --checkpoints $(CHECKPOINTS) $(ARGS)
 
 data: $(STAMP)
 	@test -n "$(SOURCE)" || { echo "error: set SOURCE, e.g. make data DATASET=miniimagenet SOURCE=~/Downloads/mini" >&2; exit 2; }

@@ -23,6 +23,7 @@ The query folder is either flat (unlabelled) or holds class folders named like s
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtl import base_learner, checkpoint, config, ss
+from mtl import checkpoint, config, methods
 from mtl import device as devices
 from mtl.atomic import atomic_write
 from mtl.data.augment import Preprocess
@@ -38,8 +39,8 @@ from mtl.data.formats.common import class_dirs, image_files
 from mtl.data.images import BadImage, to_pixels
 from mtl.errors import MtlError
 from mtl.evaluate import extract_features
+from mtl.methods import Method
 from mtl.models.backbone import build_backbone
-from mtl.stages.metatest import inner_steps
 
 __all__ = ["adapt"]
 
@@ -69,22 +70,19 @@ def adapt(
     queries = _query_files(query, list(by_class))
     ckpt = checkpoint.load(Path(checkpoint_path).expanduser(), stage="metatrain")
     cfg = config.from_dict(ckpt["config"])
-    steps = inner_steps(cfg) if steps is None else steps
+    if steps is not None:  # the method adapts with its test-time steps
+        cfg = dataclasses.replace(cfg, test=dataclasses.replace(cfg.test, inner_steps=steps))
     dev = devices.resolve(device)
+    method = _method(cfg, ckpt, dev)
 
     classes = list(by_class)
     sup_paths = [p for files in by_class.values() for p in files]
     y_s = torch.tensor([i for i, files in enumerate(by_class.values()) for _ in files], device=dev)
-    feats = _features(cfg, ckpt, sup_paths + [p for p, _ in queries], dev)
+    feats = _features(cfg, method, sup_paths + [p for p, _ in queries], dev)
     x_s, x_q = feats[: len(sup_paths)], feats[len(sup_paths) :]
-
-    W, b = (ckpt["theta"][k].to(dev, torch.float32) for k in ("W", "b"))
-    same_way = W.shape[0] == len(classes)
-    if not same_way:
-        W, b = W.mean(0, keepdim=True).expand(len(classes), -1), b.mean().expand(len(classes))
     with torch.no_grad():
-        W, b = base_learner.adapt(x_s, y_s, W, b, steps=steps, lr=cfg.meta.inner_lr)
-        probs = torch.softmax(base_learner.logits(x_q, W, b), dim=-1).cpu().numpy()
+        logits = method.episode_logits(x_s[None], y_s, x_q[None], len(classes))[0]
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
     rows = []
     for (path, label), p in zip(queries, probs, strict=True):
@@ -104,8 +102,8 @@ def adapt(
         "classes": classes,
         "predictions": rows,
         "accuracy": 100.0 * correct / len(rows) if labelled else None,
-        "steps": steps,
-        "theta_init": "meta-learned" if same_way else "mean of rows",
+        "steps": cfg.eval_inner_steps(),
+        "theta_init": method.init_note(len(classes)),
     }
     if out_path is not None:
         _write_csv(out_path, classes, rows, labelled)
@@ -172,9 +170,20 @@ def _query_files(query: Path, classes: list[str]) -> list[tuple[Path, str | None
     return pairs
 
 
-def _features(cfg: config.Config, ckpt: dict, paths: list[Path], dev: torch.device) -> torch.Tensor:
-    """Decode ``paths`` and encode them with the checkpoint's SS encoder: ``(len(paths), D)`` float32."""
+def _method(cfg: config.Config, ckpt: dict, dev: torch.device) -> Method:
+    """The checkpoint's method, its trained state loaded, in eval mode on ``dev``."""
     d, bb = cfg.data, cfg.backbone
+    encoder = build_backbone(
+        bb.name, in_chans=d.channels, widths=bb.widths, drop_rate=bb.drop_rate, image_size=d.image_size
+    )
+    method = methods.get(ckpt.get("method", "mtl"))(encoder, cfg)
+    method.load_state(ckpt)
+    return method.to(dev).eval()
+
+
+def _features(cfg: config.Config, method: Method, paths: list[Path], dev: torch.device) -> torch.Tensor:
+    """Decode ``paths`` and encode them with the method's encoder: ``(len(paths), D)`` float32."""
+    d = cfg.data
     size = d.resize or d.image_size  # as the prepared images reach the encoder: resized, then cropped
     pixels = np.empty((len(paths), size, size, d.channels), dtype=np.uint8)
     for i, path in enumerate(paths):
@@ -184,10 +193,7 @@ def _features(cfg: config.Config, ckpt: dict, paths: list[Path], dev: torch.devi
             # PIL's reason often repeats the file name, which already leads the message.
             reason = str(exc).replace(f" '{path}'", "")
             raise MtlError(f"{path}: cannot decode image ({reason})") from None
-    encoder = build_backbone(bb.name, in_chans=d.channels, widths=bb.widths, drop_rate=bb.drop_rate)
-    encoder = ss.attach(encoder, train_bn=cfg.meta.bn == "affine")
-    encoder.load_state_dict(ckpt["encoder"])
-    encoder.to(dev).eval()
+    encoder = method.encoder
     pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(dev), d.resize)
 
     def encode(batch: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ initialised ResNet-12 with SS (speed does not depend on the weights; equality ch
 
 1. meta-test episodes/s: cached features + batched closed-form inner loops (what metatest runs,
    feature extraction included) vs :func:`mtl.reference.episode_accuracy` per episode;
-2. meta-train tasks/s: :func:`mtl.stages.metatrain.meta_update` on a whole meta-batch vs
+2. meta-train tasks/s: :func:`mtl.methods.meta_update` of MTL on a whole meta-batch vs
    :func:`mtl.reference.meta_loss` per task, both second order, both with the Adam step;
 3. pretrain images/s: :func:`mtl.stages.pretrain.train_step` fed by the stage's on-device uint8
    gather and batched augmentation vs the same step on a fixed synthetic batch;
@@ -28,13 +28,14 @@ from torch import nn
 
 from mtl import atomic, reference, ss
 from mtl import device as devices
-from mtl.config import MetaConfig
+from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess, TrainAugment
 from mtl.data.episodes import EpisodeSampler, fixed_episodes
 from mtl.data.glyphs import render_class
 from mtl.errors import MtlError
 from mtl.evaluate import extract_features, finetune
-from mtl.meta_learner import MetaLearner, meta_optimizer, meta_update
+from mtl.methods import meta_update
+from mtl.methods.mtl import MTL
 from mtl.models.backbone import build_backbone
 from mtl.monitor import PeakMemory, timed
 from mtl.report import bench_table
@@ -159,11 +160,10 @@ def bench_metatrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch
         }
 
     for precision in ("fp32", "auto") if devices.native_bf16(dev) else ("fp32",):
-        learner = MetaLearner(_encoder(s, dev), s.way, train_bn=False, precision=precision).to(dev)
-        learner.encoder_train(True)
-        opt = meta_optimizer(learner, m)
+        learner = MTL(_encoder(s, dev), replace(Config(), meta=m, precision=precision)).to(dev).train()
+        opt = torch.optim.Adam(learner.param_groups())
         measure(
-            precision, lambda learner=learner, opt=opt: meta_update(learner, m, opt, on_device, tasks, pre)[0]
+            precision, lambda learner=learner, opt=opt: meta_update(learner, opt, on_device, tasks, pre)[0]
         )
 
     ref_encoder = _plain_encoder(s, dev)

@@ -107,6 +107,51 @@ main.add_command(
 )
 
 
+@main.command("compare")
+@click.argument(
+    "pipeline", type=click.Path(dir_okay=False), required=False, default="pipelines/glyphs-1shot.yaml"
+)
+@click.option(
+    "--methods",
+    "names",
+    metavar="A,B,...",
+    help="Rows to compare (default: compare.methods, else every method's variants; `mtl compare --list`).",
+)
+@click.option("--list", "list_rows", is_flag=True, help="List the rows mtl compare knows and exit.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline key (repeatable)."
+)
+@click.option(
+    "--checkpoints",
+    default="checkpoints",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where run outputs go: <checkpoints>/<name>/compare/.",
+)
+@click.option("--quiet", is_flag=True, help="No console output except errors.")
+@_user_errors
+def compare_command(
+    pipeline: str,
+    names: str | None,
+    list_rows: bool,
+    overrides: tuple[str, ...],
+    checkpoints: str,
+    quiet: bool,
+) -> None:
+    """Every method on the same test episodes of PIPELINE: accuracy ± CI, training time, published number."""
+    from mtl import config, methods
+    from mtl.stages.compare import compare
+
+    if list_rows:
+        for name, (method, label, sets) in methods.variants().items():
+            extra = ", ".join(f"{k}={v}" for k, v in sets.items())
+            click.echo(f"{name:<16} {label}  [method={method}{', ' + extra if extra else ''}]")
+        return
+    cfg = config.load(pipeline, overrides)
+    rows = [n.strip() for n in names.split(",") if n.strip()] if names else None
+    compare(cfg, checkpoints, names=rows, quiet=quiet)
+
+
 @main.command("config")
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option(

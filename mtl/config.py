@@ -150,12 +150,30 @@ class TestConfig:
     seed: int = _opt(0, doc="seed of the fixed test episodes (the same for every run and method)")
     inner_steps: int | None = _opt(None, min=0, doc="default: meta.inner_steps")
     batch_size: int = _opt(256, min=1, doc="images per batch when computing features")
+    baselines: list[str] = _opt(
+        ["ft", "nc", "pixels"], doc="methods scored beside the pipeline's method (evaluation-only ones)"
+    )
 
 
 @dataclass
 class AblationConfig:
     episodes: int = _opt(2000, min=1, doc="test episodes per row (>= 2,000 resolves ~1-point differences)")
     scratch: bool = _opt(True, doc="also meta-train SS and θ on a random, unpretrained encoder")
+
+
+@dataclass
+class ProtoNetConfig:
+    lr: float = _opt(1e-3, min=0.0, doc="Adam lr of the encoder (decayed like the meta-LRs: meta.step_size)")
+    train_way: int | None = _opt(None, min=2, doc="classes per training task (default: meta.way)")
+    pretrained: bool = _opt(
+        False, doc="start from the pretrain stage's encoder; false: a random one (the paper)"
+    )
+
+
+@dataclass
+class CompareConfig:
+    episodes: int = _opt(2000, min=1, doc="shared test episodes of mtl compare")
+    methods: list[str] | None = _opt(None, doc="rows of mtl compare (default: every method's variants)")
 
 
 @dataclass
@@ -168,6 +186,7 @@ class PaperConfig:
 @dataclass
 class Config:
     name: str = "glyphs-1shot"
+    method: str = _opt("mtl", doc="the few-shot method metatrain trains and metatest scores (mtl.methods)")
     seed: int = 0
     device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
     precision: str = _opt(
@@ -183,11 +202,18 @@ class Config:
     meta: MetaConfig = _opt(MetaConfig())
     test: TestConfig = _opt(TestConfig())
     ablation: AblationConfig = _opt(AblationConfig())
+    compare: CompareConfig = _opt(CompareConfig())
+    protonet: ProtoNetConfig = _opt(ProtoNetConfig())
     paper: PaperConfig = _opt(PaperConfig(), doc="the published number for this setting, printed beside ours")
 
     def run_name(self, stage: str) -> str:
         """The run folder under the checkpoints dir that holds ``stage``'s outputs."""
         return (self.pretrain.name or self.name) if stage == "pretrain" else self.name
+
+    def eval_inner_steps(self) -> int:
+        """Inner steps when adapting to a validation, test or user task (``test.inner_steps``, by
+        default ``meta.inner_steps``)."""
+        return self.test.inner_steps if self.test.inner_steps is not None else self.meta.inner_steps
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -21,7 +21,7 @@ from mtl import base_learner
 from mtl.data.episodes import episode_targets
 from mtl.errors import MtlError
 
-__all__ = ["extract_features", "finetune", "mean_ci", "nearest_centroid", "raw_pixels"]
+__all__ = ["episodic", "extract_features", "finetune", "mean_ci", "nearest_centroid", "raw_pixels"]
 
 # Cap on the gathered features of one chunk (float32 elements, 256 MB), so wide features such as raw
 # pixels do not need a hand-tuned chunk size.
@@ -168,6 +168,37 @@ def finetune(
         support, query = _gather(features, idx, shot)
         W, b = base_learner.adapt(support, y_support, W0, b0, steps=steps, lr=lr)
         acc.append(_accuracy(base_learner.logits(query, W, b), way))
+    return torch.cat(acc)
+
+
+@torch.no_grad()
+def episodic(
+    logits_fn: Callable[[Tensor, Tensor, Tensor, int], Tensor],
+    features: Tensor,
+    episodes: Tensor | np.ndarray,
+    shot: int,
+    *,
+    chunk: int = 256,
+) -> Tensor:
+    """Any classifier of episodes on fixed features, a chunk of episodes at once.
+
+    Args:
+        logits_fn: ``(support (e, way * shot, D), y_support (way * shot,), query (e, way * query, D),
+            way) -> (e, way * query, way)`` scores.
+        features: ``(N, D)`` features of the split.
+        episodes: ``(E, way, shot + query)`` indices into ``features``.
+
+    Returns:
+        ``(E,)`` float32 query accuracy per episode, on ``features.device``.
+    """
+    _check_shot(episodes, shot)
+    way = episodes.shape[1]
+    features = features.float()
+    y_support = episode_targets(way, shot, device=features.device)
+    acc = []
+    for idx in _chunks(episodes, chunk, features.shape[1], features.device):
+        support, query = _gather(features, idx, shot)
+        acc.append(_accuracy(logits_fn(support, y_support, query, way), way))
     return torch.cat(acc)
 
 

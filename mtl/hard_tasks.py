@@ -13,7 +13,7 @@ classes. Its support and query images are drawn afresh, none of them an image it
 The papers re-compose the failure classes of a meta-batch. With fewer normal tasks per meta-batch
 than ``way`` (one, in the official PyTorch setting) one meta-batch cannot fill an N-way task, so the
 window spans the fewest meta-batches that can: ``ceil(way / tasks per meta-batch)`` by default. See
-``REFERENCE.md`` §2 and the README.
+the hard-task meta-batch of Sun et al. (CVPR 2019; TPAMI 2020) and the README's section on it.
 """
 
 from __future__ import annotations

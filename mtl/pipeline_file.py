@@ -12,7 +12,7 @@ import yaml
 
 from mtl.errors import MtlError
 
-__all__ = ["read"]
+__all__ = ["read", "set_key"]
 
 
 def read(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -20,7 +20,7 @@ def read(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
     raw: dict = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         key, value = _parse_override(item)
-        _set_dotted(raw, key, value)
+        set_key(raw, key, value)
     return raw
 
 
@@ -69,7 +69,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
+def set_key(raw: dict, key: str, value: Any) -> None:
+    """Set the dotted ``key`` of a raw nested mapping (creating sections on the way)."""
     node = raw
     *parents, leaf = key.split(".")
     for i, part in enumerate(parents):

@@ -67,7 +67,7 @@ def derived(cfg: Config) -> dict[str, Any]:
         "hard_task_window": ht.window_for(m.way, m.meta_batch) if extra else None,
         "inner_steps": {
             "train": m.inner_steps,
-            "test": cfg.test.inner_steps if cfg.test.inner_steps is not None else m.inner_steps,
+            "test": cfg.eval_inner_steps(),
         },
         "train_images": images,
         "train_images_from": source,

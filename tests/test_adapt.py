@@ -22,7 +22,6 @@ from mtl.data.augment import Preprocess
 from mtl.data.images import to_pixels
 from mtl.data.prepare import prepare
 from mtl.models.backbone import build_backbone
-from mtl.stages.metatest import inner_steps
 
 PIPELINE = str(Path(__file__).resolve().parents[1] / "pipelines" / "glyphs-1shot.yaml")
 # One flat colour per class: easy enough that even a 2-epoch encoder separates unseen classes.
@@ -174,7 +173,7 @@ def reference_probs(model, support: Path, query: Path, classes: list[str]) -> to
     W, b = ckpt["theta"]["W"], ckpt["theta"]["b"]
     if W.shape[0] != len(classes):
         W, b = W.mean(0).repeat(len(classes), 1), b.mean().repeat(len(classes))
-    for _ in range(inner_steps(cfg)):
+    for _ in range(cfg.eval_inner_steps()):
         W, b = W.detach().requires_grad_(), b.detach().requires_grad_()
         gW, gb = torch.autograd.grad(F.cross_entropy(x_s @ W.T + b, y_s), (W, b))
         W, b = W - cfg.meta.inner_lr * gW, b - cfg.meta.inner_lr * gb
@@ -191,7 +190,7 @@ def test_matches_plain_gradient_descent(model, tmp_path, counts):
     query = write_classes(tmp_path / "query", dict.fromkeys(counts, 2), seed=8)
     res = adapt(model.best, support, query, quiet=True)
     got = torch.tensor([[p["probs"][c] for c in counts] for p in res["predictions"]])
-    assert res["classes"] == list(counts) and res["steps"] == inner_steps(model.cfg) > 0
+    assert res["classes"] == list(counts) and res["steps"] == model.cfg.eval_inner_steps() > 0
     torch.testing.assert_close(
         got, reference_probs(model, support, query, list(counts)), atol=1e-5, rtol=1e-4
     )

@@ -259,18 +259,19 @@ def test_ht_run_saves_the_pool_and_its_summary(tiny_overrides, pretrained):
 
 
 def test_normal_and_hard_tasks_share_one_encoder_forward(tiny_overrides, pretrained, monkeypatch):
-    import mtl.stages.metatrain as mt
+    from mtl import methods
+    from mtl.methods.mtl import MTL
 
     calls = []
 
-    class Counting(mt.MetaLearner):
+    class Counting(MTL):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.encoder.register_forward_hook(
                 lambda mod, inp, out: calls.append(len(inp[0])) if torch.is_grad_enabled() else None
             )
 
-    monkeypatch.setattr(mt, "MetaLearner", Counting)
+    monkeypatch.setitem(methods.METHODS, "mtl", Counting)
     cfg = config.load(None, [*tiny_overrides, "meta.hard_tasks.enabled=true", "meta.hard_tasks.per_batch=2"])
     metatrain(cfg, pretrained, quiet=True)
     m = cfg.meta

@@ -146,7 +146,7 @@ def test_errors():
     with pytest.raises(MtlError) as err:
         build_backbone("xyz")
     assert str(err.value) == (
-        "unknown backbone 'xyz': use resnet12, resnet12_paper, resnet12_tf, resnet25 or timm:<model>"
+        "unknown backbone 'xyz': use conv4, resnet12, resnet12_paper, resnet12_tf, resnet25 or timm:<model>"
     )
     with pytest.raises(MtlError, match="unknown timm model 'not_a_model'"):
         build_backbone("timm:not_a_model")

@@ -69,11 +69,11 @@ def test_meta_gradients_reach_only_ss_and_theta(tiny_cfg, tmp_path):
 
     from mtl.data.episodes import EpisodeSampler
     from mtl.data.sources import load_splits
-    from mtl.meta_learner import MetaLearner, task_outputs
+    from mtl.methods.mtl import MTL, task_outputs
     from mtl.stages.run import Run
 
     run = Run.open(tiny_cfg, "metatrain", tmp_path, quiet=True)
-    learner = MetaLearner(run.backbone(), 3, train_bn=False)
+    learner = MTL(run.backbone(), tiny_cfg)
     train = load_splits(tiny_cfg.data, ("train",))["train"]
     tasks = np.stack([EpisodeSampler(train.labels, 3, 1, 3, seed=0).sample() for _ in range(2)])
     logits, y = task_outputs(learner, tiny_cfg.meta, torch.from_numpy(train.images.copy()), tasks, run.pre)

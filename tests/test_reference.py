@@ -12,7 +12,7 @@ from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, episode_targets, fixed_episodes
 from mtl.data.sources import load_splits
 from mtl.evaluate import extract_features, finetune
-from mtl.meta_learner import MetaLearner, task_outputs
+from mtl.methods.mtl import MTL, task_outputs
 from mtl.models.backbone import build_backbone
 from mtl.stages.hard_batches import HardTasks
 
@@ -68,7 +68,8 @@ def test_batched_closed_form_meta_gradient_equals_per_task_autograd(tiny_cfg, sp
         tasks = np.concatenate([tasks[:2], hard.draw(tasks[:2])])
 
     def grads(use_reference: bool):
-        learner = MetaLearner(_encoder(tiny_cfg), m.way, train_bn=bn == "affine")
+        m.bn, tiny_cfg.precision = bn, "fp32"
+        learner = MTL(_encoder(tiny_cfg), tiny_cfg)
         with torch.no_grad():
             learner.W.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
         learner.encoder_train(True)

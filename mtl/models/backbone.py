@@ -10,12 +10,21 @@ import torch.nn as nn
 
 from mtl.errors import MtlError
 
-__all__ = ["OWN_BACKBONES", "TimmBackbone", "build_backbone"]
+__all__ = ["TimmBackbone", "build_backbone", "own_backbones"]
 
-OWN_BACKBONES = ("resnet12", "resnet12_paper", "resnet12_tf", "resnet25")
 _TIMM_PREFIX = "timm:"
 # Keyword arguments that switch off a backbone's own pretraining-only regularisers (its block dropout).
 _NOT_PRETRAINING = {"resnet12_tf": {"block_drop_rate": 0.0}}
+
+
+def own_backbones() -> list[str]:
+    """The backbones mtl registers with timm (``resnet12``, ``conv4``, ...), read off timm's registry."""
+    return sorted(
+        n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith(_OURS)
+    )
+
+
+_OURS = "mtl.models."
 
 
 class TimmBackbone(nn.Module):
@@ -47,11 +56,13 @@ def build_backbone(
     widths: Sequence[int] | None = None,
     drop_rate: float = 0.0,
     pretraining: bool = False,
+    image_size: int = 84,
 ) -> nn.Module:
     """A randomly initialised feature extractor without classifier head.
 
     Args:
-        name: ``resnet12``, ``resnet12_paper``, ``resnet12_tf``, ``resnet25`` or ``timm:<timm model name>``.
+        name: one of :func:`own_backbones` (``resnet12``, ``resnet12_paper``, ``resnet12_tf``,
+            ``resnet25``, ``conv4``) or ``timm:<timm model name>``.
         in_chans: input channels (1 for Omniglot).
         widths: stage widths, only for mtl's ResNets (4 values for resnet12*, 3 for resnet25).
         drop_rate: dropout on the pooled features (active in train mode only), when ``pretraining``.
@@ -59,6 +70,8 @@ def build_backbone(
             are ``drop_rate`` and ``resnet12_tf``'s dropout after each block (p = 0.1, as in the TF code)
             applied; otherwise every dropout rate is 0. Dropout has no parameters or buffers, so both
             builds have the same state dict and a pretrained checkpoint loads into either.
+        image_size: the input side; passed to mtl's models whose feature width depends on it (those
+            registered with ``fixed_input_size``, e.g. ``conv4``, which flattens its last map).
 
     Returns:
         A module mapping ``(B, in_chans, H, W)`` images to ``(B, num_features)`` features; its
@@ -70,18 +83,21 @@ def build_backbone(
     if drop_rate > 0.0 and pretraining:
         kwargs["drop_rate"] = drop_rate
 
-    if name in OWN_BACKBONES:
+    own = own_backbones()
+    if name in own:
         if widths is not None:
             kwargs["widths"] = tuple(widths)
         if not pretraining:
             kwargs.update(_NOT_PRETRAINING.get(name, {}))
+        if timm.models.get_pretrained_cfg(name).fixed_input_size:
+            kwargs["img_size"] = image_size
         return timm.create_model(name, **kwargs)
 
     if not name.startswith(_TIMM_PREFIX):
-        raise MtlError(f"unknown backbone '{name}': use {', '.join(OWN_BACKBONES)} or timm:<model>")
+        raise MtlError(f"unknown backbone '{name}': use {', '.join(own)} or timm:<model>")
     model_name = name[len(_TIMM_PREFIX) :]
     if widths is not None:
-        raise MtlError(f"widths only applies to {', '.join(OWN_BACKBONES)}, not to backbone '{name}'")
+        raise MtlError(f"widths only applies to {', '.join(own)}, not to backbone '{name}'")
     if not model_name or not timm.is_model(model_name):
         raise MtlError(f"unknown timm model '{model_name}' (backbone '{name}'): see timm.list_models()")
     return TimmBackbone(timm.create_model(model_name, **kwargs))

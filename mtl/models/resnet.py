@@ -221,7 +221,7 @@ class ResNet25(_ResNetBase):
         return self.layer3(x)
 
 
-def _create(cls: type[_ResNetBase], variant: str, pretrained: bool, **kwargs) -> _ResNetBase:
+def _create(cls: type[nn.Module], variant: str, pretrained: bool, **kwargs) -> nn.Module:
     if pretrained:
         raise MtlError(f"no pretrained weights are published for {variant}: pretrain it with mtl instead")
     return build_model_with_cfg(cls, variant, pretrained, feature_cfg={"out_indices": (0, 1, 2, 3)}, **kwargs)

@@ -23,20 +23,20 @@ import json
 import time
 from pathlib import Path
 
-from mtl import checkpoint
+from mtl import checkpoint, methods
 from mtl.config import Config
-from mtl.evaluate import nearest_centroid
-from mtl.stages.metatest import finetuned_accuracy, mtl_accuracy, pretrained_features, publish, test_episodes
+from mtl.stages.metatest import Scorer, publish, test_episodes
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
 from mtl.stages.run import Run
 
-NC = "nearest centroid, pretrained features"
-FT = "FT: θ fine-tuned on pretrained features (no meta-training)"
-MTL = "MTL: SS + θ meta-trained, no HT"
-MTL_RANDOM = "MTL + as many random extra tasks (control of HT)"
-MTL_HT = "MTL + HT: hard-task meta-batches"
-SCRATCH = "SS + θ meta-trained on a random encoder (no pretraining)"
+_MTL = methods.get("mtl")
+NC = methods.get("nc").label
+FT = methods.get("ft").label
+MTL = _MTL.ablation_label("plain")
+MTL_RANDOM = _MTL.ablation_label("random")
+MTL_HT = _MTL.ablation_label("hard")
+SCRATCH = _MTL.ablation_label("scratch")
 
 
 def _variant(cfg: Config, *, hard_tasks: bool, bn: str | None = None, mode: str | None = None) -> Config:
@@ -46,57 +46,65 @@ def _variant(cfg: Config, *, hard_tasks: bool, bn: str | None = None, mode: str 
     return dataclasses.replace(cfg, meta=meta)
 
 
+def _variants(cfg: Config) -> dict[str, tuple[str, Config, bool]]:
+    """``{row label: (folder, config, from scratch)}`` of the rows that are meta-trained."""
+    cls = methods.get(cfg.method)
+    rows = {
+        cls.ablation_label("plain"): ("ablation/mtl", _variant(cfg, hard_tasks=False), False),
+        cls.ablation_label("random"): (
+            "ablation/mtl-random",
+            _variant(cfg, hard_tasks=True, mode="random"),
+            False,
+        ),
+        cls.ablation_label("hard"): ("ablation/mtl-ht", _variant(cfg, hard_tasks=True), False),
+    }
+    if cfg.ablation.scratch:
+        # A random encoder has no meaningful running statistics: let batch norm learn them (and its affine
+        # weights) during meta-training, as the official PyTorch code does.
+        rows[cls.ablation_label("scratch")] = (
+            "ablation/scratch", _variant(cfg, hard_tasks=False, bn="affine"), True
+        )  # fmt: skip
+    return rows
+
+
 def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
     """Run the ablation; writes ``ablation/results.json`` (metatest's shape plus wall-clock seconds)."""
     start = time.perf_counter()
     pre_path = checkpoint.stage_dir(checkpoints, cfg.run_name("pretrain"), "pretrain") / "best.pt"
     if not pre_path.is_file():
         pretrain(cfg, checkpoints, quiet=quiet)
-    variants = {
-        MTL: ("ablation/mtl", _variant(cfg, hard_tasks=False), False),
-        MTL_RANDOM: ("ablation/mtl-random", _variant(cfg, hard_tasks=True, mode="random"), False),
-        MTL_HT: ("ablation/mtl-ht", _variant(cfg, hard_tasks=True), False),
-    }
-    if cfg.ablation.scratch:
-        # A random encoder has no meaningful running statistics: let batch norm learn them (and its affine
-        # weights) during meta-training, as the official PyTorch code does.
-        variants[SCRATCH] = ("ablation/scratch", _variant(cfg, hard_tasks=False, bn="affine"), True)
+    variants = _variants(cfg)
     seconds, kept = {}, {}
-    for method, (folder, variant_cfg, scratch) in variants.items():
+    for label, (folder, variant_cfg, scratch) in variants.items():
         t0 = time.perf_counter()
         best = metatrain(variant_cfg, checkpoints, quiet=quiet, folder=folder, from_scratch=scratch)
-        seconds[method] = round(time.perf_counter() - t0, 1)
-        kept[method] = best["epoch"]  # 0: meta-validation never beat the untrained start
+        seconds[label] = round(time.perf_counter() - t0, 1)
+        kept[label] = best["epoch"]  # 0: meta-validation never beat the untrained start
 
     run = Run.open(cfg, "ablation", checkpoints, quiet=quiet)
-    pre_ckpt = run.previous("pretrain")
-    images, episodes = test_episodes(run, cfg.ablation.episodes)
-    pre_feats = pretrained_features(run, pre_ckpt, images)
-    scores = {
-        NC: nearest_centroid(pre_feats, episodes, cfg.meta.shot),
-        FT: finetuned_accuracy(run, pre_feats, episodes),
-    }
-    for method, (folder, _, _) in variants.items():
-        best = checkpoint.load(
-            checkpoint.stage_dir(checkpoints, cfg.name, folder) / "best.pt", stage="metatrain"
-        )
-        scores[method] = mtl_accuracy(run, best, images, episodes)
+    scorer = Scorer(run, *test_episodes(run, cfg.ablation.episodes))
+    scores = scorer.baselines(["nc", "ft"])
+    for label, (folder, variant_cfg, _) in variants.items():
+        path = checkpoint.stage_dir(checkpoints, cfg.name, folder) / "best.pt"
+        scores[label] = scorer.score(scorer.method(variant_cfg, checkpoint.load(path, stage="metatrain")))
     seconds["total"] = round(time.perf_counter() - start, 1)
     per_epoch = {
-        method: json.loads(path.read_text())["epochs"]
-        for method, (folder, _, _) in variants.items()
+        label: json.loads(path.read_text())["epochs"]
+        for label, (folder, _, _) in variants.items()
         if (path := checkpoint.stage_dir(checkpoints, cfg.name, folder) / "hard_tasks.json").is_file()
     }
     extra = {"seconds": seconds, "kept_epoch": kept, "query_acc_per_epoch": per_epoch}
     results = publish(run, scores, cfg.ablation.episodes, quiet=quiet, extra=extra)
     if not quiet:
-        print(
-            f"\nwall-clock: {seconds['total'] / 60:.1f} min in all; meta-training "
-            + ", ".join(f"{k.split(':')[0]} {v:.0f} s" for k, v in seconds.items() if k != "total")
-        )
-        for method, epochs in per_epoch.items():
-            rows = ", ".join(f"{e['normal_query_acc']:.1f}/{e['extra_query_acc']:.1f}" for e in epochs)
-            print(
-                f"{method.split(':')[0]}: training query accuracy per epoch, normal/extra tasks (%): {rows}"
-            )
+        _print_times(seconds, per_epoch)
     return results
+
+
+def _print_times(seconds: dict[str, float], per_epoch: dict[str, list[dict]]) -> None:
+    print(
+        f"\nwall-clock: {seconds['total'] / 60:.1f} min in all; meta-training "
+        + ", ".join(f"{k.split(':')[0]} {v:.0f} s" for k, v in seconds.items() if k != "total")
+    )
+    for label, epochs in per_epoch.items():
+        rows = ", ".join(f"{e['normal_query_acc']:.1f}/{e['extra_query_acc']:.1f}" for e in epochs)
+        print(f"{label.split(':')[0]}: training query accuracy per epoch, normal/extra tasks (%): {rows}")

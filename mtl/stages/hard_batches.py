@@ -23,9 +23,10 @@ from mtl.monitor import Monitor
 class HardTasks:
     """The pool plus its own image sampler, so plain tasks draw exactly what they draw without HT."""
 
-    def __init__(self, cfg: Config, train: Split) -> None:
+    def __init__(self, cfg: Config, train: Split, way: int | None = None) -> None:
+        """``way``: classes per task (default ``meta.way``; a method may train with more)."""
         m, ht = cfg.meta, cfg.meta.hard_tasks
-        self.way, self.per_batch, self.random = m.way, ht.per_batch, ht.mode == "random"
+        self.way, self.per_batch, self.random = way or m.way, ht.per_batch, ht.mode == "random"
         # Separate generators: enabling HT must not shift the plain tasks' random stream.
         rng_pool, rng_images = (
             np.random.default_rng([cfg.seed, 7, 1]),
@@ -33,13 +34,13 @@ class HardTasks:
         )
         self.pool = HardTaskPool(
             train.num_classes,
-            m.way,
-            window=ht.window_for(m.way, m.meta_batch),
+            self.way,
+            window=ht.window_for(self.way, m.meta_batch),
             temperature=ht.temperature,
             mode="uniform" if self.random else ht.mode,
             seed=rng_pool,
         )
-        self.sampler = EpisodeSampler(train.labels, m.way, m.shot, m.query, seed=rng_images)
+        self.sampler = EpisodeSampler(train.labels, self.way, m.shot, m.query, seed=rng_images)
         self.history: list[dict[str, float]] = []  # per epoch: query accuracy of normal and extra tasks
 
     def draw(self, tasks: np.ndarray) -> np.ndarray:

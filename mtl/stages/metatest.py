@@ -1,29 +1,32 @@
-"""Stage 3: accuracy ± 95% CI of the meta-trained model on fixed, seeded test episodes.
+"""Stage 3: accuracy ± 95% CI of the meta-trained method on fixed, seeded test episodes.
 
-Every method in the table is scored on the same episodes, from features computed once per encoder:
-MTL (SS encoder, meta-learned θ adapted on the support set), θ fine-tuned on the pretrained features
-without meta-training, and nearest-centroid on pretrained features and on raw pixels.
+The pipeline's method (``method:``, its metatrain ``best.pt``) and the evaluation-only baselines of
+``test.baselines`` (θ fine-tuned on pretrained features, nearest centroid on pretrained features and on
+raw pixels) are scored on the same episodes, each from features computed once per encoder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
-from mtl import ss
+from mtl import methods
 from mtl.config import Config
 from mtl.data.episodes import ImageRows
 from mtl.data.sources import load_splits
-from mtl.evaluate import finetune, mean_ci, nearest_centroid, raw_pixels
+from mtl.errors import MtlError
+from mtl.evaluate import mean_ci
+from mtl.methods import Method
 from mtl.report import results_table
 from mtl.stages.run import Run
 
-MTL = "MTL (SS + meta-learned θ)"
-FT = "θ fine-tuned on pretrained features (no meta-training)"
-NC_FEATURES = "nearest centroid, pretrained features"
-NC_PIXELS = "nearest centroid, raw pixels"
+MTL = methods.get("mtl").label
+FT = methods.get("ft").label
+NC_FEATURES = methods.get("nc").label
+NC_PIXELS = methods.get("pixels").label
 
 
 def test_episodes(run: Run, episodes: int) -> tuple[ImageRows, torch.Tensor]:
@@ -36,36 +39,72 @@ def test_episodes(run: Run, episodes: int) -> tuple[ImageRows, torch.Tensor]:
     return run.eval_episodes(test, "test", episodes, shot=run.cfg.meta.shot, seed=run.cfg.test.seed)
 
 
-def inner_steps(cfg: Config) -> int:
-    return cfg.test.inner_steps if cfg.test.inner_steps is not None else cfg.meta.inner_steps
+class Scorer:
+    """Scores methods on one set of fixed episodes, encoding each distinct encoder's images once."""
 
+    def __init__(self, run: Run, images: ImageRows, episodes: torch.Tensor) -> None:
+        self.run, self.images, self.episodes = run, images, episodes
+        self._pretrained: dict | None = None
+        self._pretrained_features: torch.Tensor | None = None
 
-def pretrained_features(run: Run, pre_ckpt: dict, images: ImageRows) -> torch.Tensor:
-    encoder = run.backbone()
-    encoder.load_state_dict(pre_ckpt["encoder"])
-    return run.features(encoder.to(run.device), images)
+    def pretrained(self) -> dict:
+        """The pipeline's pretrain ``best.pt`` (loaded once)."""
+        if self._pretrained is None:
+            self._pretrained = self.run.previous("pretrain")
+        return self._pretrained
 
+    def method(self, cfg: Config, trained: dict | None = None) -> Method:
+        """``cfg.method`` in eval mode: from ``trained`` (a metatrain checkpoint), else on the pretrained
+        encoder (or a random one, for a method that starts without it)."""
+        cls = methods.get(cfg.method)
+        encoder = self.run.backbone(cfg=cfg)
+        if trained is None and cls.needs_pretrained(cfg):
+            encoder.load_state_dict(self.pretrained()["encoder"])
+        method = cls(encoder, cfg)
+        if trained is not None:
+            if trained.get("method", "mtl") != cfg.method:
+                raise MtlError(
+                    f"the checkpoint is of method '{trained.get('method', 'mtl')}', not '{cfg.method}'"
+                )
+            method.load_state(trained)
+        return method.to(self.run.device).eval()
 
-def mtl_accuracy(run: Run, meta_ckpt: dict, images: ImageRows, episodes: torch.Tensor) -> torch.Tensor:
-    """Per-episode accuracy ``(E,)`` of a meta-trained checkpoint: SS features, θ adapted per episode.
+    def score(self, method: Method, *, shares_pretrained: bool = False) -> torch.Tensor:
+        """Per-episode accuracy ``(E,)``; ``shares_pretrained``: its features are the pretrained
+        encoder's, computed once for every such method."""
+        if shares_pretrained and self._pretrained_features is not None:
+            feats = self._pretrained_features
+        else:
+            feats = method.features(self.images, self.run.features, self.run.device)
+            if shares_pretrained:
+                self._pretrained_features = feats
+        return method.evaluate(feats, self.episodes, self.run.cfg.meta.shot)
 
-    If the test ``way`` differs from meta-training's, every class starts from the mean of θ's rows.
-    """
-    m = run.cfg.meta
-    encoder = ss.attach(run.backbone(), train_bn=m.bn == "affine")
-    encoder.load_state_dict(meta_ckpt["encoder"])
-    W, b = (meta_ckpt["theta"][k].to(run.device) for k in ("W", "b"))
-    if W.shape[0] != m.way:
-        W, b = W.mean(0, keepdim=True).expand(m.way, -1), b.mean().expand(m.way)
-    feats = run.features(encoder.to(run.device), images)
-    return finetune(feats, episodes, m.shot, W, b, steps=inner_steps(run.cfg), lr=m.inner_lr)
+    def baselines(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """``{label: accuracy (E,)}`` of evaluation-only methods; those that need the pretrained encoder
+        are left out, with a note, when there is none."""
+        scores = {}
+        for name in names:
+            cls = methods.get(name)
+            if cls.trains:
+                raise MtlError(
+                    f"test.baselines: '{name}' is trained by metatrain; list evaluation-only methods"
+                )
+            cfg = dataclasses.replace(self.run.cfg, method=name)
+            needs = cls.needs_pretrained(cfg)
+            if needs and not self._has_pretrained():
+                self.run.monitor.line(f"no pretrain checkpoint: the '{cls.label}' row is left out")
+                continue
+            plain = cls.features is Method.features  # encodes with its (pretrained) encoder
+            scores[cls.label] = self.score(self.method(cfg), shares_pretrained=needs and plain)
+        return scores
 
-
-def finetuned_accuracy(run: Run, feats: torch.Tensor, episodes: torch.Tensor) -> torch.Tensor:
-    """θ fine-tuned from zero on fixed features, no meta-training (the paper's "FT" row)."""
-    m = run.cfg.meta
-    W, b = torch.zeros(m.way, feats.shape[1], device=feats.device), torch.zeros(m.way, device=feats.device)
-    return finetune(feats, episodes, m.shot, W, b, steps=inner_steps(run.cfg), lr=m.inner_lr)
+    def _has_pretrained(self) -> bool:
+        try:
+            self.pretrained()
+        except MtlError:
+            return False
+        return True
 
 
 def publish(
@@ -100,20 +139,16 @@ def publish(
 def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
     """Evaluate; writes ``metatest/results.json`` and returns the same dict."""
     run = Run.open(cfg, "metatest", checkpoints, quiet=quiet)
-    meta_ckpt = run.previous("metatrain")
-    pre_ckpt = run.previous("pretrain")
-    images, episodes = test_episodes(run, cfg.test.episodes)
-    pre_feats = pretrained_features(run, pre_ckpt, images)
-    scores = {
-        MTL: mtl_accuracy(run, meta_ckpt, images, episodes),
-        FT: finetuned_accuracy(run, pre_feats, episodes),
-        NC_FEATURES: nearest_centroid(pre_feats, episodes, cfg.meta.shot),
-        NC_PIXELS: nearest_centroid(raw_pixels(images).to(run.device), episodes, cfg.meta.shot),
-    }
+    cls = methods.get(cfg.method)
+    trained = run.previous("metatrain") if cls.trains else None
+    scorer = Scorer(run, *test_episodes(run, cfg.test.episodes))
+    scores = {cls.label: scorer.score(scorer.method(cfg, trained))}
+    scores.update(scorer.baselines([b for b in cfg.test.baselines if b != cfg.method]))
     results = publish(run, scores, cfg.test.episodes, quiet=quiet)
-    if not quiet and meta_ckpt["metric"]["epoch"] == 0:
+    if not quiet and trained is not None and trained["metric"]["epoch"] == 0:
         print(
             "note: meta-validation never improved on the untrained start, so the kept metatrain model is "
-            "the pretrained encoder with identity SS and θ = 0, and MTL equals the fine-tuned θ row."
+            "the untrained one (for MTL: the pretrained encoder with identity SS and θ = 0, which equals "
+            "the fine-tuned θ row)."
         )
     return results

@@ -79,15 +79,18 @@ class Run:
         checkpoint.check_compatible(ckpt, self.cfg.to_dict(), path, MODEL_KEYS)
         return ckpt
 
-    def backbone(self, *, pretraining: bool = False) -> nn.Module:
-        """The configured feature extractor, freshly initialised; with its dropout only if ``pretraining``."""
-        b = self.cfg.backbone
+    def backbone(self, *, pretraining: bool = False, cfg: Config | None = None) -> nn.Module:
+        """The feature extractor of ``cfg`` (default: the run's), freshly initialised; with its
+        dropout only if ``pretraining``."""
+        cfg = cfg or self.cfg
+        b = cfg.backbone
         return build_backbone(
             b.name,
-            in_chans=self.cfg.data.channels,
+            in_chans=cfg.data.channels,
             widths=b.widths,
             drop_rate=b.drop_rate,
             pretraining=pretraining,
+            image_size=cfg.data.image_size,
         )
 
     def features(self, model: nn.Module, images: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,166 @@
+"""What every few-shot method is to the stages: an episode in, query logits out.
+
+A method owns an encoder and whatever it learns on top of it. The stages never look inside: metatrain
+asks it for the logits of a meta-batch of tasks and for its optimiser groups, saves what
+:meth:`Method.state` returns and logs what :meth:`Method.log_epoch` logs; metatest, ablate, compare and
+adapt ask it for features and per-episode accuracies. A method names no stage, file or command.
+
+Shapes: an episode has ``way`` classes, ``shot`` support and ``query`` query images per class, class
+major (``way * shot`` support rows, then ``way * query`` query rows, labels ``i // shot``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtl import device as devices
+from mtl.config import Config
+from mtl.data.episodes import ImageRows, episode_targets
+from mtl.data.store import ImageStore
+from mtl.evaluate import episodic
+from mtl.monitor import Monitor
+
+__all__ = ["Encode", "Method", "meta_update"]
+
+# The stage's feature pass: (model, images (N, H, W, C) uint8) -> (N, D) float32 on the device, no grad.
+Encode = Callable[[nn.Module, ImageRows], torch.Tensor]
+
+
+class Method(nn.Module):
+    """Base of every method; a subclass defines :meth:`episode_logits` and, if it trains, its state.
+
+    Class attributes: ``name`` (its key in :data:`mtl.methods.METHODS` and the value of ``method:``),
+    ``label`` (its row in results tables), ``trains`` (False: evaluation only, nothing to meta-train),
+    ``variants`` (``mtl compare`` rows: ``{row name: (label, config overrides)}``).
+    """
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    trains: ClassVar[bool] = True
+    variants: ClassVar[dict[str, tuple[str, dict]]] = {}
+    ablation_labels: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def ablation_label(cls, row: str) -> str:
+        """The ablation's row ``row`` (plain | random | hard | scratch) of this method."""
+        default = {
+            "plain": f"{cls.label}, no HT",
+            "random": f"{cls.label} + as many random extra tasks (control of HT)",
+            "hard": f"{cls.label} + HT: hard-task meta-batches",
+            "scratch": f"{cls.label} on a random encoder (no pretraining)",
+        }
+        return cls.ablation_labels.get(row, default[row])
+
+    def __init__(self, encoder: nn.Module, cfg: Config) -> None:
+        """``encoder``: the configured backbone, already holding the pretrained weights when
+        :meth:`needs_pretrained` (a method may rebuild it, as MTL does by attaching SS)."""
+        super().__init__()
+        self.encoder = encoder
+        self.way, self.shot, self.precision = cfg.meta.way, cfg.meta.shot, cfg.precision
+
+    @classmethod
+    def needs_pretrained(cls, cfg: Config) -> bool:
+        """Whether the encoder starts from the pretrain stage's ``best.pt`` (else: random)."""
+        return True
+
+    @property
+    def train_way(self) -> int:
+        """Classes per meta-training task (ProtoNets train with more than they test)."""
+        return self.way
+
+    def episode_logits(
+        self, support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor, way: int
+    ) -> torch.Tensor:
+        """support ``(E, n_s, D)`` features with labels ``y_support (n_s,)`` in ``[0, way)``, query
+        ``(E, n_q, D)`` -> logits ``(E, n_q, way)``. Differentiable in training mode; in eval mode
+        (validation, test, adapt) it may take its test-time settings."""
+        raise NotImplementedError
+
+    def encode_tasks(
+        self,
+        images: torch.Tensor | ImageStore,
+        tasks: np.ndarray,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tasks ``(T, way, shot + query)`` image ids -> support ``(T, way * shot, D)`` and query
+        ``(T, way * query, D)`` float32 features, every task in one encoder forward."""
+        T, way, n = tasks.shape
+        idx = torch.from_numpy(tasks)  # host ids: gathering moves them (or the batch) to the device
+        with devices.autocast(images.device, self.precision):
+            feats = self.encoder(transform(images[idx.reshape(-1)])).float().view(T, way, n, -1)
+        return feats[:, :, : self.shot].flatten(1, 2), feats[:, :, self.shot :].flatten(1, 2)
+
+    def task_logits(
+        self,
+        images: torch.Tensor | ImageStore,
+        tasks: np.ndarray,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query logits ``(T, way * query, way)`` of tasks ``(T, way, shot + query)`` and their targets
+        ``(way * query,)``."""
+        T, way, n = tasks.shape
+        support, query = self.encode_tasks(images, tasks, transform)
+        y_s = episode_targets(way, self.shot, device=images.device)
+        targets = episode_targets(way, n - self.shot, device=y_s.device)
+        return self.episode_logits(support, y_s, query, way), targets
+
+    def param_groups(self) -> list[dict]:
+        """Adam parameter groups, each with its ``lr`` and a ``name`` (TensorBoard's ``train/lr_<name>``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not train")
+
+    def state(self) -> dict:
+        """What ``best.pt`` and ``last.pt`` keep of the method (tensors and builtins)."""
+        return {"encoder": self.encoder.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what :meth:`state` returned (a checkpoint holds it among other entries)."""
+        self.encoder.load_state_dict(state["encoder"])
+
+    def log_epoch(self, monitor: Monitor, step: int) -> None:
+        """TensorBoard extras after each meta-training epoch."""
+
+    def features(self, images: ImageRows, encode: Encode, device: torch.device) -> torch.Tensor:
+        """``(N, D)`` features of ``images`` for evaluation (computed once, then indexed by episodes)."""
+        return encode(self.encoder, images)
+
+    @torch.no_grad()
+    def evaluate(self, features: torch.Tensor, episodes: torch.Tensor, shot: int) -> torch.Tensor:
+        """Accuracy ``(E,)`` in ``[0, 1]`` on episodes ``(E, way, shot + query)`` indexing ``features``."""
+        return episodic(self.episode_logits, features, episodes, shot)
+
+    def init_note(self, way: int) -> str:
+        """How a ``way``-way task starts (``mtl adapt`` prints it)."""
+        return "no initialisation to adapt"
+
+
+def meta_update(
+    method: Method,
+    opt: torch.optim.Optimizer,
+    images: torch.Tensor | ImageStore,
+    tasks: np.ndarray,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    loss_scale: float = 1.0,
+    sync: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step on the mean query loss of ``tasks`` ``(T, way, shot + query)``.
+
+    ``loss_scale`` multiplies the loss before backward and ``sync`` runs between backward and the
+    optimiser step: a rank of a multi-process run weighs its share of the meta-batch and averages
+    the gradient over the ranks there. Returns the (unscaled) loss (0-d), the detached query
+    logits ``(T, way * query, way)`` and their targets.
+    """
+    logits, targets = method.task_logits(images, tasks, transform)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)))
+    opt.zero_grad(set_to_none=True)
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+    if sync is not None:
+        sync()
+    opt.step()
+    return loss.detach(), logits.detach(), targets

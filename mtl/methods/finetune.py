@@ -1,0 +1,44 @@
+"""FT, the MTL paper's baseline: θ = (W, b) from zero, fine-tuned by gradient steps on each support set
+of the frozen pretrained features; nothing is meta-trained."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtl import base_learner
+from mtl.config import Config
+from mtl.evaluate import finetune
+from mtl.methods.base import Method
+
+__all__ = ["FineTune"]
+
+
+class FineTune(Method):
+    name = "ft"
+    label = "FT: θ fine-tuned on pretrained features (no meta-training)"
+    trains = False
+    variants = {"ft": (label, {})}
+
+    def __init__(self, encoder: nn.Module, cfg: Config) -> None:
+        super().__init__(encoder, cfg)
+        self.steps = cfg.eval_inner_steps()
+        self.lr = cfg.meta.inner_lr
+
+    def _zeros(self, way: int, dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return base_learner.init_theta(way, dim, device=device)
+
+    def episode_logits(
+        self, support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor, way: int
+    ) -> torch.Tensor:
+        W, b = self._zeros(way, support.shape[-1], support.device)
+        W, b = base_learner.adapt(support, y_support, W, b, steps=self.steps, lr=self.lr)
+        return base_learner.logits(query, W, b)
+
+    @torch.no_grad()
+    def evaluate(self, features: torch.Tensor, episodes: torch.Tensor, shot: int) -> torch.Tensor:
+        W, b = self._zeros(episodes.shape[1], features.shape[1], features.device)
+        return finetune(features, episodes, shot, W, b, steps=self.steps, lr=self.lr)
+
+    def init_note(self, way: int) -> str:
+        return "zero"

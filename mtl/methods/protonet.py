@@ -1,0 +1,56 @@
+"""Prototypical Networks (Snell et al. 2017): a class's prototype is the mean of its support
+embeddings, a query's logits are its negative squared Euclidean distances to the prototypes, and the
+whole encoder is trained episodically on the query cross-entropy (Adam). Training tasks may have more
+classes than test tasks (``protonet.train_way``; the paper trains 30-way for 5-way 1-shot on
+miniImageNet). The encoder starts random (``protonet.pretrained: false``, the paper's setting, on
+Conv-4) or from the pretrain stage."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtl.config import Config
+from mtl.evaluate import nearest_centroid
+from mtl.methods.base import Method
+from mtl.methods.nearest_centroid import prototype_logits
+
+__all__ = ["ProtoNet"]
+
+
+class ProtoNet(Method):
+    name = "protonet"
+    label = "ProtoNet"
+    variants = {
+        "protonet-conv4": (
+            "ProtoNet, Conv-4 trained from scratch",
+            {"protonet.pretrained": False, "backbone.name": "conv4", "backbone.widths": None},
+        ),
+        "protonet": ("ProtoNet, from the pretrained encoder", {"protonet.pretrained": True}),
+    }
+
+    def __init__(self, encoder: nn.Module, cfg: Config) -> None:
+        super().__init__(encoder, cfg)
+        self.lr = cfg.protonet.lr
+        self._train_way = cfg.protonet.train_way or cfg.meta.way
+
+    @classmethod
+    def needs_pretrained(cls, cfg: Config) -> bool:
+        return cfg.protonet.pretrained
+
+    @property
+    def train_way(self) -> int:
+        return self._train_way
+
+    def episode_logits(self, support, y_support, query, way) -> torch.Tensor:
+        return prototype_logits(support, y_support, query, way)
+
+    @torch.no_grad()
+    def evaluate(self, features: torch.Tensor, episodes: torch.Tensor, shot: int) -> torch.Tensor:
+        return nearest_centroid(features, episodes, shot)  # the argmax of the logits above
+
+    def param_groups(self) -> list[dict]:
+        return [{"name": "encoder", "params": list(self.encoder.parameters()), "lr": self.lr}]
+
+    def init_note(self, way: int) -> str:
+        return "support means"

@@ -1,0 +1,103 @@
+"""``mtl compare``: the paper's results table, measured. Every method on the same fixed test episodes.
+
+The rows are the methods' variants (:func:`mtl.methods.variants`: ``nc``, ``ft``, ``mtl``, ``mtl-ht``,
+``protonet``, ``protonet-conv4``, ...), each a method plus config overrides, on the pipeline's dataset,
+way and shot. A row that trains is meta-trained into ``<checkpoints>/<name>/compare/<row>/`` (resumed or
+reused like any metatrain); rows that start from the pretrained encoder share the pipeline's pretrain
+(trained first if missing). Every row is scored on ``compare.episodes`` shared test episodes and shown
+with its training wall-clock and, where one exists, the published number for that method and setting.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mtl import checkpoint, methods, pipeline_file
+from mtl.config import Config, from_dict
+from mtl.errors import MtlError
+from mtl.published import published
+from mtl.stages.metatest import Scorer, publish, test_episodes
+from mtl.stages.metatrain import metatrain
+from mtl.stages.pretrain import pretrain
+from mtl.stages.run import Run
+
+
+def rows(cfg: Config, names: list[str] | None = None) -> dict[str, tuple[str, Config]]:
+    """``{row name: (label, config)}`` of the requested rows (default ``compare.methods``, else all)."""
+    known = methods.variants()
+    names = names or cfg.compare.methods or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise MtlError(f"compare: unknown method '{unknown[0]}' (known: {', '.join(known)})")
+    out = {}
+    for name in names:
+        method, label, sets = known[name]
+        raw = cfg.to_dict()
+        raw["method"] = method
+        for key, value in sets.items():
+            pipeline_file.set_key(raw, key, value)
+        out[name] = (label, from_dict(raw))
+    return out
+
+
+def compare(
+    cfg: Config,
+    checkpoints: str | Path = "checkpoints",
+    *,
+    names: list[str] | None = None,
+    quiet: bool = False,
+) -> dict:
+    """Train what needs training, score every row; writes ``compare/results.json`` (metatest's shape
+    plus ``seconds`` of training per row and ``published`` numbers) and returns it."""
+    start = time.perf_counter()
+    todo = rows(cfg, names)
+    seconds: dict[str, float] = {}
+    if any(methods.get(c.method).needs_pretrained(c) for _, c in todo.values()):
+        t0 = time.perf_counter()
+        pretrain(cfg, checkpoints, quiet=quiet)  # reuses a finished one
+        seconds["pretrain"] = round(time.perf_counter() - t0, 1)
+    for name, (label, row_cfg) in todo.items():
+        if methods.get(row_cfg.method).trains:
+            t0 = time.perf_counter()
+            metatrain(row_cfg, checkpoints, quiet=quiet, folder=f"compare/{name}")
+            seconds[label] = round(time.perf_counter() - t0, 1)
+
+    run = Run.open(cfg, "compare", checkpoints, quiet=quiet)
+    scorer = Scorer(run, *test_episodes(run, cfg.compare.episodes))
+    scores, paper = {}, {}
+    for name, (label, row_cfg) in todo.items():
+        trained = None
+        if methods.get(row_cfg.method).trains:
+            path = checkpoint.stage_dir(checkpoints, cfg.name, f"compare/{name}") / "best.pt"
+            trained = checkpoint.load(path, stage="metatrain")
+        scores[label] = scorer.score(scorer.method(row_cfg, trained))
+        if (number := published(name, cfg)) is not None:
+            paper[label] = number
+    seconds["total"] = round(time.perf_counter() - start, 1)
+    results = publish(
+        run, scores, cfg.compare.episodes, quiet=True, extra={"seconds": seconds, "published": paper}
+    )
+    if not quiet:
+        print(table(results))
+    return results
+
+
+def table(results: dict) -> str:
+    """The compare table: accuracy ± CI, training seconds and the published number of each row."""
+    seconds, paper = results["seconds"], results["published"]
+    lines = [
+        f"{results['pipeline']}: {results['way']}-way {results['shot']}-shot, {results['query']} queries, "
+        f"{results['episodes']} shared test episodes",
+        "| method | accuracy (%) | 95% CI | training (s) | published |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for r in results["rows"]:
+        train = f"{seconds[r['method']]:.0f}" if r["method"] in seconds else "—"
+        p = paper.get(r["method"])
+        pub = f"{p['acc']} ± {p['ci95']} ({p['source']})" if p else "—"
+        lines.append(f"| {r['method']} | {r['acc']:.2f} | ± {r['ci95']:.2f} | {train} | {pub} |")
+    if "pretrain" in seconds:
+        lines.append(f"pretraining (shared by the rows that start from it): {seconds['pretrain']:.0f} s")
+    lines.append(f"wall-clock in all: {seconds['total'] / 60:.1f} min")
+    return "\n".join(lines)
