@@ -194,7 +194,7 @@ def _features(cfg: config.Config, method: Method, paths: list[Path], dev: torch.
             reason = str(exc).replace(f" '{path}'", "")
             raise MtlError(f"{path}: cannot decode image ({reason})") from None
     encoder = method.encoder
-    pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(dev), d.resize)
+    pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
 
     def encode(batch: torch.Tensor) -> torch.Tensor:
         with devices.autocast(dev, cfg.precision):

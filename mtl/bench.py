@@ -81,7 +81,7 @@ def _encoder(s: Setup, device: torch.device) -> nn.Module:
     """The same random ResNet-12 every call."""
     torch.manual_seed(0)
     model = build_backbone("resnet12", widths=list(s.widths))
-    return model.to(device, memory_format=devices.memory_format(device))
+    return model.to(device, memory_format=devices.memory_format())
 
 
 def _plain_encoder(s: Setup, device: torch.device) -> nn.Module:
@@ -91,7 +91,7 @@ def _plain_encoder(s: Setup, device: torch.device) -> nn.Module:
 
 
 def bench_metatest(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.device) -> dict:
-    pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format(dev))
+    pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format())
     encoder = ss.attach(_encoder(s, dev)).eval()
     plain_encode = reference.plain_encode(_plain_encoder(s, dev), s.image_size)
     episodes = torch.from_numpy(fixed_episodes(labels, s.way, s.shot, s.query, s.test_episodes, seed=0))
@@ -143,7 +143,7 @@ def bench_metatest(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.
 def bench_metatrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.device) -> dict:
     """Tasks/s of meta_update in fp32 and in the default precision, and of the reference (fp32)."""
     m = MetaConfig(way=s.way, shot=s.shot, query=s.query, inner_steps=s.inner_steps, inner_lr=s.inner_lr)
-    pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format(dev))
+    pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format())
     on_device = torch.from_numpy(images).to(dev)
     sampler = EpisodeSampler(labels, s.way, s.shot, s.query, seed=0)
     tasks = np.stack([sampler.sample() for _ in range(s.meta_batch)])
@@ -201,19 +201,18 @@ def bench_metatrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch
 
 
 def bench_pretrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.device) -> dict:
-    pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format(dev))
+    pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format())
     augment = TrainAugment(pre, (0.6, 1.0), True, torch.Generator().manual_seed(0))
     on_device, y_all = torch.from_numpy(images).to(dev), torch.from_numpy(labels).to(dev)
     gen = torch.Generator().manual_seed(0)
     x_fixed = torch.randn(s.pretrain_batch, 3, s.image_size, s.image_size, device=dev)
-    x_fixed = x_fixed.contiguous(memory_format=devices.memory_format(dev))
+    x_fixed = x_fixed.contiguous(memory_format=devices.memory_format())
     y_fixed = torch.randint(0, s.classes, (s.pretrain_batch,), device=dev)
 
-    def parts() -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    def parts() -> tuple[nn.Module, torch.optim.Optimizer]:
         model = _encoder(s, dev).train()
-        head = nn.Linear(model.num_features, s.classes).to(dev)
-        opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.1, momentum=0.9, nesterov=True)
-        return model, head, opt
+        net = nn.Sequential(model, nn.Linear(model.num_features, s.classes).to(dev))
+        return net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True)
 
     pipe, bare = parts(), parts()
 

@@ -23,7 +23,6 @@ from mtl.atomic import atomic_write
 from mtl.errors import MtlError
 
 FORMAT = 1
-STAGES = ("pretrain", "metatrain", "metatest")
 # What a user runs to produce each stage's checkpoint.
 MAKE = {"pretrain": "make pretrain", "metatrain": "make metatrain"}
 

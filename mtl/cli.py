@@ -22,6 +22,7 @@ from collections.abc import Callable
 import click
 
 from mtl import __version__
+from mtl.data.formats import DATASETS
 from mtl.errors import MtlError
 
 
@@ -34,7 +35,7 @@ def _user_errors(fn: Callable) -> Callable:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except Exception as exc:
-            from mtl.stages.resume import Stopped
+            from mtl.training.resume import Stopped
 
             if not isinstance(exc, Stopped):
                 raise
@@ -189,9 +190,7 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 @data.command("prepare")
-@click.argument(
-    "dataset", type=click.Choice(["miniimagenet", "fc100", "tieredimagenet", "omniglot", "folder"])
-)
+@click.argument("dataset", type=click.Choice(list(DATASETS)))
 @click.option("--source", required=True, type=click.Path(), help="What you downloaded (folder or file).")
 @click.option("--dest", required=True, type=click.Path(), help="The prepared dataset folder to write.")
 @click.option(
@@ -242,7 +241,7 @@ def data_info(folder: str, as_json: bool) -> None:
     """Print the manifest of the prepared dataset in FOLDER."""
     import json
 
-    from mtl.data.cache import load_manifest
+    from mtl.data.prepared import load_manifest
 
     manifest = load_manifest(folder)
     if as_json:

@@ -27,8 +27,8 @@ def lr_factor(m: MetaConfig, epoch: int) -> float:
 def train_images(cfg: Config) -> tuple[int | None, str]:
     """Images in the train split, and where the number comes from."""
     from mtl.data import glyphs
-    from mtl.data.cache import load_manifest
     from mtl.data.formats import DATASETS
+    from mtl.data.prepared import load_manifest
 
     d = cfg.data
     if d.dataset == "glyphs":

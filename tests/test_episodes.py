@@ -10,7 +10,6 @@ from mtl.data.episodes import (
     episode_images,
     episode_targets,
     fixed_episodes,
-    split_episode,
 )
 from mtl.errors import MtlError
 
@@ -134,26 +133,13 @@ def test_check_episode_shape_messages():
         EpisodeSampler(labels, 5, 5, 15, seed=0)
 
 
-def test_split_episode_numpy_and_torch():
-    ep = np.arange(2 * 3 * 5).reshape(2, 3, 5)  # 2 episodes, 3-way, shot 2 + query 3
-    s, q = split_episode(ep, shot=2)
-    np.testing.assert_array_equal(s[1], [15, 16, 20, 21, 25, 26])
-    np.testing.assert_array_equal(q[0], [2, 3, 4, 7, 8, 9, 12, 13, 14])
-    ts, tq = split_episode(torch.from_numpy(ep), shot=2)
-    assert isinstance(ts, torch.Tensor) and ts.shape == (2, 6) and tq.shape == (2, 9)
-    np.testing.assert_array_equal(ts.numpy(), s)
-    s0, q0 = split_episode(ep[0], shot=2)
-    assert s0.shape == (6,) and q0.shape == (9,)
-    np.testing.assert_array_equal(s0, s[0])
-
-
 def test_episode_targets_match_split_order():
     t = episode_targets(3, 2)
     assert t.dtype == torch.int64
     assert t.tolist() == [0, 0, 1, 1, 2, 2]
-    # Target j // per_class is the row of the j-th split entry.
+    # Target j // per_class is the class of the j-th query of a class-major episode.
     ep = np.arange(3 * 4).reshape(3, 4)
-    _, q = split_episode(ep, shot=2)
+    q = ep[:, 2:].reshape(-1)
     assert (q // 4).tolist() == episode_targets(3, 2).tolist()
 
 

@@ -13,8 +13,8 @@ import pytest
 from fakes import assert_prepare_refused, write_py2_pickle, write_py3_pickle
 from PIL import Image
 
-from mtl.data.cache import load_split
 from mtl.data.prepare import prepare
+from mtl.data.prepared import load_split
 
 # CIFAR-100's superclass table. Coarse ids are the superclasses in alphabetical order and fine ids the
 # fine classes in alphabetical order, as in the real meta file.

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtl.data.cache import load_manifest, load_split
 from mtl.data.glyph_families import (
     family_ids,
     family_of_name,
@@ -17,6 +16,7 @@ from mtl.data.glyph_families import (
     glyph_families,
 )
 from mtl.data.glyphs import PRESETS, ensure_glyphs, generate, render_class, split_class_ids
+from mtl.data.prepared import load_manifest, load_split
 from mtl.errors import MtlError
 
 TINY = dict(classes=10, images_per_class=3, image_size=16, channels=3, seed=0)

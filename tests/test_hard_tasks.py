@@ -9,8 +9,8 @@ import torch
 
 from mtl import checkpoint, config
 from mtl.data.episodes import EpisodeSampler
-from mtl.hard_tasks import HardTaskPool, failure_classes, per_class_scores
-from mtl.stages.hard_batches import HardTasks
+from mtl.hard_tasks import HardTasks
+from mtl.hard_tasks.pool import HardTaskPool, failure_classes, per_class_scores
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
 

@@ -131,6 +131,7 @@ def test_compare_scores_every_row_on_shared_episodes(tiny_overrides, tmp_path):
     assert [r["method"] for r in saved["rows"]] == labels
     trained = [methods.variants()[n][1] for n in ("protonet-conv4", "protonet", "mtl", "mtl-ht")]
     assert all(saved["seconds"][label] > 0 for label in trained) and saved["seconds"]["pretrain"] > 0
+    assert set(saved["kept_epoch"]) == set(trained) and all(0 <= e <= 2 for e in saved["kept_epoch"].values())
     conv4 = checkpoint.load(tmp_path / "tiny" / "compare" / "protonet-conv4" / "best.pt", stage="metatrain")
     assert conv4["config"]["backbone"]["name"] == "conv4" and conv4["method"] == "protonet"
     ht = checkpoint.load(tmp_path / "tiny" / "compare" / "mtl-ht" / "best.pt", stage="metatrain")

@@ -14,7 +14,7 @@ from mtl.models.backbone import TimmBackbone, build_backbone
 from mtl.models.norm import ShiftBatchNorm2d
 from mtl.models.resnet import ResNet12, ResNet25
 from mtl.models.resnet12_tf import ResNet12TF
-from mtl.stages.run import Run
+from mtl.training.run import Run
 
 TINY12 = (8, 16, 16, 32)
 TINY25 = (8, 16, 32)

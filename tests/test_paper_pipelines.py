@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mtl import config
-from mtl.stages.pretrain import _setting
+from mtl.training.keys import setting
 
 PIPELINES = Path(__file__).parent.parent / "pipelines"
 # (dataset, shot, published accuracy, ci95): the MTL + HT rows of REFERENCE §6, produced by the
@@ -88,4 +88,4 @@ def test_all_shots_of_a_dataset_share_one_pretrain(dataset, recipe):
     configs = [config.load(PIPELINES / f"{n}.yaml") for n in recipe if n.startswith(dataset)]
     assert len(configs) >= 2
     assert len({c.run_name("pretrain") for c in configs}) == 1
-    assert len({repr(_setting(c.to_dict())) for c in configs}) == 1
+    assert len({repr(setting(c.to_dict())) for c in configs}) == 1

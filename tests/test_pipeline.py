@@ -70,7 +70,7 @@ def test_meta_gradients_reach_only_ss_and_theta(tiny_cfg, tmp_path):
     from mtl.data.episodes import EpisodeSampler
     from mtl.data.sources import load_splits
     from mtl.methods.mtl import MTL, task_outputs
-    from mtl.stages.run import Run
+    from mtl.training.run import Run
 
     run = Run.open(tiny_cfg, "metatrain", tmp_path, quiet=True)
     learner = MTL(run.backbone(), tiny_cfg)

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from fakes import pattern_images, write_image
 
 from mtl.cli import main
-from mtl.data.cache import load_manifest, load_split
 from mtl.data.prepare import prepare
+from mtl.data.prepared import load_manifest, load_split
 
 
 def own_images(root: Path, classes: int = 10, per_class: int = 4, size: int = 24) -> dict[str, np.ndarray]:

@@ -92,7 +92,7 @@ def test_paper_pipeline_runs_the_official_recipe(name, tmp_path):
 def test_config_counts_a_prepared_dataset_and_applies_overrides(tmp_path):
     import numpy as np
 
-    from mtl.data.cache import Split, save_dataset
+    from mtl.data.prepared import Split, save_dataset
 
     split = Split(
         np.zeros((1000, 8, 8, 3), np.uint8), np.repeat(np.arange(10), 100), [f"c{i}" for i in range(10)]

@@ -12,9 +12,9 @@ from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, episode_targets, fixed_episodes
 from mtl.data.sources import load_splits
 from mtl.evaluate import extract_features, finetune
+from mtl.hard_tasks import HardTasks
 from mtl.methods.mtl import MTL, task_outputs
 from mtl.models.backbone import build_backbone
-from mtl.stages.hard_batches import HardTasks
 
 
 @pytest.fixture

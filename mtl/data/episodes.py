@@ -23,7 +23,6 @@ __all__ = [
     "episode_images",
     "episode_targets",
     "fixed_episodes",
-    "split_episode",
 ]
 
 
@@ -145,21 +144,6 @@ def fixed_episodes(
         raise MtlError(f"episodes must be at least 1, got {episodes}")
     sampler = EpisodeSampler(labels, way, shot, query, seed)
     return np.stack([sampler.sample() for _ in range(episodes)])
-
-
-def split_episode(idx: torch.Tensor | np.ndarray, shot: int) -> tuple[Any, Any]:
-    """Split episodes into flat support and query index sets, class-major.
-
-    Args:
-        idx: ``(..., way, shot + query)`` image indices (tensor or array).
-        shot: support images per class.
-
-    Returns:
-        ``support (..., way * shot)`` and ``query (..., way * query)``, of the same type as ``idx``;
-        entry ``j`` belongs to task class ``j // shot`` (resp. ``j // query``).
-    """
-    lead = tuple(idx.shape[:-1])[:-1]
-    return idx[..., :shot].reshape(*lead, -1), idx[..., shot:].reshape(*lead, -1)
 
 
 def episode_targets(way: int, per_class: int, device: torch.device | str | None = None) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mtl.data.cache import Split, load_manifest, load_split, save_dataset
+from mtl.data.prepared import Split, load_manifest, load_split, save_dataset
 from mtl.errors import MtlError
 
 

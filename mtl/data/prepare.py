@@ -3,7 +3,7 @@
 The dataset's reader (:mod:`mtl.data.formats`) finds the split layout; here each image is decoded
 and resized (in worker processes for image files) and streamed into a memory-mapped ``.npy`` per
 split inside a hidden folder, which replaces the destination only when complete (see
-:mod:`mtl.data.cache`): an interrupted prepare never leaves a dataset that loads.
+:mod:`mtl.data.prepared`): an interrupted prepare never leaves a dataset that loads.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mtl.data import cache
+from mtl.data import prepared
 from mtl.data.formats import DATASETS
 from mtl.data.formats.common import SplitSource
 from mtl.data.images import BadImage, to_pixels
@@ -72,7 +72,7 @@ def prepare(
     source, dest = Path(source).expanduser(), Path(dest).expanduser().resolve()
     if not source.exists():
         raise MtlError(f"source not found: {source}")
-    cache.check_replaceable(dest)  # before hours of decoding, not after
+    prepared.check_replaceable(dest)  # before hours of decoding, not after
     if dest == source.resolve() or source.resolve() in dest.parents:
         raise MtlError(f"--dest {dest} must not be inside the source {source}")
     size = image_size or spec.image_size
@@ -94,11 +94,11 @@ def prepare(
         for name, s in splits.items():
             written[name] = _write_split(tmp, name, s, size, spec.channels, skip_bad, workers, quiet, report)
         extra = {"dataset": dataset, "source": str(source), "skipped": len(report.skipped)}
-        cache.write_manifest(tmp, written, source_format=source_format, extra=extra)
-        cache.swap_in(tmp, dest)
+        prepared.write_manifest(tmp, written, source_format=source_format, extra=extra)
+        prepared.swap_in(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    report.splits = cache.load_manifest(dest)["splits"]
+    report.splits = prepared.load_manifest(dest)["splits"]
     report.seconds = time.perf_counter() - start
     return report
 
@@ -133,7 +133,7 @@ def _write_split(
     workers: int | None,
     quiet: bool,
     report: Report,
-) -> cache.Split:
+) -> prepared.Split:
     path = tmp / f"{name}_images.npy"
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(s), size, size, channels))
     keep = np.ones(len(s), dtype=bool)
@@ -164,7 +164,7 @@ def _write_split(
         os.replace(trimmed, path)
         out = np.load(path, mmap_mode="r")
     np.save(tmp / f"{name}_labels.npy", labels)
-    return cache.Split(images=out, labels=labels, class_names=s.class_names)
+    return prepared.Split(images=out, labels=labels, class_names=s.class_names)
 
 
 def _pixels(s: SplitSource, size: int, channels: int, workers: int | None):

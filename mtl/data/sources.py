@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtl.config import DataConfig
-from mtl.data.cache import Split, load_manifest, load_split
 from mtl.data.glyphs import ensure_glyphs
+from mtl.data.prepared import Split, load_manifest, load_split
 from mtl.errors import MtlError
 
 

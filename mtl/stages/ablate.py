@@ -28,7 +28,7 @@ from mtl.config import Config
 from mtl.stages.metatest import Scorer, publish, test_episodes
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
-from mtl.stages.run import Run
+from mtl.training.run import Run
 
 _MTL = methods.get("mtl")
 NC = methods.get("nc").label

@@ -20,7 +20,7 @@ from mtl.published import published
 from mtl.stages.metatest import Scorer, publish, test_episodes
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
-from mtl.stages.run import Run
+from mtl.training.run import Run
 
 
 def rows(cfg: Config, names: list[str] | None = None) -> dict[str, tuple[str, Config]]:
@@ -53,6 +53,7 @@ def compare(
     start = time.perf_counter()
     todo = rows(cfg, names)
     seconds: dict[str, float] = {}
+    kept: dict[str, int] = {}
     if any(methods.get(c.method).needs_pretrained(c) for _, c in todo.values()):
         t0 = time.perf_counter()
         pretrain(cfg, checkpoints, quiet=quiet)  # reuses a finished one
@@ -60,8 +61,9 @@ def compare(
     for name, (label, row_cfg) in todo.items():
         if methods.get(row_cfg.method).trains:
             t0 = time.perf_counter()
-            metatrain(row_cfg, checkpoints, quiet=quiet, folder=f"compare/{name}")
+            best = metatrain(row_cfg, checkpoints, quiet=quiet, folder=f"compare/{name}")
             seconds[label] = round(time.perf_counter() - t0, 1)
+            kept[label] = best["epoch"]  # 0: validation never beat the untrained start
 
     run = Run.open(cfg, "compare", checkpoints, quiet=quiet)
     scorer = Scorer(run, *test_episodes(run, cfg.compare.episodes))
@@ -76,7 +78,11 @@ def compare(
             paper[label] = number
     seconds["total"] = round(time.perf_counter() - start, 1)
     results = publish(
-        run, scores, cfg.compare.episodes, quiet=True, extra={"seconds": seconds, "published": paper}
+        run,
+        scores,
+        cfg.compare.episodes,
+        quiet=True,
+        extra={"seconds": seconds, "kept_epoch": kept, "published": paper},
     )
     if not quiet:
         print(table(results))
@@ -84,19 +90,21 @@ def compare(
 
 
 def table(results: dict) -> str:
-    """The compare table: accuracy ± CI, training seconds and the published number of each row."""
-    seconds, paper = results["seconds"], results["published"]
+    """The compare table: accuracy ± CI, training seconds, the epoch validation kept (0: the untrained
+    start) and the published number of each row."""
+    seconds, kept, paper = results["seconds"], results["kept_epoch"], results["published"]
     lines = [
         f"{results['pipeline']}: {results['way']}-way {results['shot']}-shot, {results['query']} queries, "
         f"{results['episodes']} shared test episodes",
-        "| method | accuracy (%) | 95% CI | training (s) | published |",
-        "|---|---:|---:|---:|---|",
+        "| method | accuracy (%) | 95% CI | training (s) | kept epoch | published |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for r in results["rows"]:
         train = f"{seconds[r['method']]:.0f}" if r["method"] in seconds else "—"
+        epoch = str(kept[r["method"]]) if r["method"] in kept else "—"
         p = paper.get(r["method"])
         pub = f"{p['acc']} ± {p['ci95']} ({p['source']})" if p else "—"
-        lines.append(f"| {r['method']} | {r['acc']:.2f} | ± {r['ci95']:.2f} | {train} | {pub} |")
+        lines.append(f"| {r['method']} | {r['acc']:.2f} | ± {r['ci95']:.2f} | {train} | {epoch} | {pub} |")
     if "pretrain" in seconds:
         lines.append(f"pretraining (shared by the rows that start from it): {seconds['pretrain']:.0f} s")
     lines.append(f"wall-clock in all: {seconds['total'] / 60:.1f} min")

@@ -21,7 +21,7 @@ from mtl.errors import MtlError
 from mtl.evaluate import mean_ci
 from mtl.methods import Method
 from mtl.report import results_table
-from mtl.stages.run import Run
+from mtl.training.run import Run
 
 MTL = methods.get("mtl").label
 FT = methods.get("ft").label

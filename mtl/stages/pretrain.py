@@ -23,9 +23,9 @@ from mtl.data.sources import load_splits
 from mtl.distributed import sync_batch_norm
 from mtl.errors import MtlError
 from mtl.evaluate import mean_ci, nearest_centroid
-from mtl.monitor import timer
-from mtl.stages import resume
-from mtl.stages.run import Run
+from mtl.training import keys
+from mtl.training.loop import Training
+from mtl.training.run import Run
 
 
 def _scheduler(cfg: Config, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -35,34 +35,12 @@ def _scheduler(cfg: Config, opt: torch.optim.Optimizer) -> torch.optim.lr_schedu
     return torch.optim.lr_scheduler.StepLR(opt, step_size=p.step_size, gamma=p.gamma)
 
 
-def _setting(config: dict) -> tuple:
-    """What a pretrain's result depends on; pipelines equal here can share one pretrain run."""
-    p = {k: v for k, v in config["pretrain"].items() if k != "name"}
-    shot = p["val_shot"] or config["meta"]["shot"]
-    return (
-        config["seed"],
-        config["data"],
-        config["backbone"],
-        p,
-        config["meta"]["way"],
-        shot,
-        config["test"]["query"],
-    )
-
-
-def _matters(cfg: Config):
-    """The config keys a pretrain reads (its resume refuses a last.pt that differs in one of them)."""
-    keys = ("seed", "precision", "data.", "backbone.", "pretrain.", "meta.way", "test.query")
-    keys += ("meta.shot",) if cfg.pretrain.val_shot is None else ()
-    return lambda key: key.startswith(keys) and key != "pretrain.name"
-
-
 def finished(run: Run) -> dict | None:
     """The kept metric of a finished pretrain of the same setting in this run folder, else None."""
     try:
         last = checkpoint.load(run.out / "last.pt", stage="pretrain")
         done = last["metric"]["epoch"] == run.cfg.pretrain.epochs
-        if done and _setting(last["config"]) == _setting(run.cfg.to_dict()):
+        if done and keys.setting(last["config"]) == keys.setting(run.cfg.to_dict()):
             return checkpoint.load(run.out / "best.pt", stage="pretrain")["metric"]
     except (MtlError, KeyError, TypeError):
         pass  # no, unreadable or foreign checkpoint: train
@@ -79,7 +57,6 @@ def classifier(features: int, classes: int, hidden: int = 0) -> nn.Module:
 
 def train_step(
     model: nn.Module,
-    head: nn.Module,
     opt: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -92,7 +69,7 @@ def train_step(
     predictions as device tensors (no host sync).
     """
     with devices.autocast(x.device, precision):
-        out = head(model(x)).float()
+        out = model(x).float()
     loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -117,138 +94,118 @@ def pretrain(
         )
         run.monitor.close()
         return done
-    p, m, dev = cfg.pretrain, cfg.meta, run.device
-    shot = p.val_shot or m.shot
-    splits = load_splits(cfg.data, ("train", "val"))
-    train, val = splits["train"], splits["val"]
-    val_images, val_episodes = run.eval_episodes(val, "val", p.val_episodes, shot=shot, seed=cfg.seed + 1)
+    training = Pretraining(run)
+    training.start(fresh, matters=keys.pretrain_reads(cfg.to_dict()))
+    return training.fit()
 
-    world = run.world
-    model = sync_batch_norm(run.backbone(pretraining=True), dev).to(
-        dev, memory_format=devices.memory_format(dev)
-    )
-    head = classifier(model.num_features, train.num_classes, p.head_hidden).to(dev)
-    devices.maybe_compile(model, cfg.compile)
-    net = nn.Sequential(model, head)
-    if world.active:  # gradients averaged over the ranks' slices of every global batch
-        ids = [torch.cuda.current_device()] if dev.type == "cuda" else None  # this rank's GPU
-        net = DistributedDataParallel(net, device_ids=ids)
-    params = list(model.parameters()) + list(head.parameters())
-    opt = torch.optim.SGD(
-        params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay
-    )
-    sched = _scheduler(cfg, opt)
 
-    # The whole train split lives on the device as uint8: batches are gathered by index, never by a loader.
-    images = run.to_device(train.images)
-    labels = torch.from_numpy(train.labels).to(dev)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    augment = (
-        TrainAugment(run.pre, p.augment.crop_scale, p.augment.flip, gen) if p.augment.enabled else run.pre
-    )
-    batch = min(p.batch_size, len(train))
-    steps = len(train) // batch
-    if batch % world.size:
-        raise MtlError(f"pretrain.batch_size={batch} must be divisible by the {world.size} processes")
-    run.monitor.line(
-        f"{train.num_classes} classes, {len(train)} images, {steps} steps/epoch of {batch}, device {dev.type}"
-    )
+class Pretraining(Training):
+    """SGD on shuffled batches of the whole train split, gathered on the device by index."""
 
-    best = {"val_acc": -1.0, "val_ci95": 0.0, "epoch": -1}
-    metric = dict(best)
-    start_epoch, start_step, perm = 0, 0, None
-    sums = torch.zeros(2, device=dev)  # loss sum, correct predictions of the epoch so far
-    generators = {"batches": gen}
-    resumed = resume.load_resume(
-        run.out, "pretrain", cfg.to_dict(), fresh=fresh, note=run.monitor.line, matters=_matters(cfg)
-    )
-    if resumed is not None:
-        r = resumed["resume"]
-        model.load_state_dict(resumed["encoder"])
-        head.load_state_dict(resumed["head"])
-        resume.restore_training(r, opt, sched, generators, run=run, epochs=p.epochs, steps_per_epoch=steps)
-        best, metric, start_epoch, start_step = r["best"], resumed["metric"], r["epoch"], r["step"]
-        perm, sums = r["perm"].cpu(), r["sums"].to(dev)
-    watch = resume.FiniteWatch(dev)
+    stage = "pretrain"
 
-    def weights() -> dict:
-        """What best.pt and last.pt both hold: the network and the metric of the last epoch."""
+    def __init__(self, run: Run) -> None:
+        cfg, p, dev, world = run.cfg, run.cfg.pretrain, run.device, run.world
+        splits = load_splits(cfg.data, ("train", "val"))
+        self.train, val = splits["train"], splits["val"]
+        self.shot = p.val_shot or cfg.meta.shot
+        self.val = run.eval_episodes(val, "val", p.val_episodes, shot=self.shot, seed=cfg.seed + 1)
+        self.batch = min(p.batch_size, len(self.train))
+        if self.batch % world.size:
+            raise MtlError(
+                f"pretrain.batch_size={self.batch} must be divisible by the {world.size} processes"
+            )
+        super().__init__(run, epochs=p.epochs, steps=len(self.train) // self.batch)
+        self.model = sync_batch_norm(run.backbone(pretraining=True), dev).to(
+            dev, memory_format=devices.memory_format()
+        )
+        self.head = classifier(self.model.num_features, self.train.num_classes, p.head_hidden).to(dev)
+        devices.maybe_compile(self.model, cfg.compile)
+        self.net = nn.Sequential(self.model, self.head)
+        if world.active:  # gradients averaged over the ranks' slices of every global batch
+            ids = [torch.cuda.current_device()] if dev.type == "cuda" else None  # this rank's GPU
+            self.net = DistributedDataParallel(self.net, device_ids=ids)
+        params = list(self.model.parameters()) + list(self.head.parameters())
+        self.opt = torch.optim.SGD(
+            params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay
+        )
+        self.sched = _scheduler(cfg, self.opt)
+        # The whole train split lives on the device as uint8: batches are gathered by index, not loaded.
+        self.images = run.to_device(self.train.images)
+        self.labels = torch.from_numpy(self.train.labels).to(dev)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        aug = p.augment
+        self.augment = TrainAugment(run.pre, aug.crop_scale, aug.flip, gen) if aug.enabled else run.pre
+        self.generators = {"batches": gen}
+        self.best["epoch"] = self.metric["epoch"] = -1
+        self.perm: torch.Tensor | None = None
+        self.sums = torch.zeros(2, device=dev)  # loss sum, correct predictions of the epoch so far
+        run.monitor.line(
+            f"{self.train.num_classes} classes, {len(self.train)} images, {self.steps} steps/epoch of "
+            f"{self.batch}, device {dev.type}"
+        )
+
+    def weights(self) -> dict:
         return {
-            "encoder": model.state_dict(),
-            "head": head.state_dict(),
-            "class_names": train.class_names,
-            "metric": metric,
+            "encoder": self.model.state_dict(),
+            "head": self.head.state_dict(),
+            "class_names": self.train.class_names,
         }
 
-    def save_last(epoch: int, step: int) -> None:
-        """``last.pt`` with everything needed to continue after ``step`` steps of ``epoch``."""
-        watch.check("pretrain", steps, run.out, world)
-        share = world.sum(sums) / world.size  # each rank's share of the epoch's sums
-        position = {"epoch": epoch, "step": step, "perm": perm, "best": best, "sums": share}
-        state = {**weights(), "resume": resume.training_state(opt, sched, generators, **position)}
-        run.save("last.pt", state, keep_previous=True)
+    def position(self) -> dict:
+        return {"perm": self.perm}
 
-    every, identity = cfg.checkpoint_every, nn.Identity()
-    with resume.graceful_stop() as stop:
-        for epoch in range(start_epoch, p.epochs):
-            model.train()
-            head.train()
-            first = start_step if epoch == start_epoch else 0
-            if first == 0:
-                perm = torch.randperm(len(train), generator=gen)  # host: gathering takes host ids
-                sums = torch.zeros(2, device=dev)
-            with timer() as elapsed:
-                for i in run.monitor.progress(
-                    range(first, steps), length=steps - first, label=f"pretrain {epoch + 1}/{p.epochs}"
-                ):
-                    idx = perm[i * batch : (i + 1) * batch]
-                    # Every rank augments the whole global batch (the same random draws), then
-                    # trains on its slice: together they compute one process's step.
-                    x, y = augment(images[idx]), labels[idx.to(dev, non_blocking=True)]
-                    x, y = x[world.slice(batch)], y[world.slice(batch)]
-                    loss, hits = train_step(net, identity, opt, x, y, p.label_smoothing, cfg.precision)
-                    watch.update(loss, epoch * steps + i)
-                    sums += torch.stack([loss, hits.to(loss.dtype)])
-                    boundary = bool(every) and (epoch * steps + i + 1) % every == 0
-                    if i + 1 < steps and (boundary or (stop["signum"] and not world.active)):
-                        save_last(epoch, i + 1)
-                        if signum := resume.agreed_signal(stop, world, dev):
-                            raise resume.Stopped.at("pretrain", epoch, i + 1, run.out, signum)
-            lr = opt.param_groups[0]["lr"]
-            sched.step()
-            watch.check("pretrain", steps, run.out, world)
-            total = world.sum(sums)
-            train_loss, correct = total[0] / (steps * world.size), total[1]
-            if epoch == 0:
-                run.monitor.images("train/batch", images[perm[:32]], 0)
+    def sums_to_save(self) -> torch.Tensor:
+        return self.run.world.sum(self.sums) / self.run.world.size  # each rank's share of the epoch's sums
 
-            feats = run.features(model, val_images)
-            acc, ci = mean_ci(nearest_centroid(feats, val_episodes, shot))
-            step = (epoch + 1) * steps
-            run.monitor.scalars(
-                step,
-                **{
-                    "train/loss": train_loss,
-                    "train/acc": correct / (steps * batch),
-                    "train/lr": lr,
-                    "train/images_per_s": (steps - first) * batch / max(elapsed[0], 1e-9),
-                    "val/acc": acc,
-                    "val/ci95": ci,
-                },
-            )
-            metric = {"val_acc": acc, "val_ci95": ci, "epoch": epoch + 1}
-            improved = acc > best["val_acc"]
-            if improved:
-                best = dict(metric)
-                run.save("best.pt", weights())
-            save_last(epoch + 1, 0)
-            run.monitor.line(
-                f"epoch {epoch + 1}/{p.epochs}  loss {float(train_loss):.3f}  "
-                f"train-acc {float(correct) / (steps * batch):.1%}  "
-                f"val {m.way}-way {shot}-shot {acc:.2f} ± {ci:.2f}%{'  (best)' if improved else ''}  "
-                f"{(steps - first) * batch / max(elapsed[0], 1e-9):.0f} img/s"
-            )
-            if (signum := resume.agreed_signal(stop, world, dev)) and epoch + 1 < p.epochs:
-                raise resume.Stopped.at("pretrain", epoch + 1, 0, run.out, signum)
-    run.monitor.close()
-    return best
+    def restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["encoder"])
+        self.head.load_state_dict(ckpt["head"])
+        self.perm = ckpt["resume"]["perm"].cpu()
+
+    def begin_epoch(self, epoch: int, fresh_epoch: bool) -> None:
+        self.model.train()
+        self.head.train()
+        if fresh_epoch:
+            self.perm = torch.randperm(len(self.train), generator=self.generators["batches"])  # host ids
+            self.sums = torch.zeros(2, device=self.run.device)
+
+    def step(self, epoch: int, i: int) -> None:
+        world, batch = self.run.world, self.batch
+        idx = self.perm[i * batch : (i + 1) * batch]
+        # Every rank augments the whole global batch (the same random draws), then trains on its slice:
+        # together they compute one process's step.
+        x, y = self.augment(self.images[idx]), self.labels[idx.to(self.run.device, non_blocking=True)]
+        x, y = x[world.slice(batch)], y[world.slice(batch)]
+        p = self.run.cfg.pretrain
+        loss, hits = train_step(self.net, self.opt, x, y, p.label_smoothing, self.run.cfg.precision)
+        self.watch.update(loss, epoch * self.steps + i)
+        self.sums += torch.stack([loss, hits.to(loss.dtype)])
+
+    def validate(self, epoch: int) -> tuple[float, float, str]:
+        run, world, steps, batch = self.run, self.run.world, self.steps, self.batch
+        total = world.sum(self.sums)
+        train_loss, correct = total[0] / (steps * world.size), total[1]
+        if epoch == 0:
+            run.monitor.images("train/batch", self.images[self.perm[:32]], 0)
+        feats = run.features(self.model, self.val[0])
+        acc, ci = mean_ci(nearest_centroid(feats, self.val[1], self.shot))
+        run.monitor.scalars(
+            (epoch + 1) * steps,
+            **{"train/loss": train_loss, "train/acc": correct / (steps * batch), "train/lr": self.lrs["0"]},
+            **{
+                "train/images_per_s": self.done * batch / max(self.seconds, 1e-9),
+                "val/acc": acc,
+                "val/ci95": ci,
+            },
+        )
+        way = run.cfg.meta.way
+        line = (
+            f"epoch {epoch + 1}/{self.epochs}  loss {float(train_loss):.3f}  "
+            f"train-acc {float(correct) / (steps * batch):.1%}  "
+            f"val {way}-way {self.shot}-shot {acc:.2f} ± {ci:.2f}%"
+        )
+        return acc, ci, line
+
+    def speed_note(self) -> str:
+        return f"  {self.done * self.batch / max(self.seconds, 1e-9):.0f} img/s"

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtl.data import cache
-from mtl.data.cache import Split, dataset_fingerprint, load_manifest, load_split, save_dataset
+from mtl.data import prepared
+from mtl.data.prepared import Split, dataset_fingerprint, load_manifest, load_split, save_dataset
 from mtl.errors import MtlError
 
 
@@ -81,7 +81,7 @@ def test_mmap_load_is_read_only_memmap(saved: Path, splits: dict[str, Split]) ->
 
 def test_fingerprint_streams_and_tracks_content(monkeypatch, splits: dict[str, Split]) -> None:
     whole = dataset_fingerprint(splits)
-    monkeypatch.setattr(cache, "_HASH_CHUNK", 7)  # forces one image row per chunk
+    monkeypatch.setattr(prepared, "_HASH_CHUNK", 7)  # forces one image row per chunk
     assert dataset_fingerprint(splits) == whole
     changed = Split(splits["val"].images.copy(), splits["val"].labels, splits["val"].class_names)
     changed.images[3, 2, 1, 0] ^= 1
@@ -90,20 +90,10 @@ def test_fingerprint_streams_and_tracks_content(monkeypatch, splits: dict[str, S
     assert dataset_fingerprint({**splits, "val": renamed}) != whole
 
 
-def test_indices_by_class_matches_plain_reference() -> None:
-    split = _split(30, 5, seed=4)
-    groups = split.indices_by_class()
-    assert len(groups) == 5
-    for k, idx in enumerate(groups):
-        np.testing.assert_array_equal(idx, np.flatnonzero(split.labels == k))
-    assert split.indices_by_class() is groups
-
-
 def test_grey_and_empty_classes() -> None:
     images = np.zeros((4, 3, 3, 1), np.uint8)
     split = Split(images, np.array([0, 0, 2, 2], dtype=np.int32), ["a", "b", "c"])
     assert split.labels.dtype == np.int64 and split.image_shape == (3, 3, 1)
-    assert [g.tolist() for g in split.indices_by_class()] == [[0, 1], [], [2, 3]]
 
 
 @pytest.mark.parametrize(
@@ -135,14 +125,14 @@ def test_missing_folder_and_manifest(tmp_path: Path, saved: Path) -> None:
 
 def test_interrupted_write_leaves_nothing_loadable(monkeypatch, tmp_path: Path, splits) -> None:
     dest = tmp_path / "ds"
-    real = cache._write_json
+    real = prepared._write_json
 
     def crash_on_manifest(path: Path, obj) -> None:
         if path.name == "manifest.json":
             raise KeyboardInterrupt
         real(path, obj)
 
-    monkeypatch.setattr(cache, "_write_json", crash_on_manifest)
+    monkeypatch.setattr(prepared, "_write_json", crash_on_manifest)
     with pytest.raises(KeyboardInterrupt):
         save_dataset(dest, splits, source_format="unit")
     assert list(tmp_path.iterdir()) == []  # neither dest nor the temporary folder
@@ -171,10 +161,10 @@ def test_replace_keeps_old_dataset_until_new_one_is_in(monkeypatch, saved: Path,
             raise OSError("disk full")
         real_replace(src, dst)
 
-    monkeypatch.setattr(cache.os, "replace", fail_second)
+    monkeypatch.setattr(prepared.os, "replace", fail_second)
     with pytest.raises(OSError, match="disk full"):
         save_dataset(saved, new, source_format="unit")
-    monkeypatch.setattr(cache.os, "replace", real_replace)
+    monkeypatch.setattr(prepared.os, "replace", real_replace)
     np.testing.assert_array_equal(load_split(saved, "val").images, splits["val"].images)
     assert sorted(p.name for p in saved.parent.iterdir()) == ["ds"]
 

@@ -14,25 +14,15 @@ from mtl import atomic, checkpoint, distributed
 from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import Preprocess
-from mtl.data.cache import Split
 from mtl.data.episodes import ImageRows, check_episode_shape, episode_images, fixed_episodes
+from mtl.data.prepared import Split
 from mtl.data.store import ImageStore
 from mtl.distributed import World
 from mtl.errors import MtlError
 from mtl.evaluate import extract_features
 from mtl.models.backbone import build_backbone
 from mtl.monitor import Monitor
-
-# Config keys a later stage must share with the checkpoint it builds on.
-MODEL_KEYS = (
-    "data.dataset",
-    "data.image_size",
-    "data.channels",
-    "data.resize",
-    "data.glyphs",
-    "backbone.name",
-    "backbone.widths",
-)
+from mtl.training.keys import MODEL_KEYS
 
 
 @dataclass
@@ -69,7 +59,7 @@ class Run:
         log_dir = checkpoints / cfg.run_name(stage) / "tb" / folder
         monitor = Monitor(log_dir, folder, quiet=quiet, enabled=world.main)
         d = cfg.data
-        pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(device), d.resize)
+        pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
         return cls(cfg, stage, checkpoints, out, device, monitor, pre, world)
 
     def previous(self, stage: str) -> dict:
@@ -96,7 +86,7 @@ class Run:
     def features(self, model: nn.Module, images: np.ndarray) -> torch.Tensor:
         """``(N, H, W, C)`` uint8 -> ``(N, D)`` float32 features on the device; no grad, eval mode."""
         was_training = model.training
-        model.eval().to(memory_format=devices.memory_format(self.device))
+        model.eval().to(memory_format=devices.memory_format())
 
         def encode(batch: torch.Tensor) -> torch.Tensor:
             with devices.autocast(self.device, self.cfg.precision):

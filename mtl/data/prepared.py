@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ class Split:
     images: np.ndarray
     labels: np.ndarray
     class_names: list[str]
-    _by_class: list[np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -77,14 +76,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    def indices_by_class(self) -> list[np.ndarray]:
-        """``K`` sorted int64 arrays: the image indices of each class (computed once)."""
-        if self._by_class is None:
-            order = np.argsort(self.labels, kind="stable")  # stable keeps indices sorted within a class
-            counts = np.bincount(self.labels, minlength=self.num_classes)
-            self._by_class = np.split(order, np.cumsum(counts)[:-1])
-        return self._by_class
 
 
 def _describe(a: Any) -> str:

@@ -21,6 +21,7 @@ import torch
 from mtl import checkpoint
 from mtl.distributed import World
 from mtl.errors import MtlError
+from mtl.training.keys import NOT_TRAINING
 
 
 class Stopped(Exception):
@@ -102,7 +103,7 @@ def load_resume(
 
     ``fresh`` ignores it. An unreadable ``last.pt`` falls back to ``last.prev.pt`` (the one before it),
     saying so through ``note``. A checkpoint whose resolved config differs in a key that ``matters``
-    (default: any key but :data:`RESUMABLE`) is an error naming the keys.
+    (default: any key but :data:`~mtl.training.keys.NOT_TRAINING`) is an error naming the keys.
     """
     if fresh:
         return None
@@ -120,7 +121,7 @@ def load_resume(
         return None
     if "resume" not in ckpt:
         raise MtlError(f"{out / 'last.pt'} has no resume state (older mtl); run with --fresh to start over")
-    matters = matters or (lambda key: not key.startswith(RESUMABLE))
+    matters = matters or (lambda key: not key.startswith(NOT_TRAINING))
     diff = [k for k in config_diff(ckpt["config"], config) if matters(k)]
     if diff:
         raise MtlError(
@@ -167,13 +168,6 @@ def agreed_signal(stop: dict[str, int], world: World, device: torch.device) -> i
         return stop["signum"]
     anyone = world.sum(torch.tensor([float(stop["signum"])], device=device))
     return stop["signum"] or (signal.SIGTERM if float(anyone) > 0 else 0)
-
-
-# Keys (prefixes) that may change between a run and its resumption: training does not read them.
-RESUMABLE = (
-    "device", "compile", "checkpoint_every", "paper.", "ablation.", "test.episodes", "test.seed",
-    "test.batch_size",
-)  # fmt: skip
 
 
 @contextmanager

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from mtl.config import Config
-from mtl.data.cache import Split
 from mtl.data.episodes import EpisodeSampler
+from mtl.data.prepared import Split
 from mtl.data.store import ImageStore
-from mtl.hard_tasks import HardTaskPool, per_class_scores
+from mtl.hard_tasks.pool import HardTaskPool, per_class_scores
 from mtl.monitor import Monitor
 
 
