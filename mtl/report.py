@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from mtl.errors import MtlError
+from mtl.methods import METHODS
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -35,7 +36,8 @@ DATASET_LABELS = {
     "omniglot": "Omniglot",
     "glyphs": "glyphs",
 }
-_METHOD_ORDER = ("MTL", "θ fine-tuned", "nearest centroid, pretrained", "nearest centroid, raw")
+# Rows in the registry's order of methods (older results' FT label starts with "θ fine-tuned").
+_METHOD_ORDER = (*(cls.label for cls in METHODS.values()), "θ fine-tuned")
 
 
 def collect(checkpoints: str | Path) -> str:

@@ -24,7 +24,8 @@ import re
 
 import numpy as np
 
-from mtl.data.glyphs import _FRACTIONS, SPLITS, Template, _cubic, _curve_points, _stroke, assemble
+from mtl.data.glyphs import _FRACTIONS, SPLITS
+from mtl.data.strokes import Template, assemble, cubic, curve_points, stroke
 from mtl.errors import MtlError
 
 _SIZES = np.arange(1, 7)  # the family sizes of one block, shuffled per block
@@ -94,10 +95,10 @@ def family_split_ids(classes: int, seed: int) -> dict[str, np.ndarray]:
     return {name: np.arange(edges[i], edges[i + 1], dtype=np.int64) for i, name in enumerate(SPLITS)}
 
 
-def _samples(stroke: np.ndarray, per_cubic: int = 16) -> np.ndarray:
-    """``(n, 2)`` points along a stroke's chained cubics ``(4 or 7, 2)``."""
-    cubics = np.stack([stroke[k : k + 4] for k in range(0, len(stroke) - 1, 3)])
-    return _curve_points(cubics[None], per_cubic)[0]
+def _samples(controls: np.ndarray, per_cubic: int = 16) -> np.ndarray:
+    """``(n, 2)`` points along a stroke's chained cubics, control points ``(4 or 7, 2)``."""
+    cubics = np.stack([controls[k : k + 4] for k in range(0, len(controls) - 1, 3)])
+    return curve_points(cubics[None], per_cubic)[0]
 
 
 def _gap(a: np.ndarray, b: np.ndarray) -> float:
@@ -126,7 +127,7 @@ def _mark(
 
     def draw(r: np.random.Generator) -> np.ndarray:
         start = np.clip(site + _SITE_SPREAD * r.standard_normal(2), -0.7, 0.7)
-        return _cubic(r, start, _MARK_LENGTH)
+        return cubic(r, start, _MARK_LENGTH)
 
     def score(mark: np.ndarray) -> float:
         pts = _samples(mark)
@@ -141,7 +142,7 @@ def family_template(seed: int, class_id: int) -> Template:
     bounds = family_bounds(int(class_id) + 1, seed)
     family, member = len(bounds) - 2, class_id - int(bounds[-2])
     rng = np.random.default_rng([seed, family, 2])
-    base = [_stroke(rng) for _ in range(_BASE_STROKES)]
+    base = [stroke(rng) for _ in range(_BASE_STROKES)]
     base_pts = np.concatenate([_samples(s) for s in base])
     site = _nearest(
         rng, lambda r: r.uniform(-0.6, 0.6, size=2), lambda x: _gap(x[None], base_pts) - _SITE_GAP

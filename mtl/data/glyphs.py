@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mtl.data.prepared import Split, load_manifest, load_split, save_dataset
+from mtl.data.strokes import Template, assemble, cubic, curve_points, splat, stroke
 from mtl.errors import MtlError
 
 
@@ -63,10 +64,8 @@ PRESETS: dict[str, GlyphStyle] = {
 SPLITS = ("train", "val", "test")
 _FRACTIONS = (0.64, 0.16)  # train / val share of the classes, the rest is test (miniImageNet: 64/16/20)
 _FILL = 0.34  # pixels per glyph unit / image size: the [-1, 1] box spans 68% of the image
-_BOX = 0.85  # strokes end inside [-_BOX, _BOX]²
 _SPACING = 0.75  # max distance in pixels between curve samples; the stamp error is < 0.1 px
 _DISTRACTOR_LENGTH = (0.3, 0.6)  # shorter than class strokes, so a person can still tell them apart
-_CHUNK = 1 << 22  # splat elements processed at once, bounds memory
 _MAX_SIZE = 1024
 _VERSION = 1  # bump when the drawing changes, so existing caches are regenerated
 
@@ -109,59 +108,12 @@ def class_split_ids(classes: int, preset: str, seed: int) -> dict[str, np.ndarra
     return _families().family_split_ids(classes, seed) if preset == "families" else split_class_ids(classes)
 
 
-def _cubic(rng: np.random.Generator, start: np.ndarray, length: tuple[float, float]) -> np.ndarray:
-    """``(4, 2)`` control points of a gently bent cubic from ``start`` in a random direction."""
-    size = rng.uniform(*length)
-    for _ in range(20):  # a direction that stays inside the box, so strokes keep their length
-        angle = rng.uniform(0, 2 * np.pi)
-        end = start + size * np.array([np.cos(angle), np.sin(angle)])
-        if np.abs(end).max() <= _BOX:
-            break
-    else:
-        end = start - size * start / max(np.linalg.norm(start), 1e-6)  # towards the centre
-    chord = end - start
-    normal = np.array([-chord[1], chord[0]])
-    bend = rng.uniform(-0.5, 0.5, size=2)
-    return np.stack(
-        [start, start + chord / 3 + bend[0] * normal, start + 2 * chord / 3 + bend[1] * normal, end]
-    )
-
-
-def _stroke(rng: np.random.Generator) -> np.ndarray:
-    """``(4, 2)`` or ``(7, 2)`` control points: one cubic, or two chained ones sharing an end point."""
-    first = _cubic(rng, rng.uniform(-0.7, 0.7, size=2), (0.9, 1.5))
-    if rng.random() < 0.5:
-        return first
-    second = _cubic(rng, first[3], (0.6, 1.2))
-    if rng.random() < 0.5:  # smooth continuation; otherwise the chain keeps a corner
-        tangent = first[3] - first[2]
-        second[1] = (
-            first[3] + tangent / max(np.linalg.norm(tangent), 1e-6) * np.linalg.norm(second[3] - first[3]) / 3
-        )
-    return np.concatenate([first, second[1:]])
-
-
-Template = tuple[np.ndarray, np.ndarray, np.ndarray]  # points (P, 2), stroke per point (P,), cubics (S, 4)
-
-
-def assemble(strokes: list[np.ndarray]) -> Template:
-    """A class's strokes ``(4 or 7, 2)`` as points ``(P, 2)``, stroke id per point ``(P,)`` and the point
-    indices of each cubic ``(S, 4)``."""
-    points = np.concatenate(strokes)
-    stroke_of = np.concatenate([np.full(len(s), i) for i, s in enumerate(strokes)])
-    segments, offset = [], 0
-    for s in strokes:
-        segments += [np.arange(offset + 3 * k, offset + 3 * k + 4) for k in range((len(s) - 1) // 3)]
-        offset += len(s)
-    return points, stroke_of, np.stack(segments)
-
-
 def _class_template(seed: int, class_id: int, preset: str) -> Template:
     """A class's strokes: 1-4 independent ones, or its family's base and own mark for ``families``."""
     if preset == "families":
         return _families().family_template(seed, class_id)
     rng = np.random.default_rng([seed, class_id, 0])
-    return assemble([_stroke(rng) for _ in range(rng.integers(1, 5))])
+    return assemble([stroke(rng) for _ in range(rng.integers(1, 5))])
 
 
 class _Draw(NamedTuple):
@@ -191,7 +143,7 @@ def _image_params(rng: np.random.Generator, template: tuple, style: GlyphStyle, 
     width = rng.uniform(*style.width) * size
     lo, hi = style.distractors
     count = rng.integers(lo, hi + 1) if hi else 0
-    extra = [_cubic(rng, rng.uniform(-0.7, 0.7, size=2), _DISTRACTOR_LENGTH) for _ in range(hi)]
+    extra = [cubic(rng, rng.uniform(-0.7, 0.7, size=2), _DISTRACTOR_LENGTH) for _ in range(hi)]
     extra = np.stack(extra) if extra else np.zeros((0, 4, 2))
     ink, paper = _colours(rng, channels, style)
     noise = rng.standard_normal((size, size, channels), dtype=np.float32)
@@ -221,46 +173,6 @@ def _bound_samples(length: float, style: GlyphStyle, size: int) -> int:
     return max(4, math.ceil(pixels / _SPACING))
 
 
-def _curve_points(cubics: np.ndarray, samples: int) -> np.ndarray:
-    """``(n, S * samples, 2)`` points evenly spaced in ``t`` along ``n`` images' cubics ``(n, S, 4, 2)``."""
-    t = np.linspace(0.0, 1.0, samples)[:, None]
-    bernstein = np.concatenate([(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t**2 * (1 - t), t**3], axis=1)
-    n, s = cubics.shape[:2]
-    return np.einsum("tk,nskd->nstd", bernstein, cubics).reshape(n, s * samples, 2)
-
-
-def _splat(points: np.ndarray, keep: np.ndarray, width: np.ndarray, size: int) -> np.ndarray:
-    """Anti-aliased ink coverage ``(n, size, size)`` in [0, 1] of dense curve samples.
-
-    Args:
-        points: ``(n, M, 2)`` curve samples as (x, y) pixel coordinates; pixel centres sit at ``i + 0.5``.
-        keep: ``(n, M)`` bool, False for samples of strokes an image does not draw.
-        width: ``(n,)`` pen width in pixels.
-
-    Every sample stamps ``clip(width/2 + 0.5 - dist, 0, 1)`` on the pixels around it, keeping the max per
-    pixel: with samples much closer than a pixel this is the coverage at the distance to the curve.
-    """
-    n, m = keep.shape
-    half = (width / 2 + 0.5).astype(np.float32)
-    out = np.zeros(n * size * size, np.float32)
-    radius = math.ceil(half.max()) if n else 0  # stamps beyond reach of the widest pen add nothing
-    offsets = np.arange(-radius, radius + 1)
-    per_chunk = max(1, _CHUNK // (m * len(offsets) ** 2))
-    for a in range(0, n, per_chunk):
-        q = points[a : a + per_chunk].astype(np.float32)
-        pix = np.floor(q).astype(np.int32)[..., None] + offsets  # (b, M, 2, K) pixel column / row
-        # Squared distances per axis, infinite where the pixel is off the image or the sample unused.
-        d2 = (pix + 0.5 - q[..., None]) ** 2
-        d2[(pix < 0) | (pix >= size) | ~keep[a : a + per_chunk, :, None, None]] = np.inf
-        dist2 = d2[:, :, 1, :, None] + d2[:, :, 0, None, :]  # (b, M, K rows, K cols)
-        hit = dist2 < half[a : a + per_chunk, None, None, None] ** 2
-        i, s, r, c = np.nonzero(hit)
-        cov = np.minimum(half[a + i] - np.sqrt(dist2[hit]), 1.0)
-        flat = ((a + i) * size + pix[i, s, 1, r]) * size + pix[i, s, 0, c]
-        np.maximum.at(out, flat, cov)
-    return out.reshape(n, size, size)
-
-
 def render_class(
     class_id: int, n: int, *, image_size: int, channels: int, preset: str, seed: int
 ) -> np.ndarray:
@@ -273,14 +185,14 @@ def render_class(
     # Sample counts depend only on the class and the style, so an image never depends on its batch.
     points, segments = template[0], template[2]
     longest = np.abs(np.diff(points[segments], axis=1)).sum(-1).sum(-1).max() + 6 * style.jitter
-    class_pts = _curve_points(cubics, _bound_samples(longest, style, image_size))
+    class_pts = curve_points(cubics, _bound_samples(longest, style, image_size))
     extra_samples = _bound_samples(2.25 * _DISTRACTOR_LENGTH[1], style, image_size)
-    extra_pts = _curve_points(extra, extra_samples)
+    extra_pts = curve_points(extra, extra_samples)
     extra_keep = np.repeat(np.arange(extra.shape[1]) < count[:, None], extra_samples, axis=1)
     keep = np.concatenate([np.ones(class_pts.shape[:2], bool), extra_keep], axis=1)
     centre = image_size / 2 + shift[:, None, :]
     points = np.concatenate([class_pts, extra_pts], axis=1) @ affine.transpose(0, 2, 1) * (_FILL * image_size)
-    cov = _splat(points + centre, keep, width, image_size)[..., None]  # (n, H, W, 1)
+    cov = splat(points + centre, keep, width, image_size)[..., None]  # (n, H, W, 1)
     img = paper[:, None, None, :] + (ink - paper)[:, None, None, :] * cov + style.noise * noise
     return np.rint(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
 
