@@ -97,7 +97,7 @@ def main() -> None:
 
 
 main.add_command(_stage_command("pretrain", "Stage 1: pretrain the encoder on the base classes."))
-main.add_command(_stage_command("metatrain", "Stage 2: meta-train SS weights and θ (needs pretrain)."))
+main.add_command(_stage_command("metatrain", "Stage 2: meta-train the pipeline's method (MTL: SS and θ)."))
 main.add_command(
     _stage_command("metatest", "Stage 3: accuracy ± 95% CI on fixed test episodes (needs metatrain).")
 )

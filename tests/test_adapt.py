@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from mtl.data.augment import Preprocess
 from mtl.data.images import to_pixels
 from mtl.data.prepare import prepare
 from mtl.models.backbone import build_backbone
+from mtl.stages.metatrain import metatrain
 
 PIPELINE = str(Path(__file__).resolve().parents[1] / "pipelines" / "glyphs-1shot.yaml")
 # One flat colour per class: easy enough that even a 2-epoch encoder separates unseen classes.
@@ -250,3 +252,34 @@ def test_user_errors_are_one_line_naming_the_path(model, tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(named) in lines[0], result.output
     if case == "pretrain-checkpoint":
         assert "is a pretrain checkpoint, expected metatrain" in lines[0]
+
+
+def test_adapt_with_a_protonet_checkpoint_classifies_by_the_nearest_prototype(model, tmp_path):
+    """Any trained method's checkpoint adapts: ProtoNet's probabilities are the softmax of −‖q − c_k‖²
+    over the support means of its encoder's features, classes with different numbers of images."""
+    cfg = dataclasses.replace(model.cfg, method="protonet", name="proto")
+    ckpts = model.best.parents[2]
+    metatrain(cfg, ckpts, quiet=True)
+    best = ckpts / "proto" / "metatrain" / "best.pt"
+    support = write_classes(tmp_path / "support", {"red": 3, "green": 1, "blue": 2}, seed=3)
+    query = write_classes(tmp_path / "query", dict.fromkeys(TEST_COLOURS, 2), seed=4)
+    res = adapt(best, support, query, quiet=True)
+    assert res["theta_init"] == "support means"
+
+    ckpt = checkpoint.load(best, stage="metatrain")
+    encoder = build_backbone(cfg.backbone.name, in_chans=3, widths=cfg.backbone.widths)
+    encoder.load_state_dict(ckpt["encoder"])
+    encoder.eval()
+    pre = Preprocess(cfg.data.image_size, 3, cfg.data.mean, cfg.data.std)
+
+    def encode(paths: list[Path]) -> torch.Tensor:
+        pixels = np.stack([to_pixels(p, cfg.data.image_size, 3) for p in paths])
+        with torch.no_grad():
+            return encoder(pre(torch.from_numpy(pixels)))
+
+    classes = res["classes"]
+    protos = torch.stack([encode(sorted((support / c).iterdir())).mean(0) for c in classes])
+    x_q = encode(sorted(query.rglob("*.png")))
+    want = torch.softmax(-torch.cdist(x_q, protos).square(), dim=-1)
+    got = torch.tensor([[p["probs"][c] for c in classes] for p in res["predictions"]])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
