@@ -28,6 +28,7 @@ from torch import nn
 
 from mtl import atomic, reference, ss
 from mtl import device as devices
+from mtl.bench_maml import bench_maml
 from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess, TrainAugment
 from mtl.data.episodes import EpisodeSampler, fixed_episodes
@@ -281,10 +282,12 @@ def run_bench(
         "metatrain": bench_metatrain(s, images, labels, dev),
         "pretrain": bench_pretrain(s, images, labels, dev),
         "scaling": bench_scaling(s, images, labels, dev),
+        "maml": bench_maml(s, images, labels, dev),
     }
     result["metatest_speedup"] = result["metatest"]["speedup"]
     result["metatrain_speedup"] = result["metatrain"]["speedup"]
     result["pretrain_efficiency"] = result["pretrain"]["efficiency"]
+    result["maml_speedup"] = result["maml"]["speedup"]
     result["seconds"] = time.perf_counter() - started
     atomic.write_text(out, json.dumps(result, indent=2) + "\n")
     print("\n".join(bench_table(result)) + f"\n\nwritten to {out} ({result['seconds']:.0f} s in all)")

@@ -146,7 +146,7 @@ def compare_command(
     if list_rows:
         for name, (method, label, sets) in methods.variants().items():
             extra = ", ".join(f"{k}={v}" for k, v in sets.items())
-            click.echo(f"{name:<16} {label}  [method={method}{', ' + extra if extra else ''}]")
+            click.echo(f"{name:<18} {label}  [method={method}{', ' + extra if extra else ''}]")
         return
     cfg = config.load(pipeline, overrides)
     rows = [n.strip() for n in names.split(",") if n.strip()] if names else None

@@ -166,6 +166,38 @@ class ProtoNetConfig:
 
 
 @dataclass
+class MAMLConfig:
+    inner_steps: int = option(
+        5, min=0, doc="gradient steps on each support set in meta-training (the paper: 5)"
+    )
+    test_inner_steps: int = option(10, min=0, doc="the same at validation and test (the paper: 10)")
+    inner_lr: float = option(0.01, min=0.0, doc="α, the inner step size (the paper: 0.01 on miniImageNet)")
+    first_order: bool = option(False, doc="drop the second derivatives (first-order MAML)")
+    lr: float = option(1e-3, min=0.0, doc="β, Adam's lr of the initialisation (decayed like the meta-LRs)")
+    pretrained: bool = option(
+        False, doc="start the encoder from the pretrain stage; false: random (the paper)"
+    )
+
+
+@dataclass
+class MatchingNetConfig:
+    lr: float = option(1e-3, min=0.0, doc="Adam lr (decayed like the meta-LRs)")
+    fce: bool = option(False, doc="full-context embeddings: support bi-LSTM, attention LSTM for queries")
+    fce_steps: int = option(5, min=1, doc="processing steps K of the attention LSTM")
+    pretrained: bool = option(
+        False, doc="start the encoder from the pretrain stage; false: random (the paper)"
+    )
+
+
+@dataclass
+class SiameseConfig:
+    lr: float = option(1e-3, min=0.0, doc="Adam lr (decayed like the meta-LRs)")
+    pretrained: bool = option(
+        False, doc="start the encoder from the pretrain stage; false: random (the paper)"
+    )
+
+
+@dataclass
 class CompareConfig:
     episodes: int = option(2000, min=1, doc="shared test episodes of mtl compare")
     methods: list[str] | None = option(None, doc="rows of mtl compare (default: every method's variants)")
@@ -199,6 +231,9 @@ class Config:
     ablation: AblationConfig = option(AblationConfig())
     compare: CompareConfig = option(CompareConfig())
     protonet: ProtoNetConfig = option(ProtoNetConfig())
+    maml: MAMLConfig = option(MAMLConfig())
+    matchingnet: MatchingNetConfig = option(MatchingNetConfig())
+    siamese: SiameseConfig = option(SiameseConfig())
     paper: PaperConfig = option(
         PaperConfig(), doc="the published number for this setting, printed beside ours"
     )

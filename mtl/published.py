@@ -18,6 +18,21 @@ PUBLISHED: dict[str, dict[tuple[str, int], tuple[float, float | None, str]]] = {
         ("miniimagenet", 1): (49.4, 0.8, "Snell et al. 2017"),
         ("miniimagenet", 5): (68.2, 0.7, "Snell et al. 2017"),
     },
+    "matchingnet-conv4": {
+        ("miniimagenet", 1): (43.4, 0.8, "Vinyals et al. 2016, as in Ravi & Larochelle 2017"),
+        ("miniimagenet", 5): (55.3, 0.7, "Vinyals et al. 2016, as in Ravi & Larochelle 2017"),
+    },
+    "maml-conv4": {
+        ("miniimagenet", 1): (48.7, 1.8, "Finn et al. 2017"),
+        ("miniimagenet", 5): (63.1, 0.9, "Finn et al. 2017"),
+        ("fc100", 1): (38.1, 1.7, "TADAM's re-run, Oreshkin et al. 2018"),
+        ("fc100", 5): (50.4, 1.0, "TADAM's re-run, Oreshkin et al. 2018"),
+        ("fc100", 10): (56.2, 0.8, "TADAM's re-run, Oreshkin et al. 2018"),
+    },
+    "fomaml-conv4": {
+        ("miniimagenet", 1): (48.07, 1.75, "Finn et al. 2017"),
+        ("miniimagenet", 5): (63.15, 0.91, "Finn et al. 2017"),
+    },
     "mtl": {
         ("miniimagenet", 1): (60.2, 1.8, "Sun et al. 2019, SS without HT"),
         ("miniimagenet", 5): (74.3, 0.9, "Sun et al. 2019, SS without HT"),

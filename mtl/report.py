@@ -123,6 +123,21 @@ def _difference(column: dict) -> str:
     return f"{mtl['acc'] - paper['acc']:+.2f}"
 
 
+def _maml_lines(r: dict) -> list[str]:
+    """The MAML row of ``bench.json`` (absent from files of earlier versions)."""
+    if "maml" not in r:
+        return []
+    q, s = r["maml"], r["setup"]
+    return [
+        f"| MAML meta-train, tasks/s (Conv-4, {q['inner_steps']} steps, second order, meta-batch "
+        f"{s['meta_batch']}) | batched {q['batched_tasks_per_s']:.2f} | "
+        f"per task {q['per_task_tasks_per_s']:.2f} | "
+        f"**{q['speedup']:.1f}x** | {q['batched_peak_mb']:.0f} / {q['per_task_peak_mb']:.0f} |",
+        f"MAML first-step loss: batched {q['first_step_loss_batched']:.6f}, per task "
+        f"{q['first_step_loss_per_task']:.6f} (fp32).",
+    ]
+
+
 def bench_table(r: dict) -> list[str]:
     """``bench.json``'s measurements as Markdown lines."""
     s, t, m, p = r["setup"], r["metatest"], r["metatrain"], r["pretrain"]
@@ -153,6 +168,8 @@ def bench_table(r: dict) -> list[str]:
         f"({same} per episode), mtl as run {t['accuracy_fast']:.2f}% ({t['episodes_equal_fast']} episodes "
         f"equal). Meta-train first-step loss: reference {m['first_step_loss_reference']:.6f}, mtl in fp32 "
         f"{m['first_step_loss_fast_fp32']:.6f}, as run {m['first_step_loss_fast']:.6f}.",
+        "",
+        *_maml_lines(r),
         "",
         "| meta-train scaling | mtl tasks/s | reference tasks/s | ratio |",
         "|---|---:|---:|---:|",

@@ -58,3 +58,10 @@ def test_bench_command_refuses_an_unwritable_out(tmp_path):
     result = CliRunner().invoke(main, ["bench", "--quick", "--out", str(tmp_path / "missing" / "b.json")])
     assert result.exit_code == 2
     assert "missing" in result.output and "Traceback" not in result.output
+
+
+def test_bench_maml_row_batched_equals_the_per_task_loop(bench):
+    _, r = bench
+    q = r["maml"]
+    assert r["maml_speedup"] == q["speedup"] > 0 and q["batched_tasks_per_s"] > 0
+    assert q["first_step_loss_batched"] == pytest.approx(q["first_step_loss_per_task"], rel=1e-5)

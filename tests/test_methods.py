@@ -58,9 +58,9 @@ def test_conv4_layers_parameters_and_feature_widths():
 
 def test_unknown_method_and_misplaced_baselines_are_one_line_errors(tiny_overrides, tmp_path):
     with pytest.raises(
-        MtlError, match=r"method: unknown method 'maml' \(known: mtl, ft, nc, pixels, protonet"
+        MtlError, match=r"method: unknown method 'nope' \(known: mtl, ft, nc, pixels, protonet"
     ):
-        metatrain(config.load(None, [*tiny_overrides, "method=maml"]), tmp_path)
+        metatrain(config.load(None, [*tiny_overrides, "method=nope"]), tmp_path)
     with pytest.raises(MtlError, match="'nc' has nothing to meta-train"):
         metatrain(config.load(None, [*tiny_overrides, "method=nc"]), tmp_path)
     result = CliRunner().invoke(main, ["compare", "pipelines/glyphs-1shot.yaml", "--methods", "nope"])

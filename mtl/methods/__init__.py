@@ -12,9 +12,12 @@ from mtl.config import Config
 from mtl.errors import MtlError
 from mtl.methods.base import Method, meta_update
 from mtl.methods.finetune import FineTune
+from mtl.methods.maml import MAML
+from mtl.methods.matchingnet import MatchingNet
 from mtl.methods.mtl import MTL
 from mtl.methods.nearest_centroid import NearestCentroid, PixelCentroid
 from mtl.methods.protonet import ProtoNet
+from mtl.methods.siamese import Siamese
 
 __all__ = ["METHODS", "Method", "build", "get", "meta_update", "register", "variants"]
 
@@ -27,7 +30,7 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-for _cls in (MTL, FineTune, NearestCentroid, PixelCentroid, ProtoNet):
+for _cls in (MTL, FineTune, NearestCentroid, PixelCentroid, ProtoNet, MatchingNet, Siamese, MAML):
     register(_cls)
 
 

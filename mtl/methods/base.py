@@ -110,6 +110,20 @@ class Method(nn.Module):
         targets = episode_targets(way, n - self.shot, device=y_s.device)
         return self.episode_logits(support, y_s, query, way), targets
 
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of query logits ``(T, n_q, way)`` with targets ``(n_q,)``: cross-entropy."""
+        return F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)))
+
+    def task_loss(
+        self,
+        images: torch.Tensor | ImageStore,
+        tasks: np.ndarray,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss of tasks ``(T, way, shot + query)`` (0-d), their query logits and the targets."""
+        logits, targets = self.task_logits(images, tasks, transform)
+        return self.loss(logits, targets), logits, targets
+
     def param_groups(self) -> list[dict]:
         """Adam parameter groups, each with its ``lr`` and a ``name`` (TensorBoard's ``train/lr_<name>``)."""
         raise NotImplementedError(f"{type(self).__name__} does not train")
@@ -149,15 +163,14 @@ def meta_update(
     loss_scale: float = 1.0,
     sync: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimiser step on the mean query loss of ``tasks`` ``(T, way, shot + query)``.
+    """One optimiser step on the loss of ``tasks`` ``(T, way, shot + query)`` (:meth:`Method.task_loss`).
 
     ``loss_scale`` multiplies the loss before backward and ``sync`` runs between backward and the
     optimiser step: a rank of a multi-process run weighs its share of the meta-batch and averages
     the gradient over the ranks there. Returns the (unscaled) loss (0-d), the detached query
     logits ``(T, way * query, way)`` and their targets.
     """
-    logits, targets = method.task_logits(images, tasks, transform)
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)))
+    loss, logits, targets = method.task_loss(images, tasks, transform)
     opt.zero_grad(set_to_none=True)
     (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     if sync is not None:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mtl import device as devices
 from mtl import methods
@@ -160,7 +159,7 @@ class MetaTraining(Training):
                 *args, batch[mine], self.transform, loss_scale=scale, sync=sync
             )
             logits = world.gather(logits, n)
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(n))
+            loss = self.method.loss(logits, targets)
         else:
             loss, logits, targets = meta_update(*args, batch, self.transform)
         self.watch.update(loss, step)

@@ -1,0 +1,189 @@
+"""MAML (Finn et al. 2017): every weight of the network (encoder + a linear head) is adapted on each
+support set by ``maml.inner_steps`` gradient steps, θ' = θ − α ∇θ L_support(θ), and the initialisation
+θ is meta-learned from the query loss of θ' through those steps (second order; ``maml.first_order``
+drops the second derivatives: FOMAML).
+
+Written functionally (``torch.func.functional_call`` and ``torch.func.grad``) and batched over the
+tasks of a meta-batch with ``torch.func.vmap``: no module is copied and no Python loop runs per task.
+Batch norm keeps no running statistics and normalises with each forward's batch statistics, the
+support set and the query set of each task on their own, as the official MAML code does, also at test
+time: evaluation is transductive over each task's queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mtl import device as devices
+from mtl.config import Config
+from mtl.data.augment import Preprocess
+from mtl.data.episodes import ImageRows, episode_targets
+from mtl.data.store import ImageStore
+from mtl.methods.base import Encode, Method
+
+__all__ = ["MAML", "TaskBatchNorm2d", "adapt", "task_batch_norm_"]
+
+Params = dict[str, Tensor]
+_CONV4_32 = {"backbone.name": "conv4", "backbone.widths": [32, 32, 32, 32], "maml.pretrained": False}
+
+
+def adapt(
+    net: nn.Module, params: Params, x: Tensor, y: Tensor, *, steps: int, lr: float, first_order: bool
+) -> Params:
+    """θ' after ``steps`` gradient steps of the cross-entropy of ``net`` on ``x`` ``(n, C, H, W)``,
+    ``y`` ``(n,)``. Differentiable w.r.t. ``params`` (second order) unless ``first_order``."""
+
+    def loss(p: Params) -> Tensor:
+        return F.cross_entropy(functional_call(net, p, (x,)), y)
+
+    for _ in range(steps):
+        g = grad(loss)(params)
+        if first_order:
+            g = {k: v.detach() for k, v in g.items()}
+        params = {k: params[k] - lr * g[k] for k in params}
+    return params
+
+
+class TaskBatchNorm2d(nn.Module):
+    """Batch norm over each forward's own batch, keeping no running statistics, in plain tensor ops.
+
+    Plain ops because ``vmap`` over ``F.batch_norm`` gives wrong second derivatives in the torch this
+    project runs on (measured: a conv bias before batch norm got a non-zero meta-gradient); these ops
+    batch exactly. ``weight`` and ``bias`` keep ``nn.BatchNorm2d``'s names and values.
+    """
+
+    def __init__(self, bn: _BatchNorm) -> None:
+        super().__init__()
+        channels = bn.num_features
+        self.eps = bn.eps
+        self.weight = nn.Parameter(bn.weight.detach().clone() if bn.affine else torch.ones(channels))
+        self.bias = nn.Parameter(bn.bias.detach().clone() if bn.affine else torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` -> the same, normalised per channel over ``(B, H, W)``."""
+        mean = x.mean((0, 2, 3), keepdim=True)
+        var = x.var((0, 2, 3), unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[
+            :, None, None
+        ]
+
+
+def task_batch_norm_(module: nn.Module) -> nn.Module:
+    """Replace every batch norm of ``module`` by :class:`TaskBatchNorm2d`, in place; returns it."""
+    for name, child in module.named_children():
+        if isinstance(child, _BatchNorm):
+            setattr(module, name, TaskBatchNorm2d(child))
+        else:
+            task_batch_norm_(child)
+    return module
+
+
+class _Net(nn.Module):
+    """Encoder and head as one module, so one ``functional_call`` runs both."""
+
+    def __init__(self, encoder: nn.Module, way: int) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, nn.Linear(encoder.num_features, way)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x))
+
+
+class MAML(Method):
+    name = "maml"
+    label = "MAML"
+    variants = {
+        # The paper's miniImageNet network: Conv-4 with 32 filters per block.
+        "maml-conv4": ("MAML, Conv-4 (32 filters), second order", {**_CONV4_32, "maml.first_order": False}),
+        "fomaml-conv4": ("first-order MAML, Conv-4 (32 filters)", {**_CONV4_32, "maml.first_order": True}),
+    }
+
+    def __init__(self, encoder: nn.Module, cfg: Config) -> None:
+        task_batch_norm_(encoder)  # batch statistics in every forward, none kept
+        super().__init__(encoder, cfg)
+        self.settings, d = cfg.maml, cfg.data
+        self.net = _Net(self.encoder, cfg.meta.way)
+        self.pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
+
+    @classmethod
+    def needs_pretrained(cls, cfg: Config) -> bool:
+        return cfg.maml.pretrained
+
+    def _params(self, way: int) -> Params:
+        """The meta-learned initialisation θ; the head's first ``way`` rows for a ``way``-way task."""
+        params = dict(self.net.named_parameters())
+        if way != self.net.head.out_features:
+            params["head.weight"], params["head.bias"] = (
+                params["head.weight"][:way],
+                params["head.bias"][:way],
+            )
+        return params
+
+    def query_logits(self, support: Tensor, y_support: Tensor, query: Tensor, way: int) -> Tensor:
+        """support ``(T, n_s, C, H, W)`` images, labels ``(n_s,)``, query ``(T, n_q, C, H, W)`` -> the
+        adapted networks' query logits ``(T, n_q, way)``; training or test steps by the module's mode."""
+        s = self.settings
+        steps = s.inner_steps if self.training else s.test_inner_steps
+        first_order = s.first_order or not self.training
+
+        def one_task(params: Params, x_s: Tensor, x_q: Tensor) -> Tensor:
+            adapted = adapt(
+                self.net, params, x_s, y_support, steps=steps, lr=s.inner_lr, first_order=first_order
+            )
+            return functional_call(self.net, adapted, (x_q,))
+
+        with devices.autocast(support.device, self.precision):
+            return vmap(one_task, in_dims=(None, 0, 0), randomness="same")(
+                self._params(way), support, query
+            ).float()
+
+    def task_logits(
+        self, images: torch.Tensor | ImageStore, tasks: np.ndarray, transform: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        T, way, n = tasks.shape
+        x = transform(images[torch.from_numpy(tasks).reshape(-1)])
+        x = x.view(T, way, n, *x.shape[1:])
+        support, query = x[:, :, : self.shot].flatten(1, 2), x[:, :, self.shot :].flatten(1, 2)
+        y_s = episode_targets(way, self.shot, device=x.device)
+        return self.query_logits(support, y_s, query, way), episode_targets(
+            way, n - self.shot, device=x.device
+        )
+
+    def episode_logits(self, support: Tensor, y_support: Tensor, query: Tensor, way: int) -> Tensor:
+        raise NotImplementedError("MAML adapts the whole network: it scores images, not fixed features")
+
+    def features(self, images: ImageRows, encode: Encode, device: torch.device) -> Tensor:
+        """The images themselves, uint8 ``(N, H, W, C)`` on the device: the network adapts per episode,
+        so there are no fixed features to cache."""
+        return torch.from_numpy(np.asarray(images[:])).to(device)
+
+    def evaluate(self, features: Tensor, episodes: Tensor, shot: int, *, chunk: int = 16) -> Tensor:
+        """Accuracy ``(E,)``: each episode adapts its own copy of θ (test steps), ``chunk`` episodes
+        batched at once; no graph outlives a chunk, so memory does not grow with the episode count."""
+        acc = []
+        for start in range(0, len(episodes), chunk):
+            idx = episodes[start : start + chunk].cpu().numpy()
+            with torch.no_grad():  # torch.func.grad still differentiates the inner loop
+                logits, targets = self.task_logits(features, idx, self.pre)
+            acc.append((logits.argmax(-1) == targets).float().mean(-1))
+        return torch.cat(acc)
+
+    def param_groups(self) -> list[dict]:
+        return [{"name": "maml", "params": list(self.net.parameters()), "lr": self.settings.lr}]
+
+    def state(self) -> dict:
+        return {"encoder": self.encoder.state_dict(), "head": self.net.head.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.net.head.load_state_dict(state["head"])
+
+    def init_note(self, way: int) -> str:
+        return "meta-learned network"
