@@ -49,22 +49,28 @@ def _user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+_pipeline = click.argument(
+    "pipeline", type=click.Path(dir_okay=False), required=False, default="pipelines/glyphs-1shot.yaml"
+)
+_overrides = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline key (repeatable)."
+)
+_checkpoints = click.option(
+    "--checkpoints",
+    default="checkpoints",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where run outputs go: <checkpoints>/<name>/<stage>/.",
+)
+_quiet = click.option("--quiet", is_flag=True, help="No console output except errors.")
+
+
 def _stage_command(name: str, doc: str) -> click.Command:
     @click.command(name=name, help=doc)
-    @click.argument(
-        "pipeline", type=click.Path(dir_okay=False), required=False, default="pipelines/glyphs-1shot.yaml"
-    )
-    @click.option(
-        "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline key (repeatable)."
-    )
-    @click.option(
-        "--checkpoints",
-        default="checkpoints",
-        show_default=True,
-        type=click.Path(file_okay=False),
-        help="Where run outputs go: <checkpoints>/<name>/<stage>/.",
-    )
-    @click.option("--quiet", is_flag=True, help="No console output except errors.")
+    @_pipeline
+    @_overrides
+    @_checkpoints
+    @_quiet
     @click.option(
         "--fresh", is_flag=True, help="pretrain, metatrain: start over, do not resume from last.pt."
     )
@@ -109,9 +115,7 @@ main.add_command(
 
 
 @main.command("compare")
-@click.argument(
-    "pipeline", type=click.Path(dir_okay=False), required=False, default="pipelines/glyphs-1shot.yaml"
-)
+@_pipeline
 @click.option(
     "--methods",
     "names",
@@ -119,26 +123,13 @@ main.add_command(
     help="Rows to compare (default: compare.methods, else every method's variants; `mtl compare --list`).",
 )
 @click.option("--list", "list_rows", is_flag=True, help="List the rows mtl compare knows and exit.")
-@click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline key (repeatable)."
-)
-@click.option(
-    "--checkpoints",
-    default="checkpoints",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Where run outputs go: <checkpoints>/<name>/compare/.",
-)
-@click.option("--quiet", is_flag=True, help="No console output except errors.")
+@_overrides
+@_checkpoints
+@_quiet
 @_user_errors
 def compare_command(
-    pipeline: str,
-    names: str | None,
-    list_rows: bool,
-    overrides: tuple[str, ...],
-    checkpoints: str,
-    quiet: bool,
-) -> None:
+    pipeline: str, names: str | None, list_rows: bool, overrides: tuple, checkpoints: str, quiet: bool
+):
     """Every method on the same test episodes of PIPELINE: accuracy ± CI, training time, published number."""
     from mtl import config, methods
     from mtl.stages.compare import compare
@@ -155,9 +146,7 @@ def compare_command(
 
 @main.command("config")
 @click.argument("pipeline", type=click.Path(dir_okay=False))
-@click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline key (repeatable)."
-)
+@_overrides
 @click.option("--json", "as_json", is_flag=True, help='Print {"config": ..., "derived": ...} as JSON.')
 @_user_errors
 def show_config(pipeline: str, overrides: tuple[str, ...], as_json: bool) -> None:
@@ -200,6 +189,11 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str | None) ->
     "--split", callback=_fractions, metavar="TRAIN,VAL,TEST", help="folder: class fractions [0.64,0.16,0.2]."
 )
 @click.option("--seed", default=0, help="folder: seed of the class split.")
+@click.option(
+    "--split-lists",
+    type=click.Path(file_okay=False),
+    help="omniglot: folder of the Vinyals et al. train/val/test.txt lists (else: split by alphabet).",
+)
 @click.option("--skip-bad", is_flag=True, help="Skip undecodable images (counted in the report).")
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding processes [all cores].")
 @click.option("--quiet", is_flag=True, help="No progress or report.")
@@ -214,6 +208,7 @@ def data_prepare(
     skip_bad: bool,
     workers: int | None,
     quiet: bool,
+    split_lists: str | None,
 ) -> None:
     """Convert DATASET at --source (any supported layout, auto-detected) into a prepared dataset."""
     from mtl.data.prepare import prepare
@@ -228,6 +223,7 @@ def data_prepare(
         skip_bad=skip_bad,
         workers=workers,
         quiet=quiet,
+        split_lists=split_lists,
     )
     if not quiet:
         click.echo("\n".join(report.lines()))

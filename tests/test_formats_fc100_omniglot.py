@@ -15,6 +15,7 @@ from PIL import Image
 
 from mtl.data.prepare import prepare
 from mtl.data.prepared import load_split
+from mtl.errors import MtlError
 
 # CIFAR-100's superclass table. Coarse ids are the superclasses in alphabetical order and fine ids the
 # fine classes in alphabetical order, as in the real meta file.
@@ -307,12 +308,17 @@ def _bad(tmp_path: Path, case: str) -> tuple[str, Path, str]:
     if case == "evaluation folder missing":
         write_omniglot(src, ["Latin", "Greek"], ["Angelic", "Keble"])
         shutil.rmtree(src / "images_evaluation")
-        return "omniglot", src, f"{src / 'images_evaluation'}: folder not found"
-    if case == "omniglot zips not unpacked":
+        return "omniglot", src, f"{src / 'images_evaluation'}: folder or .zip not found"
+    if case == "omniglot zip without images":
         src.mkdir()
         for name in ("images_background.zip", "images_evaluation.zip"):
-            (src / name).write_bytes(b"PK\x05\x06" + bytes(18))
-        return "omniglot", src, f"{src / 'images_background.zip'}: unpack it first"
+            (src / name).write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip
+        return "omniglot", src, f"{src / 'images_background.zip'}: no <Alphabet>/characterNN/*.png entries"
+    if case == "omniglot corrupt zip":
+        src.mkdir()
+        for name in ("images_background.zip", "images_evaluation.zip"):
+            (src / name).write_bytes(b"not a zip at all")
+        return "omniglot", src, f"{src / 'images_background.zip'}: not a readable zip"
     raise AssertionError(case)
 
 
@@ -327,8 +333,144 @@ def _bad(tmp_path: Path, case: str) -> tuple[str, Path, str]:
         "archive pickle runs code",
         "omniglot unknown layout",
         "evaluation folder missing",
-        "omniglot zips not unpacked",
+        "omniglot zip without images",
+        "omniglot corrupt zip",
     ],
 )
 def test_bad_input_ends_with_one_line_naming_the_file(tmp_path, case):
     assert_prepare_refused(tmp_path, *_bad(tmp_path, case))
+
+
+def _zip_halves(src: Path) -> None:
+    """Replace the two unpacked halves by the zips they are downloaded as (a top folder, then
+    ``<Alphabet>/characterNN/<id>_<nn>.png`` entries)."""
+    import zipfile
+
+    for half in ("images_background", "images_evaluation"):
+        with zipfile.ZipFile(src / f"{half}.zip", "w") as z:
+            z.writestr(f"{half}/", "")
+            for f in sorted((src / half).rglob("*.png")):
+                z.write(f, f.relative_to(src).as_posix())
+        shutil.rmtree(src / half)
+
+
+def test_omniglot_zips_read_as_downloaded_give_the_unpacked_result(tmp_path):
+    write_omniglot(tmp_path / "a", ["Latin", "Greek"], ["Tibetan", "Angelic"])
+    write_omniglot(tmp_path / "b", ["Latin", "Greek"], ["Tibetan", "Angelic"])
+    _zip_halves(tmp_path / "b")
+    prepare("omniglot", tmp_path / "a", tmp_path / "from-folders", workers=1)
+    report = prepare("omniglot", tmp_path / "b", tmp_path / "from-zips", workers=1)
+    assert report.source_format == "omniglot"
+    for split in ("train", "val", "test"):
+        a, b = load_split(tmp_path / "from-folders", split), load_split(tmp_path / "from-zips", split)
+        assert a.class_names == b.class_names and np.array_equal(a.labels, b.labels)
+        assert np.array_equal(a.images, b.images)
+
+
+def _asymmetric_glyph() -> Image.Image:
+    """An L-shaped stroke: every quarter turn of it differs from the others."""
+    white = np.ones((105, 105), dtype=bool)
+    white[10:90, 20:35] = False
+    white[75:90, 20:80] = False
+    return Image.fromarray(white)
+
+
+def test_omniglot_vinyals_lists_define_rotated_classes(tmp_path):
+    src = tmp_path / "src"
+    for half, alphabets in (("images_background", ["Latin", "Greek"]), ("images_evaluation", ["Angelic"])):
+        for alphabet in alphabets:
+            for c in (1, 2, 3):
+                for i in (1, 2):
+                    path = src / half / alphabet / f"character{c:02d}" / f"09{c:02d}_{i:02d}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    _asymmetric_glyph().save(path)
+    _zip_halves(src)
+    lists = tmp_path / "splits" / "vinyals"
+    lists.mkdir(parents=True)
+    rots = ("rot000", "rot090", "rot180", "rot270")
+    chars = {
+        "train": ["Latin/character01", "Greek/character02", "Latin/character03"],
+        "val": ["Greek/character01"],
+        "test": ["Angelic/character01", "Angelic/character03"],
+    }
+    for split, cs in chars.items():
+        (lists / f"{split}.txt").write_text("".join(f"{c}/{r}\n" for c in cs for r in rots))
+    report = prepare("omniglot", src, tmp_path / "prep", workers=1, split_lists=lists)
+    assert report.source_format == "omniglot-vinyals"
+    for split, cs in chars.items():
+        s = load_split(tmp_path / "prep", split)
+        assert s.class_names == [f"{c}/{r}" for c in cs for r in rots]  # 4 classes per character
+        assert np.bincount(s.labels).tolist() == [2] * 4 * len(cs) and s.image_shape == (28, 28, 1)
+        for k in range(len(cs)):
+            upright = s.images[s.labels == 4 * k]
+            for turns in (1, 2, 3):  # exact quarter turns of the upright image
+                turned = s.images[s.labels == 4 * k + turns]
+                assert np.array_equal(turned, np.rot90(upright, k=turns, axes=(1, 2)))
+                assert not np.array_equal(turned, upright)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [("Latin/character09/rot000", "character Latin/character09 is not in the Omniglot source"),
+     ("Latin/character01/rot045", "expected <Alphabet>/characterNN/rotDDD")],
+)  # fmt: skip
+def test_omniglot_bad_split_lists_end_with_one_line(tmp_path, line, message):
+    write_omniglot(tmp_path / "src", ["Latin"], ["Angelic"])
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for split in ("train", "val", "test"):
+        (lists / f"{split}.txt").write_text(
+            "Latin/character01/rot000\n" + (line + "\n" if split == "val" else "")
+        )
+    with pytest.raises(MtlError, match=f"val.txt, line 2: {message}"):
+        prepare("omniglot", tmp_path / "src", tmp_path / "prep", workers=1, split_lists=lists)
+    assert not (tmp_path / "prep").exists()
+    with pytest.raises(MtlError, match="--split-lists applies to omniglot only"):
+        prepare("folder", tmp_path / "src", tmp_path / "prep", split_lists=lists)
+
+
+def test_omniglot_pipeline_runs_protonet_on_the_vinyals_protocol(tmp_path):
+    """The shipped pipeline on a fake Omniglot of the real size per character (20 drawings)."""
+    from mtl import config
+    from mtl.stages.metatest import metatest
+    from mtl.stages.metatrain import metatrain
+
+    src, rng = tmp_path / "src", np.random.default_rng(0)
+    chars = {"images_background": ["Latin", "Greek"], "images_evaluation": ["Angelic"]}
+    for half, alphabets in chars.items():
+        for alphabet in alphabets:
+            for c in range(1, 5):
+                for i in range(1, 21):
+                    ink = rng.random((105, 105)) > 0.02 * c  # a different density per character
+                    path = src / half / alphabet / f"character{c:02d}" / f"01{c:02d}_{i:02d}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(ink).save(path)
+    _zip_halves(src)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    split_chars = {"train": ["Latin", "Greek"], "val": ["Angelic"], "test": ["Angelic"]}
+    rows = {"val": range(1, 3), "test": range(3, 5), "train": range(1, 5)}
+    for split, alphabets in split_chars.items():
+        lines = [
+            f"{a}/character{c:02d}/rot{r:03d}"
+            for a in alphabets
+            for c in rows[split]
+            for r in (0, 90, 180, 270)
+        ]
+        (lists / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    data = tmp_path / "omniglot-vinyals"
+    prepare("omniglot", src, data, workers=1, split_lists=lists)
+    sets = [
+        f"data.root={data}",
+        "device=cpu",
+        "meta.epochs=1",
+        "meta.updates_per_epoch=2",
+        "meta.val_episodes=5",
+    ]
+    sets += ["protonet.train_way=8", "test.episodes=10", "backbone.widths=[4,4,4,4]"]
+    cfg = config.load(Path(__file__).parents[1] / "pipelines" / "omniglot-5way-1shot.yaml", sets)
+    assert load_split(data, "test").num_classes == 8 and cfg.method == "protonet"
+    metatrain(cfg, tmp_path / "ck", quiet=True)
+    rows_out = metatest(cfg, tmp_path / "ck", quiet=True)["rows"]
+    # No pretrain was run: the rows that need the pretrained encoder are left out.
+    assert [r["method"] for r in rows_out] == ["ProtoNet", "nearest centroid, raw pixels"]

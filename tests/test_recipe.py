@@ -54,9 +54,27 @@ def config_json(path: Path, *sets: str) -> dict:
     return json.loads(result.output)
 
 
+OMNIGLOT_PIPELINES = {f"omniglot-{w}way-{s}shot": (w, s) for w in (5, 20) for s in (1, 5)}
+
+
 def test_every_paper_pipeline_is_covered():
     shipped = {p.stem for p in PIPELINES.glob("*.yaml")} - {"folder"}
-    assert {p for p in shipped if not p.startswith("glyphs")} == set(PAPER_PIPELINES)
+    mtl_papers = {p for p in shipped if not p.startswith(("glyphs", "omniglot"))}
+    assert mtl_papers == set(PAPER_PIPELINES)
+    assert {p for p in shipped if p.startswith("omniglot")} == set(OMNIGLOT_PIPELINES)
+
+
+@pytest.mark.parametrize("name", sorted(OMNIGLOT_PIPELINES))
+def test_omniglot_pipelines_run_the_protonets_recipe_on_the_vinyals_protocol(name, tmp_path):
+    way, shot = OMNIGLOT_PIPELINES[name]
+    out = config_json(PIPELINES / f"{name}.yaml", f"data.root={tmp_path}")
+    cfg, d = out["config"], out["derived"]
+    assert (cfg["method"], cfg["backbone"]["name"], cfg["data"]["image_size"], cfg["data"]["channels"]) == (
+        "protonet", "conv4", 28, 1,
+    )  # fmt: skip
+    assert (cfg["meta"]["way"], cfg["meta"]["shot"], cfg["protonet"]["train_way"]) == (way, shot, 60)
+    assert d["meta_updates"] == 10_000 and d["lr_drops_at"] == [2000, 4000, 6000, 8000]
+    assert cfg["pretrain"]["name"] == "omniglot" and cfg["data"]["root"] == str(tmp_path)
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PIPELINES))

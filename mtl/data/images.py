@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,24 @@ class BadImage(Exception):
     """An image that cannot be decoded; the message says why."""
 
 
-def to_pixels(item: Path | bytes | np.ndarray, size: int, channels: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Rotated:
+    """An image (file or encoded bytes) turned by ``turns`` quarter turns counter-clockwise, after
+    resizing, so that the result is an exact rotation of the resized image (Omniglot's rotated classes)."""
+
+    item: Path | bytes
+    turns: int
+
+
+def to_pixels(item: Path | bytes | np.ndarray | Rotated, size: int, channels: int) -> np.ndarray:
     """Decode (if needed) and resize one image to ``(size, size, channels)`` uint8.
 
-    ``item`` is an image file, encoded image bytes, or ``(H, W, C)`` uint8 RGB pixels. The whole image
-    is resized to a square (no crop), bicubic with antialiasing, as the standard 84×84 caches are.
-    Raises :class:`BadImage` if it cannot be decoded.
+    ``item`` is an image file, encoded image bytes, ``(H, W, C)`` uint8 RGB pixels, or one of those
+    :class:`Rotated`. The whole image is resized to a square (no crop), bicubic with antialiasing, as the
+    standard 84×84 caches are. Raises :class:`BadImage` if it cannot be decoded.
     """
+    if isinstance(item, Rotated):
+        return np.ascontiguousarray(np.rot90(to_pixels(item.item, size, channels), k=item.turns))
     if isinstance(item, np.ndarray):
         if item.ndim == 2:
             item = item[..., None]

@@ -59,12 +59,17 @@ def prepare(
     skip_bad: bool = False,
     workers: int | None = None,
     quiet: bool = True,
+    split_lists: str | Path | None = None,
 ) -> Report:
     """Prepare ``dataset`` from ``source`` into ``dest``; see the module docstring.
 
     ``image_size`` defaults to the dataset's standard size; ``split`` (train, val, test fractions of the
-    classes, seeded by ``seed``) applies to a ``folder`` dataset without ``train/val/test`` folders.
+    classes, seeded by ``seed``) applies to a ``folder`` dataset without ``train/val/test`` folders;
+    ``split_lists`` (a folder of ``train.txt``, ``val.txt``, ``test.txt``) to Omniglot: the Vinyals et
+    al. protocol with rotated classes.
     """
+    if split_lists is not None and dataset != "omniglot":
+        raise MtlError("--split-lists applies to omniglot only (the Vinyals et al. class lists)")
     if dataset not in DATASETS:
         raise MtlError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
@@ -79,7 +84,7 @@ def prepare(
     if size < 8:
         raise MtlError(f"--image-size must be at least 8, got {size}")
     start = time.perf_counter()
-    source_format, splits = spec.read(source, split=split, seed=seed)
+    source_format, splits = spec.read(source, split=split, seed=seed, split_lists=split_lists)
     for name, s in splits.items():
         _check_split(name, s, source)
 

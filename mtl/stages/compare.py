@@ -103,7 +103,8 @@ def table(results: dict) -> str:
         train = f"{seconds[r['method']]:.0f}" if r["method"] in seconds else "—"
         epoch = str(kept[r["method"]]) if r["method"] in kept else "—"
         p = paper.get(r["method"])
-        pub = f"{p['acc']} ± {p['ci95']} ({p['source']})" if p else "—"
+        ci = f" ± {p['ci95']}" if p and p["ci95"] is not None else ""
+        pub = f"{p['acc']}{ci} ({p['source']})" if p else "—"
         lines.append(f"| {r['method']} | {r['acc']:.2f} | ± {r['ci95']:.2f} | {train} | {epoch} | {pub} |")
     if "pretrain" in seconds:
         lines.append(f"pretraining (shared by the rows that start from it): {seconds['pretrain']:.0f} s")

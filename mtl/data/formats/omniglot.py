@@ -1,62 +1,133 @@
 """Omniglot (Lake et al. 2015): 1,623 handwritten characters of 50 alphabets, 20 drawings each.
 
-``--source`` is the folder holding both ``images_background/`` (30 alphabets) and
-``images_evaluation/`` (20 alphabets), as ``images_background.zip`` and ``images_evaluation.zip``
-unpack; each is ``<Alphabet>/characterNN/*.png`` (105×105, black strokes on white). Also accepted:
-either of those two folders (its parent is used) and a folder whose only sub-folder holds them.
-The zips themselves must be unpacked first.
+``--source`` is the folder holding ``images_background`` (30 alphabets) and ``images_evaluation``
+(20 alphabets), each either unpacked (``<Alphabet>/characterNN/*.png``, 105×105, black strokes on
+white) or as the ``.zip`` it is downloaded as (read directly, nothing to unpack). Also accepted:
+either of the two folders (its parent is used) and a folder whose only sub-folder holds them.
 
-Splits, by alphabet so that no alphabet is shared between splits:
+Two protocols:
 
-- train: every character of ``images_background``;
-- val: the first half of ``images_evaluation``'s alphabets, sorted by name (with an odd count, the
-  smaller half);
-- test: the other half.
+- **Vinyals et al.** (``--split-lists DIR``): the standard few-shot protocol. ``DIR`` holds the split
+  lists as they circulate in public few-shot code (the ProtoNets code's
+  ``data/omniglot/splits/vinyals/{train,val,test}.txt``): one class per line,
+  ``<Alphabet>/characterNN/rotDDD``, a character turned by DDD ∈ {000, 090, 180, 270} degrees counter-
+  clockwise. Each line is a class; its images are the character's drawings, resized, then rotated
+  exactly (quarter turns of the pixel grid). Those lists hold 1,028 × 4 train, 172 × 4 val and
+  423 × 4 test classes (Vinyals et al.'s 1,200 training characters are train + val). mtl ships no copy
+  of the lists: they are the published protocol, and reading them is what makes the split that one.
+- **By alphabet** (no lists): no alphabet is shared between splits. train: every character of
+  ``images_background``; val: the first half of ``images_evaluation``'s alphabets, sorted by name
+  (with an odd count, the smaller half); test: the other half. With a single evaluation alphabet its
+  characters (sorted) are halved the same way instead.
 
-With a single evaluation alphabet, its characters (sorted) are halved the same way instead. This is
-not Vinyals et al.'s 1200/423 character split (which mixes alphabets and adds rotated copies as extra
-classes). A class is ``<Alphabet>/characterNN``; labels follow sorted alphabet, then character names.
-Images are stored grey, dark strokes on light as in the files.
+A class is ``<Alphabet>/characterNN`` (with ``/rotDDD`` under the Vinyals protocol); labels follow
+the lists' order, or sorted alphabet then character names. Images are stored grey, dark strokes on
+light as in the files.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 
-from mtl.data.formats.common import SplitSource, class_dirs, from_files, image_files, unknown_layout
+import numpy as np
+
+from mtl.data.formats.common import (
+    IMAGE_SUFFIXES,
+    SplitSource,
+    class_dirs,
+    from_files,
+    image_files,
+    unknown_layout,
+)
 from mtl.data.formats.miniimagenet import search_roots
+from mtl.data.images import Rotated
 from mtl.errors import MtlError
 
 BACKGROUND = "images_background"
 EVALUATION = "images_evaluation"
-EXPECTED = (f"{BACKGROUND}/ and {EVALUATION}/, each <Alphabet>/characterNN/*.png",)
+EXPECTED = (f"{BACKGROUND}/ and {EVALUATION}/ (folders or .zip), each <Alphabet>/characterNN/*.png",)
+ROTATIONS = {"rot000": 0, "rot090": 1, "rot180": 2, "rot270": 3}  # quarter turns, counter-clockwise
 
-Characters = list[tuple[str, list[Path]]]  # (class name "<Alphabet>/characterNN", its image files)
+Item = Path | bytes
+Characters = list[tuple[str, list[Item]]]  # (class name "<Alphabet>/characterNN", its images)
 
 
-def read(source: Path, **_) -> tuple[str, dict[str, SplitSource]]:
+def read(source: Path, *, split_lists: Path | None = None, **_) -> tuple[str, dict[str, SplitSource]]:
     if source.is_dir() and source.name in (BACKGROUND, EVALUATION):
         source = source.parent
     for root in search_roots(source):
-        background, evaluation = root / BACKGROUND, root / EVALUATION
-        if background.is_dir() or evaluation.is_dir():
-            for folder in (background, evaluation):
-                if not folder.is_dir():
-                    raise MtlError(f"{folder}: folder not found ({_missing_hint(folder)})")
+        halves = [_half(root, name) for name in (BACKGROUND, EVALUATION)]
+        if any(h is not None for h in halves):
+            for name, half in zip((BACKGROUND, EVALUATION), halves, strict=True):
+                if half is None:
+                    raise MtlError(f"{root / name}: folder or .zip not found (Omniglot needs both halves)")
+            background, evaluation = halves
+            if split_lists is not None:
+                return "omniglot-vinyals", _vinyals(Path(split_lists).expanduser(), background + evaluation)
             return "omniglot", _splits(background, evaluation)
-        if zips := [root / f"{n}.zip" for n in (BACKGROUND, EVALUATION) if (root / f"{n}.zip").is_file()]:
-            raise MtlError(f"{zips[0]}: unpack it first (it unpacks to {zips[0].stem}/ next to it)")
     raise unknown_layout("Omniglot", source, EXPECTED)
 
 
-def _missing_hint(folder: Path) -> str:
-    if folder.with_suffix(".zip").is_file():
-        return f"unpack {folder.with_suffix('.zip').name} next to it"
-    return f"Omniglot needs both {BACKGROUND}/ and {EVALUATION}/"
+def _half(root: Path, name: str) -> list[tuple[str, Characters]] | None:
+    """``root/<name>/`` or ``root/<name>.zip`` as ``[(alphabet, characters)]``, or None if neither."""
+    if (root / name).is_dir():
+        return _alphabets(root / name)
+    if (root / f"{name}.zip").is_file():
+        return _zip_alphabets(root / f"{name}.zip")
+    return None
 
 
-def _splits(background: Path, evaluation: Path) -> dict[str, SplitSource]:
-    alphabets = _alphabets(evaluation)
+def _zip_alphabets(path: Path) -> list[tuple[str, Characters]]:
+    """The alphabets of a downloaded zip (entries ``<name>/<Alphabet>/characterNN/*.png``), as bytes."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            by_char: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
+            for entry in z.infolist():
+                parts = PurePosixPath(entry.filename).parts
+                if entry.is_dir() or len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
+                    continue
+                by_char.setdefault((parts[-3], parts[-2]), []).append((parts[-1], z.read(entry)))
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise MtlError(f"{path}: not a readable zip ({exc})") from None
+    alphabets: dict[str, Characters] = {}
+    for alphabet, char in sorted(by_char):
+        files = [data for _, data in sorted(by_char[alphabet, char])]
+        alphabets.setdefault(alphabet, []).append((f"{alphabet}/{char}", files))
+    if not alphabets:
+        raise MtlError(f"{path}: no <Alphabet>/characterNN/*.png entries")
+    return list(alphabets.items())
+
+
+def _vinyals(lists: Path, alphabets: list[tuple[str, Characters]]) -> dict[str, SplitSource]:
+    """The splits the lists in ``lists`` define: one class per ``<Alphabet>/characterNN/rotDDD`` line."""
+    chars = {name: items for _, cs in alphabets for name, items in cs}
+    out = {}
+    for split in ("train", "val", "test"):
+        path = lists / f"{split}.txt"
+        if not path.is_file():
+            raise MtlError(f"{path}: split list not found (--split-lists needs train.txt, val.txt, test.txt)")
+        classes, items = [], []
+        for n, line in enumerate(path.read_text().split(), 1):
+            char, _, rot = line.rpartition("/")
+            if rot not in ROTATIONS or not char:
+                raise MtlError(f"{path}, line {n}: expected <Alphabet>/characterNN/rotDDD, got {line!r}")
+            if char not in chars:
+                raise MtlError(f"{path}, line {n}: character {char} is not in the Omniglot source")
+            classes.append(line)
+            items.append([Rotated(item, ROTATIONS[rot]) for item in chars[char]])
+        if not classes:
+            raise MtlError(f"{path}: the split list is empty")
+        flat = [x for xs in items for x in xs]
+        labels = np.repeat(np.arange(len(classes)), [len(xs) for xs in items])
+        owner = np.repeat(np.array(classes, dtype=object), [len(xs) for xs in items])
+        out[split] = SplitSource(classes, labels, flat, lambda i, owner=owner: f"{lists} class {owner[i]}")
+    return out
+
+
+def _splits(
+    background: list[tuple[str, Characters]], alphabets: list[tuple[str, Characters]]
+) -> dict[str, SplitSource]:
     if len(alphabets) > 1:
         half = len(alphabets) // 2
         val = [c for _, chars in alphabets[:half] for c in chars]
@@ -65,8 +136,20 @@ def _splits(background: Path, evaluation: Path) -> dict[str, SplitSource]:
         # One alphabet cannot be split by alphabet; halving its characters still gives two splits.
         chars = alphabets[0][1]
         val, test = chars[: len(chars) // 2], chars[len(chars) // 2 :]
-    train = [c for _, chars in _alphabets(background) for c in chars]
-    return {"train": from_files(dict(train)), "val": from_files(dict(val)), "test": from_files(dict(test))}
+    train = [c for _, chars in background for c in chars]
+    return {"train": _split(train), "val": _split(val), "test": _split(test)}
+
+
+def _split(chars: Characters) -> SplitSource:
+    """A split of whole characters: files (unpacked folders) or zip entries (bytes)."""
+    if all(isinstance(item, Path) for _, items in chars for item in items):
+        return from_files(dict(chars))
+    flat = [(name, i) for name, items in chars for i in range(len(items))]
+    labels = np.repeat(np.arange(len(chars)), [len(items) for _, items in chars])
+    images = [item for _, items in chars for item in items]
+    return SplitSource(
+        [n for n, _ in chars], labels, images, lambda i: f"{flat[i][0]} (zip entry {flat[i][1] + 1})"
+    )
 
 
 def _alphabets(folder: Path) -> list[tuple[str, Characters]]:
