@@ -11,6 +11,7 @@ major (``way * shot`` support rows, then ``way * query`` query rows, labels ``i 
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -32,7 +33,7 @@ __all__ = ["Encode", "Method", "meta_update"]
 Encode = Callable[[nn.Module, ImageRows], torch.Tensor]
 
 
-class Method(nn.Module):
+class Method(nn.Module, metaclass=ABCMeta):
     """Base of every method; a subclass defines :meth:`episode_logits` and, if it trains, its state.
 
     Class attributes: ``name`` (its key in :data:`mtl.methods.METHODS` and the value of ``method:``),
@@ -74,13 +75,13 @@ class Method(nn.Module):
         """Classes per meta-training task (ProtoNets train with more than they test)."""
         return self.way
 
+    @abstractmethod
     def episode_logits(
         self, support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor, way: int
     ) -> torch.Tensor:
         """support ``(E, n_s, D)`` features with labels ``y_support (n_s,)`` in ``[0, way)``, query
         ``(E, n_q, D)`` -> logits ``(E, n_q, way)``. Differentiable in training mode; in eval mode
         (validation, test, adapt) it may take its test-time settings."""
-        raise NotImplementedError
 
     def encode_tasks(
         self,
@@ -126,7 +127,7 @@ class Method(nn.Module):
 
     def param_groups(self) -> list[dict]:
         """Adam parameter groups, each with its ``lr`` and a ``name`` (TensorBoard's ``train/lr_<name>``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not train")
+        return []  # evaluation-only methods (``trains = False``) learn nothing
 
     def state(self) -> dict:
         """What ``best.pt`` and ``last.pt`` keep of the method (tensors and builtins)."""

@@ -26,6 +26,7 @@ from mtl.config import Config
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import ImageRows, episode_targets
 from mtl.data.store import ImageStore
+from mtl.errors import MtlError
 from mtl.methods.base import Encode, Method
 
 __all__ = ["MAML", "TaskBatchNorm2d", "adapt", "task_batch_norm_"]
@@ -157,7 +158,7 @@ class MAML(Method):
         )
 
     def episode_logits(self, support: Tensor, y_support: Tensor, query: Tensor, way: int) -> Tensor:
-        raise NotImplementedError("MAML adapts the whole network: it scores images, not fixed features")
+        raise MtlError("MAML adapts its whole network per task: it classifies images, not fixed features")
 
     def features(self, images: ImageRows, encode: Encode, device: torch.device) -> Tensor:
         """The images themselves, uint8 ``(N, H, W, C)`` on the device: the network adapts per episode,

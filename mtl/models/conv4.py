@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
 from mtl.errors import MtlError
-from mtl.models.resnet import _cfg, _check_widths, _create
+from mtl.models.resnet import _cfg, _check_widths, _create, _ResNetBase
 
 __all__ = ["Conv4"]
 
@@ -33,7 +33,7 @@ def _block(in_chs: int, out_chs: int) -> nn.Sequential:
     )
 
 
-class Conv4(nn.Module):
+class Conv4(_ResNetBase):
     """Four conv blocks; ``forward`` maps ``(B, in_chans, S, S)`` to ``(B, widths[-1] * (S // 16)²)``."""
 
     def __init__(
@@ -68,20 +68,11 @@ class Conv4(nn.Module):
         return self.blocks(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, C, h, w) feature map -> (B, C·h·w) flattened features (not pooled), or logits."""
         x = x.flatten(1)
         if self.drop_rate > 0.0:
             x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 @register_model

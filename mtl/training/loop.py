@@ -9,6 +9,7 @@ metric ``best.pt`` is kept by, and the epoch's console line). :meth:`Training.fi
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from mtl.training.run import Run
 __all__ = ["Training"]
 
 
-class Training:
+class Training(ABC):
     """One training run of ``epochs`` epochs of ``steps`` steps; what ``last.pt`` saves and restores.
 
     A subclass sets ``opt``, ``sched`` and ``generators`` (every random generator its steps draw from)
@@ -43,32 +44,32 @@ class Training:
         self.lrs: dict[str, float] = {}  # the learning rates the last epoch ran at, by param-group name
 
     # ------------------------------------------------------------------ the stage's hooks
+    @abstractmethod
     def weights(self) -> dict:
         """What ``best.pt`` and ``last.pt`` both hold (``metric`` is added here)."""
-        raise NotImplementedError
 
     def position(self) -> dict:
         """Extra entries of the resume state (e.g. the epoch's sample order)."""
         return {}
 
+    @abstractmethod
     def restore(self, ckpt: dict) -> None:
         """Load the weights and ``position()`` entries of a ``last.pt``."""
-        raise NotImplementedError
 
-    def begin(self) -> None:
+    def begin(self) -> None:  # noqa: B027 (an optional hook)
         """Before the first epoch of a fresh (not resumed) run."""
 
-    def begin_epoch(self, epoch: int, fresh_epoch: bool) -> None:
+    def begin_epoch(self, epoch: int, fresh_epoch: bool) -> None:  # noqa: B027 (an optional hook)
         """Before an epoch's steps; ``fresh_epoch`` is False when it resumes mid-epoch."""
 
+    @abstractmethod
     def step(self, epoch: int, i: int) -> None:
         """Step ``i`` of ``epoch``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def validate(self, epoch: int) -> tuple[float, float, str]:
         """After an epoch's steps and the LR step (``lrs`` holds the rates it ran at): the kept metric
         (mean %, CI %) and the line to print (``(best)`` and :meth:`speed_note` are appended)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ checkpoints
     def sums_to_save(self) -> torch.Tensor:
@@ -99,7 +100,7 @@ class Training:
         self.save_last(epoch, 0)
         return improved
 
-    def saved(self, epoch: int) -> None:
+    def saved(self, epoch: int) -> None:  # noqa: B027 (an optional hook)
         """After ``best.pt`` and before ``last.pt`` of an epoch: other outputs of the stage."""
 
     def start(self, fresh: bool, matters=None) -> None:
