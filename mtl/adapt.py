@@ -13,6 +13,10 @@ the ``i``-th support class in sorted order (meta-training saw classes in random 
 class identity). Otherwise every class starts from the mean of the meta-learned rows (``W.mean(0)``,
 ``b.mean()``), as metatest does when the test way differs from training's.
 
+That is MTL's checkpoint; any method's adapts through the method's one-task hooks
+(:meth:`~mtl.methods.base.Method.embed`, ``fit``, ``predict``): MAML, for one, adapts its whole
+network on the support images.
+
 The support loss is the mean cross-entropy over all ``n`` support images, so classes with different
 numbers of images are fine (a class with more images weighs more, as in any plain classifier).
 
@@ -23,7 +27,6 @@ The query folder is either flat (unlabelled) or holds class folders named like s
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -70,18 +73,20 @@ def adapt(
     queries = _query_files(query, list(by_class))
     ckpt = checkpoint.load(Path(checkpoint_path).expanduser(), stage="metatrain")
     cfg = config.from_dict(ckpt["config"])
-    if steps is not None:  # the method adapts with its test-time steps
-        cfg = dataclasses.replace(cfg, test=dataclasses.replace(cfg.test, inner_steps=steps))
     dev = devices.resolve(device)
     method = _method(cfg, ckpt, dev)
+    if steps is not None:
+        if method.test_steps is None:
+            raise MtlError(f"--steps: {method.label} takes no gradient steps on a support set")
+        method.test_steps = steps
 
     classes = list(by_class)
     sup_paths = [p for files in by_class.values() for p in files]
     y_s = torch.tensor([i for i, files in enumerate(by_class.values()) for _ in files], device=dev)
-    feats = _features(cfg, method, sup_paths + [p for p, _ in queries], dev)
-    x_s, x_q = feats[: len(sup_paths)], feats[len(sup_paths) :]
+    x = _embed(cfg, method, sup_paths + [p for p, _ in queries], dev)
+    x_s, x_q = x[: len(sup_paths)], x[len(sup_paths) :]
     with torch.no_grad():
-        logits = method.episode_logits(x_s[None], y_s, x_q[None], len(classes))[0]
+        logits = method.predict(method.fit(x_s, y_s, len(classes)), x_q, len(classes))
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
     rows = []
@@ -102,7 +107,7 @@ def adapt(
         "classes": classes,
         "predictions": rows,
         "accuracy": 100.0 * correct / len(rows) if labelled else None,
-        "steps": cfg.eval_inner_steps(),
+        "steps": method.test_steps,
         "theta_init": method.init_note(len(classes)),
     }
     if out_path is not None:
@@ -181,8 +186,9 @@ def _method(cfg: config.Config, ckpt: dict, dev: torch.device) -> Method:
     return method.to(dev).eval()
 
 
-def _features(cfg: config.Config, method: Method, paths: list[Path], dev: torch.device) -> torch.Tensor:
-    """Decode ``paths`` and encode them with the method's encoder: ``(len(paths), D)`` float32."""
+def _embed(cfg: config.Config, method: Method, paths: list[Path], dev: torch.device) -> torch.Tensor:
+    """Decode ``paths``, preprocess them as training did and embed them (:meth:`Method.embed`):
+    ``(len(paths), ...)`` float32."""
     d = cfg.data
     size = d.resize or d.image_size  # as the prepared images reach the encoder: resized, then cropped
     pixels = np.empty((len(paths), size, size, d.channels), dtype=np.uint8)
@@ -193,14 +199,10 @@ def _features(cfg: config.Config, method: Method, paths: list[Path], dev: torch.
             # PIL's reason often repeats the file name, which already leads the message.
             reason = str(exc).replace(f" '{path}'", "")
             raise MtlError(f"{path}: cannot decode image ({reason})") from None
-    encoder = method.encoder
     pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
-
-    def encode(batch: torch.Tensor) -> torch.Tensor:
-        with devices.autocast(dev, cfg.precision):
-            return encoder(pre(batch)).float()
-
-    return extract_features(encode, pixels, batch_size=cfg.test.batch_size, device=dev)
+    return extract_features(
+        lambda b: method.embed(pre(b)), pixels, batch_size=cfg.test.batch_size, device=dev
+    )
 
 
 def _write_csv(out: Path, classes: list[str], rows: list[dict], labelled: bool) -> None:
@@ -220,9 +222,12 @@ def _write_csv(out: Path, classes: list[str], rows: list[dict], labelled: bool) 
 def _table(result: dict, n_support: int, out: Path | None, correct: int) -> list[str]:
     rows, classes = result["predictions"], result["classes"]
     labelled = result["accuracy"] is not None
+    how, steps = ("fitted", "")  # a metric method takes no steps
+    if result["steps"] is not None:
+        how, steps = "adapted θ", f" in {result['steps']} steps"
     lines = [
-        f"adapted θ ({result['theta_init']}) to {len(classes)} classes on {n_support} support images "
-        f"in {result['steps']} steps; {len(rows)} query images"
+        f"{how} ({result['theta_init']}) to {len(classes)} classes on {n_support} support images"
+        f"{steps}; {len(rows)} query images"
     ]
     cells = [["image", "prediction", "prob", *(["label", ""] if labelled else [])]]
     for r in rows[:SHOWN]:

@@ -22,6 +22,7 @@ from mtl.cli import main
 from mtl.data.augment import Preprocess
 from mtl.data.images import to_pixels
 from mtl.data.prepare import prepare
+from mtl.errors import MtlError
 from mtl.models.backbone import build_backbone
 from mtl.stages.metatrain import metatrain
 
@@ -88,6 +89,7 @@ def model(tmp_path_factory) -> SimpleNamespace:
         best=ckpts / "tiny" / "metatrain" / "best.pt",
         pretrain_best=ckpts / "tiny" / "pretrain" / "best.pt",
         cfg=config.load(PIPELINE, overrides),
+        overrides=overrides,
     )
 
 
@@ -264,7 +266,9 @@ def test_adapt_with_a_protonet_checkpoint_classifies_by_the_nearest_prototype(mo
     support = write_classes(tmp_path / "support", {"red": 3, "green": 1, "blue": 2}, seed=3)
     query = write_classes(tmp_path / "query", dict.fromkeys(TEST_COLOURS, 2), seed=4)
     res = adapt(best, support, query, quiet=True)
-    assert res["theta_init"] == "support means"
+    assert res["theta_init"] == "support means" and res["steps"] is None
+    with pytest.raises(MtlError, match=r"^--steps: ProtoNet.* takes no gradient steps on a support set$"):
+        adapt(best, support, query, quiet=True, steps=3)
 
     ckpt = checkpoint.load(best, stage="metatrain")
     encoder = build_backbone(cfg.backbone.name, in_chans=3, widths=cfg.backbone.widths)
@@ -281,5 +285,45 @@ def test_adapt_with_a_protonet_checkpoint_classifies_by_the_nearest_prototype(mo
     protos = torch.stack([encode(sorted((support / c).iterdir())).mean(0) for c in classes])
     x_q = encode(sorted(query.rglob("*.png")))
     want = torch.softmax(-torch.cdist(x_q, protos).square(), dim=-1)
+    got = torch.tensor([[p["probs"][c] for c in classes] for p in res["predictions"]])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_adapt_with_a_maml_checkpoint_adapts_the_whole_network(model, tmp_path):
+    """MAML adapts every weight on the support images: its probabilities equal test_inner_steps of
+    plain autograd descent on the network, then a forward of all the query images together."""
+    sets = ["method=maml", "name=maml", "backbone.name=conv4", "backbone.widths=[4,4,4,4]"]
+    cfg = config.load(PIPELINE, [*model.overrides, *sets, "maml.test_inner_steps=3"])
+    ckpts = model.best.parents[2]
+    metatrain(cfg, ckpts, quiet=True)
+    best = ckpts / "maml" / "metatrain" / "best.pt"
+    support = write_classes(tmp_path / "support", {"red": 2, "green": 1, "blue": 2}, seed=5)
+    query = write_classes(tmp_path / "query", dict.fromkeys(TEST_COLOURS, 2), seed=6)
+    res = adapt(best, support, query, quiet=True)
+    assert res["theta_init"] == "meta-learned network" and res["steps"] == 3
+
+    from mtl import methods
+
+    encoder = build_backbone("conv4", in_chans=3, widths=[4, 4, 4, 4], image_size=cfg.data.image_size)
+    net = methods.build(cfg, encoder)
+    net.load_state(checkpoint.load(best, stage="metatrain"))
+    net = net.net
+    pre = Preprocess(cfg.data.image_size, 3, cfg.data.mean, cfg.data.std)
+
+    def pixels(paths: list[Path]) -> torch.Tensor:
+        return pre(torch.from_numpy(np.stack([to_pixels(p, cfg.data.image_size, 3) for p in paths])))
+
+    classes = res["classes"]
+    sup = [sorted((support / c).iterdir()) for c in classes]
+    x_s, y_s = pixels([p for files in sup for p in files]), torch.tensor([0, 0, 1, 2, 2])
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    for _ in range(3):
+        params = {k: v.requires_grad_() for k, v in params.items()}
+        loss = F.cross_entropy(torch.func.functional_call(net, params, (x_s,)), y_s)
+        g = torch.autograd.grad(loss, list(params.values()))
+        step = zip(params.items(), g, strict=True)
+        params = {k: (v - cfg.maml.inner_lr * gk).detach() for (k, v), gk in step}
+    x_q = pixels(sorted(query.rglob("*.png")))
+    want = torch.softmax(torch.func.functional_call(net, params, (x_q,)), dim=-1)
     got = torch.tensor([[p["probs"][c] for c in classes] for p in res["predictions"]])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

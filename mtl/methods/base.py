@@ -64,6 +64,8 @@ class Method(nn.Module, metaclass=ABCMeta):
         super().__init__()
         self.encoder = encoder
         self.way, self.shot, self.precision = cfg.meta.way, cfg.meta.shot, cfg.precision
+        # Gradient steps a validation, test or user task takes (None: the method does not descend).
+        self.test_steps: int | None = None
 
     @classmethod
     def needs_pretrained(cls, cfg: Config) -> bool:
@@ -152,6 +154,24 @@ class Method(nn.Module, metaclass=ABCMeta):
     def init_note(self, way: int) -> str:
         """How a ``way``-way task starts (``mtl adapt`` prints it)."""
         return "no initialisation to adapt"
+
+    # One task at a time, as ``mtl adapt`` uses a method: embed, fit once, predict any number of times.
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images ``(B, C, H, W)`` -> what :meth:`fit` and :meth:`predict` take: ``(B, D)``
+        float32 features of the encoder (a method that adapts the encoder itself keeps the images)."""
+        with devices.autocast(x.device, self.precision):
+            return self.encoder(x).float()
+
+    def fit(self, support: torch.Tensor, y_support: torch.Tensor, way: int) -> dict[str, torch.Tensor]:
+        """Adapt to one task: support embeddings ``(n, ...)``, labels ``(n,)`` in ``[0, way)`` -> the
+        task's tensors, all that :meth:`predict` needs besides the method (a metric method keeps the
+        support set itself). Uses the test-time settings."""
+        return {"support": support, "labels": y_support}
+
+    def predict(self, fitted: dict[str, torch.Tensor], query: torch.Tensor, way: int) -> torch.Tensor:
+        """Query embeddings ``(m, ...)`` -> logits ``(m, way)`` of the task :meth:`fit` adapted to."""
+        return self.episode_logits(fitted["support"][None], fitted["labels"], query[None], way)[0]
 
 
 def meta_update(

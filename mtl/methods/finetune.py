@@ -22,7 +22,7 @@ class FineTune(Method):
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
         super().__init__(encoder, cfg)
-        self.steps = cfg.eval_inner_steps()
+        self.test_steps = cfg.eval_inner_steps()
         self.lr = cfg.meta.inner_lr
 
     def _zeros(self, way: int, dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,13 +32,22 @@ class FineTune(Method):
         self, support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor, way: int
     ) -> torch.Tensor:
         W, b = self._zeros(way, support.shape[-1], support.device)
-        W, b = base_learner.adapt(support, y_support, W, b, steps=self.steps, lr=self.lr)
+        W, b = base_learner.adapt(support, y_support, W, b, steps=self.test_steps, lr=self.lr)
         return base_learner.logits(query, W, b)
+
+    def fit(self, support: torch.Tensor, y_support: torch.Tensor, way: int) -> dict[str, torch.Tensor]:
+        """The fine-tuned θ' = (W' (way, D), b' (way,)) of one task."""
+        W, b = self._zeros(way, support.shape[-1], support.device)
+        W, b = base_learner.adapt(support, y_support, W, b, steps=self.test_steps, lr=self.lr)
+        return {"W": W.detach(), "b": b.detach()}
+
+    def predict(self, fitted: dict[str, torch.Tensor], query: torch.Tensor, way: int) -> torch.Tensor:
+        return base_learner.logits(query, fitted["W"], fitted["b"])
 
     @torch.no_grad()
     def evaluate(self, features: torch.Tensor, episodes: torch.Tensor, shot: int) -> torch.Tensor:
         W, b = self._zeros(episodes.shape[1], features.shape[1], features.device)
-        return finetune(features, episodes, shot, W, b, steps=self.steps, lr=self.lr)
+        return finetune(features, episodes, shot, W, b, steps=self.test_steps, lr=self.lr)
 
     def init_note(self, way: int) -> str:
         return "zero"

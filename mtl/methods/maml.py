@@ -111,6 +111,7 @@ class MAML(Method):
         super().__init__(encoder, cfg)
         self.settings, d = cfg.maml, cfg.data
         self.net = _Net(self.encoder, cfg.meta.way)
+        self.test_steps = cfg.maml.test_inner_steps
         self.pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
 
     @classmethod
@@ -131,7 +132,7 @@ class MAML(Method):
         """support ``(T, n_s, C, H, W)`` images, labels ``(n_s,)``, query ``(T, n_q, C, H, W)`` -> the
         adapted networks' query logits ``(T, n_q, way)``; training or test steps by the module's mode."""
         s = self.settings
-        steps = s.inner_steps if self.training else s.test_inner_steps
+        steps = s.inner_steps if self.training else self.test_steps
         first_order = s.first_order or not self.training
 
         def one_task(params: Params, x_s: Tensor, x_q: Tensor) -> Tensor:
@@ -159,6 +160,27 @@ class MAML(Method):
 
     def episode_logits(self, support: Tensor, y_support: Tensor, query: Tensor, way: int) -> Tensor:
         raise MtlError("MAML adapts its whole network per task: it classifies images, not fixed features")
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The preprocessed images themselves: the network adapts to each task, so nothing is fixed."""
+        return x
+
+    def fit(self, support: Tensor, y_support: Tensor, way: int) -> dict[str, Tensor]:
+        """Support images ``(n, C, H, W)`` -> the adapted network θ' (every weight, by name), after
+        the test-time steps."""
+        s = self.settings
+        with devices.autocast(support.device, self.precision):
+            params = adapt(
+                self.net, self._params(way), support, y_support,
+                steps=self.test_steps, lr=s.inner_lr, first_order=True,
+            )  # fmt: skip
+        return {k: v.detach() for k, v in params.items()}
+
+    def predict(self, fitted: dict[str, Tensor], query: Tensor, way: int) -> Tensor:
+        """Query images ``(m, C, H, W)`` -> logits ``(m, way)``; batch norm normalises with the
+        statistics of these ``m`` images (transductive, as in MAML's evaluation)."""
+        with devices.autocast(query.device, self.precision):
+            return functional_call(self.net, fitted, (query,)).float()
 
     def features(self, images: ImageRows, encode: Encode, device: torch.device) -> Tensor:
         """The images themselves, uint8 ``(N, H, W, C)`` on the device: the network adapts per episode,

@@ -81,6 +81,15 @@ class MTL(Method):
         )
         return base_learner.logits(query, W, b)
 
+    def fit(self, support: torch.Tensor, y_support: torch.Tensor, way: int) -> dict[str, torch.Tensor]:
+        """The adapted θ' = (W' (way, D), b' (way,)) of one task."""
+        W, b = self.theta(way)
+        W, b = base_learner.adapt(support, y_support, W, b, steps=self.test_steps, lr=self.meta.inner_lr)
+        return {"W": W.detach(), "b": b.detach()}
+
+    def predict(self, fitted: dict[str, torch.Tensor], query: torch.Tensor, way: int) -> torch.Tensor:
+        return base_learner.logits(query, fitted["W"], fitted["b"])
+
     def task_logits(self, images, tasks, transform) -> tuple[torch.Tensor, torch.Tensor]:
         return task_outputs(self, self.meta, images, tasks, transform)
 
