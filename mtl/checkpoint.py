@@ -27,6 +27,15 @@ FORMAT = 1
 MAKE = {"pretrain": "make pretrain", "metatrain": "make metatrain"}
 
 
+class MissingCheckpoint(MtlError):
+    """No checkpoint of ``stage`` at ``path``; the command line rewords it with the exact command."""
+
+    def __init__(self, path: Path, stage: str, command: str | None = None) -> None:
+        self.path, self.stage = path, stage
+        command = command or MAKE.get(stage)
+        super().__init__(f"no {stage} checkpoint at {path}" + (f"; run `{command}` first" if command else ""))
+
+
 def stage_dir(checkpoints: str | Path, name: str, stage: str) -> Path:
     return Path(checkpoints).expanduser() / name / stage
 
@@ -46,14 +55,18 @@ def save(path: Path, payload: dict[str, Any], *, keep_previous: bool = False) ->
 
 def load(path: Path, *, stage: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a stage checkpoint, or fail with one line that says what is wrong and what to run."""
+    if path.is_dir():
+        raise MtlError(f"{path} is a folder, not a {stage} checkpoint (best.pt or last.pt in it?)")
     if not path.is_file():
-        hint = f"; run `{MAKE[stage]}` first" if stage in MAKE else ""
-        raise MtlError(f"no {stage} checkpoint at {path}{hint}")
+        raise MissingCheckpoint(path, stage)
+    _check_header(path, stage)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MtlError(f"{path} is not a readable mtl checkpoint ({reason[:160]})") from None
+    except pickle.UnpicklingError:
+        # weights_only refuses anything but tensors and builtins; its message is a page long.
+        raise MtlError(f"{path} is not an mtl checkpoint (it holds Python objects mtl never saves)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError):
+        raise MtlError(f"{path} is not a readable mtl checkpoint (truncated or corrupt)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "stage" not in ckpt:
         raise MtlError(f"{path} is not an mtl checkpoint (format {FORMAT})")
     theirs = str(ckpt.get("version", "?"))
@@ -65,6 +78,17 @@ def load(path: Path, *, stage: str, map_location: str | torch.device = "cpu") ->
     if ckpt["stage"] != stage:
         raise MtlError(f"{path} is a {ckpt['stage']} checkpoint, expected {stage}")
     return ckpt
+
+
+def _check_header(path: Path, stage: str) -> None:
+    """A file that is not even a PyTorch file (a pipeline, an image, text) is named as such."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise MtlError(f"{path} is empty, not a {stage} checkpoint")
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save's zip, or a legacy pickle
+        kind = "a pipeline (YAML) file" if path.suffix in (".yaml", ".yml") else "not a PyTorch file"
+        raise MtlError(f"{path} is not a {stage} checkpoint ({kind})")
 
 
 def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: Path, keys: tuple[str, ...]) -> None:

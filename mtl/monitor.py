@@ -1,8 +1,12 @@
 """What a user watches: TensorBoard event files, progress bars with ETA, and one summary line per epoch.
 
-Event files go to ``<checkpoints>/<name>/tb/<stage>/`` so ``tensorboard --logdir checkpoints`` shows
-every stage of every pipeline side by side. Progress bars only appear on a terminal; logs and CI get
-the per-epoch lines alone.
+Event files go to ``<checkpoints>/<name>/tb/<stage>/``, one stream per stage run (a rerun replaces
+the last run's file; a resumed run continues it), so ``tensorboard --logdir checkpoints`` shows
+every stage of every pipeline side by side. Every tag starts with its stage (``pretrain/val/acc``,
+``metatrain/val/acc``): no two stages share a step axis. Accuracies are in percent everywhere; an
+accuracy with a CI is written with its band (``…_low``, ``…_high``) and gets a margin chart in the
+custom-scalars layout. Progress bars only appear on a terminal; logs and CI get the per-epoch lines
+alone.
 """
 
 from __future__ import annotations
@@ -36,13 +40,20 @@ class Monitor:
         self.log_dir = log_dir
         self._writer: SummaryWriter | None = None
         self._purge_step: int | None = None
+        self._charts: dict[str, list] = {}
 
     @property
     def writer(self) -> SummaryWriter:
         # Created on first use: a run that fails its checks leaves no event file behind.
         if self._writer is None:
+            if self._purge_step is None and self.log_dir.is_dir():
+                for old in self.log_dir.glob("events.out.tfevents.*"):
+                    old.unlink()  # a fresh run of this stage replaces the last one's stream
             self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self._purge_step)
         return self._writer
+
+    def tag(self, name: str) -> str:
+        return f"{self.stage}/{name}"
 
     def resume_at(self, step: int) -> None:
         """Continue a resumed run's curves: the interrupted run's events after ``step`` are dropped."""
@@ -54,24 +65,50 @@ class Monitor:
         if not self.enabled:
             return
         for key, value in values.items():
-            self.writer.add_scalar(key, float(value), step)
+            self.writer.add_scalar(self.tag(key), float(value), step)
+
+    def accuracy(self, step: int, name: str, acc: float, ci: float, *, chart: str | None = None) -> None:
+        """Accuracy ``name`` (percent) with its 95% CI band, and a margin chart of the three."""
+        self.scalars(step, **{name: acc, f"{name}_low": acc - ci, f"{name}_high": acc + ci})
+        if not self.enabled or name in self._charts:
+            return
+        self._charts[name] = [
+            chart or f"{name} ± 95% CI (%)",
+            [self.tag(t) for t in (name, f"{name}_low", f"{name}_high")],
+        ]
+        layout = {self.stage: {title: ["Margin", tags] for title, tags in self._charts.values()}}
+        self.writer.add_custom_scalars(layout)  # TensorBoard reads the last layout of each run
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         if not self.enabled:
             return
-        self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+        self.writer.add_histogram(self.tag(tag), values.detach().float().cpu(), step)
 
     def images(self, tag: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
         """Log uint8 ``(B, H, W, C)`` images as one grid."""
         if not self.enabled:
             return
         grid = make_grid(images.detach().cpu().permute(0, 3, 1, 2), nrow=nrow, padding=2, pad_value=255)
-        self.writer.add_image(tag, grid, step)
+        self.writer.add_image(self.tag(tag), grid, step)
+
+    def task(self, tag: str, images: torch.Tensor, shot: int, step: int) -> None:
+        """One task's uint8 images ``(way, shot + query, H, W, C)`` as a grid, a row per class: support
+        images framed in green, queries in grey."""
+        if not self.enabled:
+            return
+        x = images.detach().cpu().permute(0, 1, 4, 2, 3)  # (way, n, C, H, W)
+        way, n, c = x.shape[:3]
+        frame = torch.tensor([150, 150, 150] if c == 3 else [150], dtype=torch.uint8).repeat(way, n, 1)
+        frame[:, :shot] = torch.tensor([40, 200, 40] if c == 3 else [255], dtype=torch.uint8)
+        framed = frame[..., None, None].expand(-1, -1, -1, *(s + 4 for s in x.shape[3:])).clone()
+        framed[..., 2:-2, 2:-2] = x
+        grid = make_grid(framed.flatten(0, 1), nrow=n, padding=2, pad_value=255)
+        self.writer.add_image(self.tag(tag), grid, step)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         if not self.enabled:
             return
-        self.writer.add_text(tag, text, step)
+        self.writer.add_text(self.tag(tag), text, step)
 
     def close(self) -> None:
         if self._writer is not None:

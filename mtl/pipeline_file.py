@@ -1,10 +1,14 @@
 """Pipeline files: a YAML mapping, optionally ``extends: other.yaml`` (merged key by key, the file
 itself winning), plus ``--set dotted.key=value`` overrides, read into one raw nested mapping that
 :mod:`mtl.config` then validates.
+
+A pipeline is named by a path or, for the pipelines that ship with mtl, by its bare name
+(``glyphs-1shot``), which resolves wherever the command runs.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +16,49 @@ import yaml
 
 from mtl.errors import MtlError
 
-__all__ = ["read", "set_key"]
+__all__ = ["DEFAULT", "read", "resolve", "set_key", "shipped"]
+
+DEFAULT = "glyphs-1shot"  # the pipeline every stage command runs when given none
+MAX_BYTES = 1 << 20  # a pipeline is a page of YAML; anything larger is some other file
+MAX_DEPTH = 32  # sections nest 2-3 deep; deeper is not a pipeline
+MAX_VALUES = 100_000  # after aliases are expanded: a "billion laughs" document stops here
+
+
+def _shipped_dir() -> Path:
+    """The repository's ``pipelines/`` (a source checkout or editable install), else the copy a
+    wheel installs under ``<prefix>/share/mtl/pipelines``."""
+    here = Path(__file__).resolve().parents[1] / "pipelines"
+    return here if here.is_dir() else Path(sys.prefix) / "share" / "mtl" / "pipelines"
+
+
+def shipped() -> dict[str, Path]:
+    """``{bare name: file}`` of the pipelines that ship with mtl, sorted by name."""
+    folder = _shipped_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def describe(path: Path) -> str:
+    """A pipeline's one-line description: its first comment line."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def resolve(pipeline: str | Path) -> Path:
+    """A pipeline argument as a file: an existing path as it is, else a shipped pipeline's bare name
+    (``glyphs-1shot`` or ``glyphs-1shot.yaml``)."""
+    path = Path(pipeline).expanduser()
+    if path.exists() or len(path.parts) > 1:
+        return path
+    return shipped().get(path.name.removesuffix(".yaml"), path)
 
 
 def read(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The raw mapping of ``path`` (following ``extends:``; ``{}`` for None) with ``overrides`` applied."""
-    raw: dict = _read_yaml(Path(path)) if path is not None else {}
+    raw: dict = _read_yaml(resolve(path)) if path is not None else {}
     for item in overrides:
         key, value = _parse_override(item)
         set_key(raw, key, value)
@@ -26,16 +67,9 @@ def read(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.expanduser()
-    if not path.is_file():
-        raise MtlError(f"pipeline file not found: {path}")
     if path.resolve() in seen:
         raise MtlError(f"{path}: 'extends' forms a cycle")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where else ""
-        raise MtlError(f"{path}: not valid YAML{line}") from None
+    data = _load(path, _text(path))
     if not isinstance(data, dict):
         raise MtlError(f"{path}: a pipeline must be a mapping of keys to values")
     parent = data.pop("extends", None)
@@ -45,6 +79,61 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise MtlError(f"{path}: 'extends' must be a file path")
     base = _read_yaml(path.parent / parent, (*seen, path.resolve()))
     return _merge(base, data)
+
+
+def _text(path: Path) -> str:
+    """The file's text, or one line saying why ``path`` is not a pipeline file."""
+    if path.is_dir():
+        raise MtlError(f"{path} is a folder, not a pipeline file (shipped pipelines: mtl pipelines)")
+    if not path.is_file():
+        hint = "" if len(path.parts) > 1 else " and no shipped pipeline has that name (mtl pipelines)"
+        raise MtlError(f"pipeline file not found: {path}{hint}")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise MtlError(f"{path}: {size / 2**20:.1f} MiB is too large for a pipeline file (a YAML page)")
+    data = path.read_bytes()
+    if data[:2] == b"PK" or data[:1] == b"\x80":
+        raise MtlError(f"{path} is a checkpoint or archive, not a pipeline (YAML) file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MtlError(f"{path} is a binary file, not a pipeline (YAML) file") from None
+    if "\x00" in text:
+        raise MtlError(f"{path} is a binary file, not a pipeline (YAML) file")
+    return text
+
+
+def _load(path: Path, text: str) -> Any:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise MtlError(f"{path}: not valid YAML{line}") from None
+    except RecursionError:
+        raise MtlError(f"{path}: nested too deeply to be a pipeline") from None
+    if data is None:
+        raise MtlError(
+            f"{path} is empty: a pipeline is a YAML mapping of keys (mtl pipelines lists examples)"
+        )
+    _check_size(path, data)
+    return data
+
+
+def _check_size(path: Path, data: Any) -> None:
+    """Walk the document as :mod:`mtl.config` will, aliases expanded, and stop at absurd sizes."""
+    count, stack = 0, [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if depth > MAX_DEPTH:
+            raise MtlError(f"{path}: nested more than {MAX_DEPTH} levels deep, not a pipeline")
+        if count > MAX_VALUES:
+            raise MtlError(f"{path}: expands to over {MAX_VALUES:,} values (YAML aliases?), not a pipeline")
+        if isinstance(node, dict):
+            stack += [(v, depth + 1) for v in node.values()]
+        elif isinstance(node, list):
+            stack += [(v, depth + 1) for v in node]
 
 
 def _merge(base: dict, top: dict) -> dict:

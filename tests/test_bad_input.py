@@ -167,6 +167,87 @@ CASES = {
 }  # fmt: skip
 
 
+def test_the_table_has_at_least_twenty_mistakes():
+    assert len(CASES) >= 20
+
+
+def bad_file(name: str, make: Callable[[Path], None], command: str = "pretrain"):
+    """``command`` given the file ``name`` that ``make`` writes where a pipeline (or, for adapt, a
+    checkpoint) goes."""
+
+    def args(root: Path, sets: list[str], ckpts: Path) -> list[str]:
+        path = root / name
+        make(path)
+        if command == "adapt":
+            return adapt_task(str(path))(root, sets, ckpts)  # an absolute path stays as it is
+        return [command, str(path), *sets, "--checkpoints", str(ckpts)]
+
+    return args
+
+
+def _bytes(data: bytes) -> Callable[[Path], None]:
+    return lambda path: path.write_bytes(data)
+
+
+def _png(path: Path) -> None:
+    from fakes import pattern_images, write_image
+
+    write_image(path, pattern_images(1, 16, seed=0)[0])
+
+
+_BOMB = "\n".join(
+    ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+)
+
+FILE_CASES = {
+    "checkpoint given as the pipeline": (
+        lambda root, sets, ckpts: ["metatest", str(ckpts / "tiny/metatrain/best.pt"), *sets],
+        r"best\.pt is a checkpoint or archive, not a pipeline \(YAML\) file",
+    ),
+    "image given as the pipeline": (bad_file("glyph.png", _png), r"glyph\.png is a binary file"),
+    "random bytes as the pipeline": (
+        bad_file("noise.yaml", _bytes(bytes(range(256)) * 4)), r"noise\.yaml is a binary file"
+    ),
+    "empty pipeline": (bad_file("empty.yaml", _bytes(b"")), r"empty\.yaml is empty"),
+    "huge pipeline": (
+        bad_file("huge.yaml", _bytes(b"# padding\n" * 200_000)), r"huge\.yaml: 1\.9 MiB is too large"
+    ),
+    "folder as the pipeline": (
+        lambda root, sets, ckpts: ["metatest", str(root), *sets, "--checkpoints", str(ckpts)],
+        r"is a folder, not a pipeline file",
+    ),
+    "YAML bomb": (bad_file("bomb.yaml", _bytes(_BOMB.encode())), r"bomb\.yaml: expands to over 100,000"),
+    "deeply nested YAML": (
+        bad_file("deep.yaml", _bytes(b"meta: " + b"[" * 3000 + b"]" * 3000)), r"deep\.yaml: nested"
+    ),
+    "unknown pipeline name": (
+        plain("pretrain", "glyphs-2shot"),
+        r"pipeline file not found: glyphs-2shot and no shipped pipeline has that name \(mtl pipelines\)",
+    ),
+    "adapt with a pipeline as the checkpoint": (
+        bad_file("p.yaml", _bytes(b"name: x\n"), "adapt"),
+        r"p\.yaml is not a metatrain checkpoint \(a pipeline \(YAML\) file\)",
+    ),
+    "adapt with random bytes as the checkpoint": (
+        bad_file("noise.pt", _bytes(b"\x01\x02" * 100), "adapt"),
+        r"noise\.pt is not a metatrain checkpoint \(not a PyTorch file\)",
+    ),
+    "adapt with an empty checkpoint": (
+        bad_file("empty.pt", _bytes(b""), "adapt"), r"empty\.pt is empty, not a metatrain checkpoint"
+    ),
+    "adapt with metatest results as the checkpoint": (
+        lambda root, sets, ckpts: adapt_task("tiny/metatest/results.json")(root, sets, ckpts),
+        r"results\.json is not a metatrain checkpoint \(not a PyTorch file\)",
+    ),
+    "adapt with a pickled object as the checkpoint": (
+        bad_file("obj.pt", lambda p: torch_save_object(p), "adapt"),
+        r"obj\.pt is not an mtl checkpoint \(it holds Python objects mtl never saves\)",
+    ),
+}  # fmt: skip
+CASES.update(FILE_CASES)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_user_mistake(done, case):
     root, sets, ckpts = done
@@ -182,5 +263,36 @@ def test_user_mistake(done, case):
     assert snapshot(ckpts) == before
 
 
-def test_the_table_has_at_least_twenty_mistakes():
-    assert len(CASES) >= 20
+class _Thing:
+    """Not a tensor or a builtin: what ``weights_only`` loading refuses."""
+
+
+def torch_save_object(path: Path) -> None:
+    import torch
+
+    torch.save({"thing": _Thing()}, path)
+
+
+def test_file_mistakes_add_at_least_ten_cases():
+    assert len(FILE_CASES) >= 10
+
+
+def test_a_stage_runs_by_pipeline_name_outside_the_repository(done, tmp_path, monkeypatch):
+    """``cd /tmp && mtl metatest glyphs-1shot --checkpoints DIR`` works and says where it wrote."""
+    root, sets, ckpts = done
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["metatest", "glyphs-1shot", *sets, "--checkpoints", str(ckpts)])
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"metatest: wrote {re.escape(str(ckpts))}/tiny/metatest/results\.json in [\d.]+ s", last
+    )
+
+
+def test_a_missing_stage_names_the_exact_command_to_run(done):
+    root, sets, ckpts = done
+    result = CliRunner().invoke(
+        main, ["metatest", PIPELINE, "--set", "name=other", "--checkpoints", str(ckpts)]
+    )
+    want = f"run `mtl metatrain {PIPELINE} --set name=other --checkpoints {ckpts}` first"
+    assert result.exit_code == 2 and result.output.strip().endswith(want), result.output

@@ -41,6 +41,7 @@ class HardTasks:
             seed=rng_pool,
         )
         self.sampler = EpisodeSampler(train.labels, self.way, m.shot, m.query, seed=rng_images)
+        self.shot = m.shot
         self.history: list[dict[str, float]] = []  # per epoch: query accuracy of normal and extra tasks
 
     def draw(self, tasks: np.ndarray) -> np.ndarray:
@@ -81,14 +82,14 @@ class HardTasks:
         images: torch.Tensor | ImageStore,
         hard_tasks: np.ndarray,
     ) -> None:
-        monitor.scalars(step, **{"hard/normal_query_acc": acc, "hard/hard_query_acc": hard_acc})
+        monitor.scalars(step, **{"hard/normal_query_acc": 100 * acc, "hard/hard_query_acc": 100 * hard_acc})
         monitor.scalars(step, **{"hard/pool_size": len(self.pool)})
         if step == 0:
-            grid = images[torch.from_numpy(hard_tasks[0]).flatten()]
-            monitor.images("hard/task", grid, 0, nrow=hard_tasks.shape[2])
+            monitor.task("hard/task", images[torch.from_numpy(hard_tasks[0])], self.shot, 0)
 
     def log_epoch(self, monitor: Monitor, step: int, class_names: list[str]) -> None:
-        monitor.scalars(step, **{"hard/pool_share_of_base_classes": len(self.pool) / self.pool.num_classes})
+        share = 100 * len(self.pool) / self.pool.num_classes
+        monitor.scalars(step, **{"hard/pool_share_of_base_classes": share})  # percent
         chosen = np.repeat(np.arange(len(self.pool.chosen)), self.pool.chosen)
         if len(chosen):
             monitor.histogram("hard/chosen_class", torch.from_numpy(chosen), step)

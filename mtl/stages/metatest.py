@@ -116,7 +116,7 @@ def publish(
     for method, acc in scores.items():
         mean, ci = mean_ci(acc)
         rows.append({"method": method, "acc": round(mean, 2), "ci95": round(ci, 2)})
-        run.monitor.scalars(0, **{f"test/{method}": mean})
+        run.monitor.accuracy(0, f"test/{method}", mean, ci)
     results = {
         "pipeline": cfg.name,
         "way": cfg.meta.way,

@@ -137,7 +137,7 @@ class MetaTraining(Training):
         acc, ci = validate(self.method, self.run, *self.val)
         self.keep(0, acc, ci)
         self.run.monitor.line(f"before meta-training: val {acc:.2f} ± {ci:.2f}%")
-        self.run.monitor.scalars(0, **{"val/acc": acc, "val/ci95": ci})
+        self.run.monitor.accuracy(0, "val/acc", acc, ci, chart="validation accuracy ± 95% CI (%)")
 
     def begin_epoch(self, epoch: int, fresh_epoch: bool) -> None:
         self.method.train()
@@ -172,8 +172,7 @@ class MetaTraining(Training):
             self.hard.log(self.run.monitor, step, acc, extra_acc, self.images, batch[m.meta_batch :])
         self.sums += torch.stack([loss, acc, extra_acc])
         if step == 0:
-            grid = self.images[torch.from_numpy(tasks[0]).flatten()]
-            self.run.monitor.images("train/task", grid, 0, nrow=tasks.shape[2])
+            self.run.monitor.task("train/task", self.images[torch.from_numpy(tasks[0])], m.shot, 0)
 
     def validate(self, epoch: int) -> tuple[float, float, str]:
         """Validation, TensorBoard and the epoch's line."""
@@ -184,12 +183,12 @@ class MetaTraining(Training):
             step,
             **{
                 "train/query_loss": train_loss,
-                "train/query_acc": train_acc,
+                "train/query_acc": 100 * train_acc,
                 "train/tasks_per_s": self.speed(),
             },
             **{f"train/lr_{name}": lr for name, lr in self.lrs.items()},
-            **{"val/acc": acc, "val/ci95": ci},
         )
+        run.monitor.accuracy(step, "val/acc", acc, ci, chart="validation accuracy ± 95% CI (%)")
         self.method.log_epoch(run.monitor, step)
         note = ""
         if self.hard is not None:

@@ -192,12 +192,15 @@ class Pretraining(Training):
         acc, ci = mean_ci(nearest_centroid(feats, self.val[1], self.shot))
         run.monitor.scalars(
             (epoch + 1) * steps,
-            **{"train/loss": train_loss, "train/acc": correct / (steps * batch), "train/lr": self.lrs["0"]},
             **{
-                "train/images_per_s": self.done * batch / max(self.seconds, 1e-9),
-                "val/acc": acc,
-                "val/ci95": ci,
+                "train/loss": train_loss,
+                "train/acc": 100 * correct / (steps * batch),
+                "train/lr": self.lrs["0"],
             },
+            **{"train/images_per_s": self.done * batch / max(self.seconds, 1e-9)},
+        )
+        run.monitor.accuracy(
+            (epoch + 1) * steps, "val/acc", acc, ci, chart="validation accuracy ± 95% CI (%)"
         )
         way = run.cfg.meta.way
         line = (

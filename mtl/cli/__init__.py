@@ -1,0 +1,43 @@
+"""The ``mtl`` command: one sub-command per stage, each taking a pipeline (a file, or the name of a
+shipped one: ``mtl pipelines``).
+
+    mtl pretrain  glyphs-1shot [--set key=value ...] [--checkpoints DIR]
+    mtl metatrain glyphs-1shot
+    mtl metatest  glyphs-1shot
+    mtl config    pipelines/miniimagenet-1shot.yaml [--json]
+    mtl data prepare miniimagenet --source ~/Downloads/mini --dest ~/.cache/mtl/miniimagenet
+    mtl data info ~/.cache/mtl/miniimagenet
+    mtl report [CHECKPOINTS]
+    mtl adapt --checkpoint checkpoints/<name>/metatrain/best.pt --support DIR --query DIR
+
+A mistake a user can make ends with one line on stderr and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from mtl import __version__
+from mtl.cli import data, stages, tools
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="mtl")
+def main() -> None:
+    """Meta-Transfer Learning for few-shot image classification."""
+
+
+for _name in stages.STAGES:
+    main.add_command(stages.stage_command(_name))
+for _command in (
+    stages.compare_command,
+    stages.show_config,
+    stages.pipelines_command,
+    data.data,
+    tools.report,
+    tools.adapt,
+    tools.bench,
+):
+    main.add_command(_command)

@@ -1,0 +1,66 @@
+"""What the ``mtl`` sub-commands share: the pipeline argument, the common options, and the wrapper
+that turns a user's mistake into one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import click
+
+from mtl.errors import MtlError
+from mtl.pipeline_file import DEFAULT
+
+__all__ = ["checkpoints", "done", "overrides", "pipeline", "quiet", "user_errors"]
+
+
+def user_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MtlError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except Exception as exc:
+            from mtl.training.resume import Stopped
+
+            if not isinstance(exc, Stopped):
+                raise
+            if os.environ.get("RANK", "0") == "0":  # every rank stops at the same step; one says so
+                click.echo(str(exc), err=True)
+            sys.exit(128 + exc.signum)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def done(what: str, started: float, quiet: bool) -> None:
+    """Every command's last line: what it wrote where, and how long it took."""
+    if not quiet:
+        seconds = time.perf_counter() - started
+        took = f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+        click.echo(f"{what} in {took}")
+
+
+pipeline = click.argument("pipeline", required=False, default=DEFAULT)
+PIPELINE_HELP = (
+    "\n\nPIPELINE is a YAML file or the name of a pipeline that ships with mtl (`mtl pipelines` "
+    f"lists them), so it works from any folder; default: {DEFAULT}."
+)
+overrides = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline key (repeatable)."
+)
+checkpoints = click.option(
+    "--checkpoints",
+    default="checkpoints",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where run outputs go: <checkpoints>/<name>/<stage>/.",
+)
+quiet = click.option("--quiet", is_flag=True, help="No console output except errors.")

@@ -1,0 +1,139 @@
+"""The stage commands (pretrain, metatrain, metatest, ablate, compare) and the pipeline commands
+(config, pipelines)."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+import click
+
+from mtl.checkpoint import MissingCheckpoint
+from mtl.cli.options import PIPELINE_HELP, checkpoints, done, overrides, pipeline, quiet, user_errors
+from mtl.errors import MtlError
+
+__all__ = ["STAGES", "compare_command", "pipelines_command", "show_config", "stage_command"]
+
+STAGES = {
+    "pretrain": ("Stage 1: pretrain the encoder on the base classes.", "best.pt"),
+    "metatrain": ("Stage 2: meta-train the pipeline's method (MTL: SS and θ).", "best.pt"),
+    "metatest": ("Stage 3: accuracy ± 95% CI on fixed test episodes.", "results.json"),
+    "ablate": ("The ablation: NC, FT, MTL, MTL + HT, from scratch.", "results.json"),
+}
+_FOLDER = {"ablate": "ablation"}  # the stage folder where it differs from the command
+
+
+def rerun_hint(exc: MissingCheckpoint, pipe: str, sets: tuple[str, ...], ckpts: str) -> MtlError:
+    """The missing stage's exact command line, with the pipeline and options the user gave."""
+    args = ["mtl", exc.stage, pipe, *(a for s in sets for a in ("--set", s))]
+    if ckpts != "checkpoints":
+        args += ["--checkpoints", ckpts]
+    return MtlError(str(MissingCheckpoint(exc.path, exc.stage, shlex.join(args))))
+
+
+def stage_command(name: str) -> click.Command:
+    doc, output = STAGES[name]
+    fresh_flag = click.option("--fresh", is_flag=True, help="Start over, do not resume from last.pt.")
+
+    @user_errors
+    def command(pipeline: str, overrides: tuple[str, ...], checkpoints: str, quiet: bool, **fresh) -> None:
+        from mtl import checkpoint, config
+        from mtl.stages import ablate, metatest, metatrain, pretrain
+
+        stages = {
+            "pretrain": pretrain.pretrain,
+            "metatrain": metatrain.metatrain,
+            "metatest": metatest.metatest,
+            "ablate": ablate.ablate,
+        }
+        started = time.perf_counter()
+        cfg = config.load(pipeline, overrides)
+        try:
+            stages[name](cfg, checkpoints, quiet=quiet, **fresh)
+        except MissingCheckpoint as exc:
+            raise rerun_hint(exc, pipeline, overrides, checkpoints) from None
+        out = checkpoint.stage_dir(checkpoints, cfg.run_name(name), _FOLDER.get(name, name))
+        done(f"{name}: wrote {out / output}", started, quiet)
+
+    for option in (quiet, checkpoints, overrides, pipeline):
+        command = option(command)
+    if name in ("pretrain", "metatrain"):
+        command = fresh_flag(command)
+    return click.command(name=name, help=doc + PIPELINE_HELP, short_help=doc)(command)
+
+
+@click.command("compare", short_help="Every method on the same test episodes, side by side.")
+@pipeline
+@click.option(
+    "--methods",
+    "names",
+    metavar="A,B,...",
+    help="Rows to compare (default: compare.methods, else every method's variants; `mtl compare --list`).",
+)
+@click.option("--list", "list_rows", is_flag=True, help="List the rows mtl compare knows and exit.")
+@overrides
+@checkpoints
+@quiet
+@user_errors
+def compare_command(
+    pipeline: str, names: str | None, list_rows: bool, overrides: tuple, checkpoints: str, quiet: bool
+):
+    """Every method on the same test episodes of PIPELINE: accuracy ± CI, training time, published
+    number."""
+    from mtl import checkpoint, config, methods
+    from mtl.stages.compare import compare
+
+    if list_rows:
+        for name, (method, label, sets) in methods.variants().items():
+            extra = ", ".join(f"{k}={v}" for k, v in sets.items())
+            click.echo(f"{name:<18} {label}  [method={method}{', ' + extra if extra else ''}]")
+        return
+    started = time.perf_counter()
+    cfg = config.load(pipeline, overrides)
+    rows = [n.strip() for n in names.split(",") if n.strip()] if names else None
+    try:
+        compare(cfg, checkpoints, names=rows, quiet=quiet)
+    except MissingCheckpoint as exc:
+        raise rerun_hint(exc, pipeline, overrides, checkpoints) from None
+    out = checkpoint.stage_dir(checkpoints, cfg.name, "compare") / "results.json"
+    done(f"compare: wrote {out}", started, quiet)
+
+
+compare_command.help += PIPELINE_HELP
+
+
+@click.command("config", short_help="Print the resolved pipeline and what it will run.")
+@pipeline
+@overrides
+@click.option("--json", "as_json", is_flag=True, help='Print {"config": ..., "derived": ...} as JSON.')
+@user_errors
+def show_config(pipeline: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Print the resolved PIPELINE and what it will run: meta-updates, tasks per update, the updates
+    where the meta-LRs drop, pretraining steps and images per epoch."""
+    import json
+
+    from mtl import config, recipe
+
+    cfg = config.load(pipeline, overrides)
+    if as_json:
+        click.echo(json.dumps({"config": cfg.to_dict(), "derived": recipe.derived(cfg)}, indent=2))
+        return
+    click.echo(cfg.to_yaml().rstrip())
+    click.echo(f"\n# what {cfg.name} will run\n{recipe.describe(cfg)}")
+
+
+show_config.help += PIPELINE_HELP
+
+
+@click.command("pipelines", short_help="List the pipelines that ship with mtl.")
+@click.option("--paths", is_flag=True, help="Print each pipeline's file instead of its description.")
+def pipelines_command(paths: bool) -> None:
+    """List the pipelines that ship with mtl, one line each; give a name where a command takes a
+    PIPELINE (`mtl pretrain glyphs-5shot`), from any folder."""
+    from mtl.pipeline_file import describe, shipped
+
+    found = shipped()
+    width = max(map(len, found), default=0)
+    for name, path in found.items():
+        click.echo(f"{name:<{width}}  {Path(path) if paths else describe(path)}")
