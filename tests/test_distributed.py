@@ -102,7 +102,9 @@ def test_sigterm_to_a_two_process_metatrain_then_resume_is_bit_identical(runs, t
             assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (name, part)
 
 
-@pytest.mark.parametrize(("stage", "tag"), [("pretrain", "pretrain/train/loss"), ("metatrain", "metatrain/train/query_loss")])
+@pytest.mark.parametrize(
+    ("stage", "tag"), [("pretrain", "pretrain/train/loss"), ("metatrain", "metatrain/train/query_loss")]
+)
 def test_two_gloo_processes_follow_the_single_process_loss_curve(runs, stage, tag):
     one, two = runs
     single, double = curve(one, stage, tag), curve(two, stage, tag)
