@@ -64,7 +64,9 @@ def load(path: Path, *, stage: str, map_location: str | torch.device = "cpu") ->
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         # weights_only refuses anything but tensors and builtins; its message is a page long.
-        raise MtlError(f"{path} is not an mtl checkpoint (it holds Python objects mtl never saves)") from None
+        raise MtlError(
+            f"{path} is not a readable mtl checkpoint (it holds Python objects mtl never saves)"
+        ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError):
         raise MtlError(f"{path} is not a readable mtl checkpoint (truncated or corrupt)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "stage" not in ckpt:

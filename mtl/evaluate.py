@@ -20,6 +20,7 @@ from torch import Tensor
 from mtl import base_learner
 from mtl.data.episodes import episode_targets
 from mtl.errors import MtlError
+from mtl.monitor import progress
 
 __all__ = ["episodic", "extract_features", "finetune", "mean_ci", "nearest_centroid", "raw_pixels"]
 
@@ -53,7 +54,8 @@ def extract_features(
         raise MtlError("no images to encode: the split is empty")
     device = torch.device(device)
     out: list[Tensor] = []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in progress(starts, length=len(starts), label=f"  encoding {len(images)} images"):
         batch = images[start : start + batch_size]
         if isinstance(batch, np.ndarray):
             # A copy: memmap slices are read-only, and `encode` may work in place.
@@ -71,7 +73,8 @@ def _chunks(episodes: Tensor | np.ndarray, chunk: int, dim: int, device: torch.d
         raise ValueError(f"episodes must be (E, way, shot + query), got shape {tuple(episodes.shape)}")
     per_episode = episodes.shape[1] * episodes.shape[2] * dim
     step = max(1, min(chunk, _MAX_CHUNK_ELEMENTS // max(per_episode, 1)))
-    for start in range(0, len(episodes), step):
+    starts = range(0, len(episodes), step)
+    for start in progress(starts, length=len(starts), label=f"  {len(episodes)} episodes"):
         yield episodes[start : start + step].to(device, non_blocking=True)
 
 

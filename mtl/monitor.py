@@ -28,6 +28,27 @@ from torchvision.utils import make_grid
 
 T = TypeVar("T")
 
+_BARS = [False]  # progress bars on: the running stage is not quiet and stderr is a terminal
+
+
+def show_bars(enabled: bool) -> None:
+    """Turn :func:`progress` bars on (when stderr is a terminal) or off, for the stage that starts."""
+    _BARS[0] = enabled and sys.stderr.isatty()
+
+
+def progress(items: Iterable[T], *, length: int, label: str) -> Iterator[T]:
+    """Iterate ``items`` with a progress bar with ETA on stderr if bars are on, silently otherwise (no
+    control characters reach a log or a pipe)."""
+    if not _BARS[0] or length < 2:
+        yield from items
+        return
+    _BARS[0] = False  # a loop inside this one runs without a bar of its own
+    try:
+        with click.progressbar(items, length=length, label=label, file=sys.stderr, show_eta=True) as bar:
+            yield from bar
+    finally:
+        _BARS[0] = True
+
 
 class Monitor:
     """A TensorBoard writer for one stage plus console output."""
@@ -121,11 +142,10 @@ class Monitor:
 
     def progress(self, items: Iterable[T], *, length: int, label: str) -> Iterator[T]:
         """Iterate with a progress bar (with ETA) when stderr is a terminal, silently otherwise."""
-        if self.quiet or not sys.stderr.isatty():
+        if self.quiet:
             yield from items
             return
-        with click.progressbar(items, length=length, label=label, file=sys.stderr, show_eta=True) as bar:
-            yield from bar
+        yield from progress(items, length=length, label=label)
 
 
 @contextmanager

@@ -105,6 +105,10 @@ def test_labelled_query_end_to_end(model, tmp_path):
     result = invoke("adapt", "--checkpoint", model.best, "--support", support, "--query", query, "--out", out)
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
+    assert lines[-1].startswith(f"adapt: classified 24 images; wrote {out}, {out.parent / 'confusion_matrix.csv'} in ")
+    # then the confusion matrix: a header, a title row, one row per class
+    assert lines[-6] == "confusion matrix (rows: true class, columns: predicted):"
+    lines = lines[:-6]
     assert lines[-2] == f"... 4 more in {out}"  # 24 queries, 20 shown
     assert lines[-1].startswith("accuracy: ") and lines[-1].endswith("/24)")
     assert "red/00.jpg" in result.output and ("✓" in result.output or "✗" in result.output)
@@ -327,3 +331,40 @@ def test_adapt_with_a_maml_checkpoint_adapts_the_whole_network(model, tmp_path):
     want = torch.softmax(torch.func.functional_call(net, params, (x_q,)), dim=-1)
     got = torch.tensor([[p["probs"][c] for c in classes] for p in res["predictions"]])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_adapt_save_then_predict_gives_the_same_predictions(model, tmp_path):
+    """adapt → --save → predict on the held-out query images: the same classes and probabilities,
+    the CSV alike, and for labelled images a confusion matrix (printed and beside the CSV)."""
+    support = write_classes(tmp_path / "support", {"red": 2, "green": 2, "blue": 1}, seed=7)
+    query = write_classes(tmp_path / "query", dict.fromkeys(TEST_COLOURS, 3), seed=8)
+    saved = tmp_path / "classifier.pt"
+    result = invoke("adapt", "--checkpoint", model.best, "--support", support, "--query", query, "--save", saved)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"adapt: classified 9 images; wrote {saved} in ")
+    adapted = adapt(model.best, support, query, quiet=True)
+
+    out = tmp_path / "out" / "predictions.csv"
+    out.parent.mkdir()
+    result = invoke("predict", saved, query, "--out", out)
+    assert result.exit_code == 0, result.output
+    from mtl.predict import predict
+
+    got = predict(saved, [query], quiet=True)
+    assert [p["image"] for p in got["predictions"]] == [p["image"] for p in adapted["predictions"]]
+    assert [p["prediction"] for p in got["predictions"]] == [p["prediction"] for p in adapted["predictions"]]
+    for a, b in zip(got["predictions"], adapted["predictions"], strict=True):
+        assert a["probs"] == pytest.approx(b["probs"], abs=1e-6)
+    assert got["accuracy"] == adapted["accuracy"]
+
+    assert "confusion matrix (rows: true class, columns: predicted):" in result.output
+    rows = list(csv.reader(open(out.parent / "confusion_matrix.csv", newline="")))
+    assert rows[0] == ["true \\ predicted", *got["classes"]]
+    counts = np.array([[int(v) for v in r[1:]] for r in rows[1:]])
+    assert counts.sum() == 9 and counts.sum(1).tolist() == [3, 3, 3]
+    assert np.trace(counts) == sum(p["prediction"] == p["label"] for p in got["predictions"])
+    assert len(read_csv(out)) == 9
+
+    files = sorted((query / "red").iterdir())[:2]  # single files: unlabelled, named as given
+    one = predict(saved, files, quiet=True)
+    assert one["accuracy"] is None and [p["image"] for p in one["predictions"]] == list(map(str, files))

@@ -242,7 +242,19 @@ FILE_CASES = {
     ),
     "adapt with a pickled object as the checkpoint": (
         bad_file("obj.pt", lambda p: torch_save_object(p), "adapt"),
-        r"obj\.pt is not an mtl checkpoint \(it holds Python objects mtl never saves\)",
+        r"obj\.pt is not a readable mtl checkpoint \(it holds Python objects mtl never saves\)",
+    ),
+    "predict with a metatrain checkpoint": (
+        plain("predict", "{ckpts}/tiny/metatrain/best.pt", "{root}"),
+        r"best\.pt is a metatrain checkpoint, expected classifier",
+    ),
+    "predict without images": (
+        plain("predict", "{ckpts}/tiny/metatrain/best.pt"), r"give the images to classify"
+    ),
+    "adapt --save into a missing folder": (
+        lambda root, sets, ckpts: [*adapt_task("tiny/metatrain/best.pt")(root, sets, ckpts), "--save",
+                                   str(root / "no" / "c.pt")],
+        r"--save .*c\.pt: .*/no does not exist",
     ),
 }  # fmt: skip
 CASES.update(FILE_CASES)

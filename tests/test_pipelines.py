@@ -42,3 +42,38 @@ def test_a_bare_name_resolves_to_the_shipped_file_from_any_folder(tmp_path, monk
 def test_stage_help_says_what_pipeline_may_be():
     out = " ".join(CliRunner().invoke(main, ["metatest", "--help"]).output.split())
     assert "mtl pipelines" in out and "glyphs-1shot" in out
+
+
+def _metatest_output(tmp_path: Path, tty: bool) -> str:
+    """A tiny run's metatest as a user's shell runs it: under a pseudo-terminal or into a pipe."""
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    sets = [a for o in [*TINY, f"data.root={tmp_path / 'data'}", "test.episodes=3000"] for a in ("--set", o)]
+    base = [sys.executable, "-m", "mtl"]
+    ckpts = ["--checkpoints", str(tmp_path / "ck")]
+    for stage in ("pretrain", "metatrain"):
+        subprocess.run([*base, stage, *sets, *ckpts, "--quiet"], check=True, cwd=tmp_path)
+    cmd = [*base, "metatest", "glyphs-1shot", *sets, *ckpts]
+    if tty:
+        import shlex
+
+        cmd = ["script", "-qec", shlex.join(cmd), "/dev/null"]
+    out = subprocess.run(cmd, capture_output=True, cwd=tmp_path, check=True)  # bytes: keep every \r
+    return (out.stdout + out.stderr).decode()
+
+
+def test_metatest_shows_a_progress_bar_on_a_terminal_and_none_in_a_pipe(tmp_path):
+    import shutil
+
+    if shutil.which("script") is None:
+        import pytest
+
+        pytest.skip("util-linux `script` (a pseudo-terminal) is not installed")
+    piped = _metatest_output(tmp_path, tty=False)
+    assert not any(c in piped for c in "\r\x1b\b"), repr(piped)
+    assert "episodes  [" not in piped and "metatest: wrote" in piped
+    on_tty = _metatest_output(tmp_path, tty=True)
+    assert "\r" in on_tty and "3000 episodes  [" in on_tty and "metatest: wrote" in on_tty

@@ -38,6 +38,7 @@ for _command in (
     data.data,
     tools.report,
     tools.adapt,
+    tools.predict,
     tools.bench,
 ):
     main.add_command(_command)

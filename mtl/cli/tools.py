@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
-from mtl.cli.options import user_errors
+from mtl.cli.options import done, user_errors
 
-__all__ = ["adapt", "bench", "report"]
+__all__ = ["adapt", "bench", "predict", "report"]
 
 
 @click.command(short_help="Collect finished metatests into one table.")
@@ -32,14 +34,49 @@ def report(checkpoints: str, out: str | None) -> None:
     "--query", required=True, type=click.Path(file_okay=False), help="Flat folder or class folders."
 )
 @click.option("--out", type=click.Path(dir_okay=False), help="Write per-image predictions to this CSV.")
+@click.option(
+    "--save", type=click.Path(dir_okay=False), help="Write the adapted classifier here, for mtl predict."
+)
 @click.option("--steps", type=click.IntRange(min=0), help="Inner-loop steps [the checkpoint's test setting].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @user_errors
-def adapt(checkpoint: str, support: str, query: str, out: str | None, steps: int | None, device: str) -> None:
+def adapt(
+    checkpoint: str,
+    support: str,
+    query: str,
+    out: str | None,
+    save: str | None,
+    steps: int | None,
+    device: str,
+) -> None:
     """Few-shot classification of your own images with a meta-trained model."""
     from mtl.adapt import adapt as run_adapt
 
-    run_adapt(checkpoint, support, query, out=out, steps=steps, device=device)
+    started = time.perf_counter()
+    result = run_adapt(checkpoint, support, query, out=out, save=save, steps=steps, device=device)
+    done(_summary("adapt", result), started, False)
+
+
+@click.command(short_help="Classify images with a classifier that adapt --save wrote.")
+@click.argument("classifier", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), help="Write per-image predictions to this CSV.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@user_errors
+def predict(classifier: str, images: tuple[str, ...], out: str | None, device: str) -> None:
+    """Classify IMAGES (files, or folders: flat, or class folders for a labelled check with a
+    confusion matrix) with CLASSIFIER, the file `mtl adapt --save` wrote."""
+    from mtl.predict import predict as run_predict
+
+    started = time.perf_counter()
+    result = run_predict(classifier, list(images), out=out, device=device)
+    done(_summary("predict", result), started, False)
+
+
+def _summary(command: str, result: dict) -> str:
+    n = len(result["predictions"])
+    wrote = f"; wrote {', '.join(map(str, result['written']))}" if result["written"] else ""
+    return f"{command}: classified {n} images{wrote}"
 
 
 @click.command(short_help="Time mtl's fast paths against reference code.")

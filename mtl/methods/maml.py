@@ -28,6 +28,7 @@ from mtl.data.episodes import ImageRows, episode_targets
 from mtl.data.store import ImageStore
 from mtl.errors import MtlError
 from mtl.methods.base import Encode, Method
+from mtl.monitor import progress
 
 __all__ = ["MAML", "TaskBatchNorm2d", "adapt", "task_batch_norm_"]
 
@@ -191,7 +192,8 @@ class MAML(Method):
         """Accuracy ``(E,)``: each episode adapts its own copy of θ (test steps), ``chunk`` episodes
         batched at once; no graph outlives a chunk, so memory does not grow with the episode count."""
         acc = []
-        for start in range(0, len(episodes), chunk):
+        starts = range(0, len(episodes), chunk)
+        for start in progress(starts, length=len(starts), label=f"  {len(episodes)} episodes"):
             idx = episodes[start : start + chunk].cpu().numpy()
             with torch.no_grad():  # torch.func.grad still differentiates the inner loop
                 logits, targets = self.task_logits(features, idx, self.pre)

@@ -72,6 +72,7 @@ class Scorer:
     def score(self, method: Method, *, shares_pretrained: bool = False) -> torch.Tensor:
         """Per-episode accuracy ``(E,)``; ``shares_pretrained``: its features are the pretrained
         encoder's, computed once for every such method."""
+        self.run.monitor.line(f"scoring {method.label} on {len(self.episodes)} episodes")
         if shares_pretrained and self._pretrained_features is not None:
             feats = self._pretrained_features
         else:

@@ -21,7 +21,7 @@ from mtl.distributed import World
 from mtl.errors import MtlError
 from mtl.evaluate import extract_features
 from mtl.models.backbone import build_backbone
-from mtl.monitor import Monitor
+from mtl.monitor import Monitor, show_bars
 from mtl.training.keys import MODEL_KEYS
 
 
@@ -58,6 +58,7 @@ class Run:
         _check_writable(out)
         log_dir = checkpoints / cfg.run_name(stage) / "tb" / folder
         monitor = Monitor(log_dir, folder, quiet=quiet, enabled=world.main)
+        show_bars(not quiet and world.main)
         d = cfg.data
         pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
         return cls(cfg, stage, checkpoints, out, device, monitor, pre, world)

@@ -1,0 +1,119 @@
+"""An adapted classifier: a trained method fitted to one task's classes, saved once by ``mtl adapt
+--save`` and applied by ``mtl predict`` to any number of images.
+
+The file is a checkpoint of stage ``classifier`` (atomic write, ``weights_only`` load)::
+
+    {"stage": "classifier", "config": {...}, "method": "mtl", "state": {encoder, θ, ...},
+     "fitted": {what Method.fit returned: θ' for MTL, the support embeddings for ProtoNet, ...},
+     "classes": [...], "preprocess": {"image_size", "channels", "mean", "std", "resize"},
+     "adapted": {"steps", "start", "support_images"}}
+
+Predicting runs the same code as ``mtl adapt`` after its fit, so the predictions are the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtl import checkpoint, config, methods
+from mtl import device as devices
+from mtl.data.augment import Preprocess
+from mtl.data.images import BadImage, to_pixels
+from mtl.errors import MtlError
+from mtl.evaluate import extract_features
+from mtl.methods import Method
+from mtl.models.backbone import build_backbone
+
+__all__ = ["STAGE", "Classifier", "build_method", "embed"]
+
+STAGE = "classifier"
+
+
+def build_method(cfg: config.Config, name: str, state: dict, dev: torch.device) -> Method:
+    """Method ``name`` of ``cfg`` with its trained ``state`` loaded, in eval mode on ``dev``."""
+    d, bb = cfg.data, cfg.backbone
+    encoder = build_backbone(
+        bb.name, in_chans=d.channels, widths=bb.widths, drop_rate=bb.drop_rate, image_size=d.image_size
+    )
+    method = methods.get(name)(encoder, cfg)
+    method.load_state(state)
+    return method.to(dev).eval()
+
+
+def embed(cfg: config.Config, method: Method, paths: list[Path], dev: torch.device) -> torch.Tensor:
+    """Decode ``paths``, preprocess them as training did and embed them (:meth:`Method.embed`):
+    ``(len(paths), ...)`` float32."""
+    d = cfg.data
+    size = d.resize or d.image_size  # as the prepared images reach the encoder: resized, then cropped
+    pixels = np.empty((len(paths), size, size, d.channels), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            pixels[i] = to_pixels(path, size, d.channels)
+        except BadImage as exc:
+            # PIL's reason often repeats the file name, which already leads the message.
+            reason = str(exc).replace(f" '{path}'", "")
+            raise MtlError(f"{path}: cannot decode image ({reason})") from None
+    pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
+    return extract_features(
+        lambda b: method.embed(pre(b)), pixels, batch_size=cfg.test.batch_size, device=dev
+    )
+
+
+@dataclass
+class Classifier:
+    """``method`` fitted to ``classes``: ``fitted`` holds the task's tensors (:meth:`Method.fit`)."""
+
+    cfg: config.Config
+    method: Method
+    fitted: dict[str, torch.Tensor]
+    classes: list[str]
+    adapted: dict
+
+    @torch.no_grad()
+    def probabilities(self, paths: list[Path]) -> np.ndarray:
+        """``(len(paths), N)`` class probabilities of the images at ``paths``, all in one batch (a
+        method whose batch norm is transductive, such as MAML, sees them together)."""
+        dev = next(iter(self.fitted.values())).device
+        x = embed(self.cfg, self.method, paths, dev)
+        return self.probabilities_of(x)
+
+    @torch.no_grad()
+    def probabilities_of(self, x: torch.Tensor) -> np.ndarray:
+        """``(n, N)`` class probabilities of embedded images ``x`` (:meth:`Method.embed`)."""
+        logits = self.method.predict(self.fitted, x, len(self.classes))
+        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+    def save(self, path: Path) -> None:
+        d = self.cfg.data
+        checkpoint.save(
+            path,
+            {
+                "stage": STAGE,
+                "config": self.cfg.to_dict(),
+                "method": self.method.name,
+                "state": self.method.state(),
+                "fitted": {k: v.detach().cpu() for k, v in self.fitted.items()},
+                "classes": self.classes,
+                "preprocess": {
+                    "image_size": d.image_size,
+                    "channels": d.channels,
+                    "mean": d.mean,  # None: the default of the channels
+                    "std": d.std,
+                    "resize": d.resize,
+                },
+                "adapted": self.adapted,
+            },
+        )
+
+    @classmethod
+    def load(cls, path: Path, device: str = "auto") -> Classifier:
+        saved = checkpoint.load(path, stage=STAGE)
+        cfg = config.from_dict(saved["config"])
+        dev = devices.resolve(device)
+        method = build_method(cfg, saved["method"], saved["state"], dev)
+        fitted = {k: v.to(dev) for k, v in saved["fitted"].items()}
+        return cls(cfg, method, fitted, list(saved["classes"]), dict(saved["adapted"]))
