@@ -1,9 +1,47 @@
 """mtl: Meta-Transfer Learning (SS + hard-task meta-batches) for few-shot image classification.
 
-Importing the package registers its backbones (``resnet12``, ``resnet25``) with timm, so
-``timm.create_model("resnet12", num_classes=0)`` works after ``import mtl``.
+Importing the package registers its backbones (``resnet12``, ``resnet25``, ...) with timm, so
+``timm.create_model("resnet12", num_classes=0)`` works after ``import mtl``. The pieces a script
+needs are attributes of the package::
+
+    cfg = mtl.load_config("glyphs-1shot", ["meta.shot=5"])     # a pipeline, as the CLI reads it
+    mtl.pretrain(cfg, "checkpoints"); mtl.metatrain(cfg, "checkpoints"); mtl.metatest(cfg, "checkpoints")
+    clf = mtl.Classifier.adapt("checkpoints/glyphs-1shot/metatrain/best.pt", images, labels)
+    probs = clf.predict(more_images)                            # (m, way)
+    net = mtl.build_backbone("resnet12"); mtl.ss.attach(net)   # SS on every convolution
 """
 
 __version__ = "0.1.0"
 
 from mtl import models as _models  # noqa: E402,F401  (registers the timm backbones)
+
+# name -> (module, attribute): imported on first use, so `import mtl` stays light. (Folder-based
+# adapt and predict are mtl.adapt.adapt and mtl.predict.predict: a submodule's name is taken.)
+_API = {
+    "load_config": ("mtl.config", "load"),
+    "Config": ("mtl.config", "Config"),
+    "build_backbone": ("mtl.models.backbone", "build_backbone"),
+    "ss": ("mtl.ss", None),
+    "methods": ("mtl.methods", None),
+    "pretrain": ("mtl.stages.pretrain", "pretrain"),
+    "metatrain": ("mtl.stages.metatrain", "metatrain"),
+    "metatest": ("mtl.stages.metatest", "metatest"),
+    "ablate": ("mtl.stages.ablate", "ablate"),
+    "compare": ("mtl.stages.compare", "compare"),
+    "Classifier": ("mtl.classifier", "Classifier"),
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'mtl' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _API[name]
+    value = importlib.import_module(module)
+    return value if attr is None else getattr(value, attr)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -290,5 +290,5 @@ def run_bench(
     result["maml_speedup"] = result["maml"]["speedup"]
     result["seconds"] = time.perf_counter() - started
     atomic.write_text(out, json.dumps(result, indent=2) + "\n")
-    print("\n".join(bench_table(result)) + f"\n\nwritten to {out} ({result['seconds']:.0f} s in all)")
+    print("\n".join(bench_table(result)))
     return result

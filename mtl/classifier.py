@@ -44,11 +44,30 @@ def build_method(cfg: config.Config, name: str, state: dict, dev: torch.device) 
     return method.to(dev).eval()
 
 
+def input_size(cfg: config.Config) -> int:
+    """The side of the images the encoder is given: resized, then (``data.resize``) centre-cropped."""
+    return cfg.data.resize or cfg.data.image_size
+
+
+def embed_pixels(cfg: config.Config, method: Method, pixels: np.ndarray | torch.Tensor, dev: torch.device):
+    """uint8 images ``(n, S, S, C)`` (``S``: :func:`input_size`) -> :meth:`Method.embed` ``(n, ...)``."""
+    d, size = cfg.data, input_size(cfg)
+    if tuple(pixels.shape[1:]) != (size, size, d.channels) or pixels.dtype not in (np.uint8, torch.uint8):
+        raise MtlError(
+            f"images must be uint8 (n, {size}, {size}, {d.channels}) as the model was trained on, "
+            f"got {pixels.dtype} {tuple(pixels.shape)}"
+        )
+    pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
+    return extract_features(
+        lambda b: method.embed(pre(b)), pixels, batch_size=cfg.test.batch_size, device=dev
+    )
+
+
 def embed(cfg: config.Config, method: Method, paths: list[Path], dev: torch.device) -> torch.Tensor:
     """Decode ``paths``, preprocess them as training did and embed them (:meth:`Method.embed`):
     ``(len(paths), ...)`` float32."""
     d = cfg.data
-    size = d.resize or d.image_size  # as the prepared images reach the encoder: resized, then cropped
+    size = input_size(cfg)
     pixels = np.empty((len(paths), size, size, d.channels), dtype=np.uint8)
     for i, path in enumerate(paths):
         try:
@@ -57,10 +76,7 @@ def embed(cfg: config.Config, method: Method, paths: list[Path], dev: torch.devi
             # PIL's reason often repeats the file name, which already leads the message.
             reason = str(exc).replace(f" '{path}'", "")
             raise MtlError(f"{path}: cannot decode image ({reason})") from None
-    pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
-    return extract_features(
-        lambda b: method.embed(pre(b)), pixels, batch_size=cfg.test.batch_size, device=dev
-    )
+    return embed_pixels(cfg, method, pixels, dev)
 
 
 @dataclass
@@ -72,6 +88,42 @@ class Classifier:
     fitted: dict[str, torch.Tensor]
     classes: list[str]
     adapted: dict
+
+    @classmethod
+    def adapt(
+        cls,
+        checkpoint_path: str | Path,
+        support: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor | list[int],
+        classes: list[str] | None = None,
+        *,
+        steps: int | None = None,
+        device: str = "auto",
+    ) -> Classifier:
+        """A metatrain checkpoint's method adapted to in-memory ``support`` images, uint8
+        ``(n, S, S, C)``, with ``labels`` ``(n,)`` in ``[0, N)``; ``classes`` names them (default
+        ``"0" .. "N-1"``)."""
+        ckpt = checkpoint.load(Path(checkpoint_path).expanduser(), stage="metatrain")
+        cfg = config.from_dict(ckpt["config"])
+        dev = devices.resolve(device)
+        method = build_method(cfg, ckpt.get("method", "mtl"), ckpt, dev)
+        if steps is not None:
+            method.test_steps = steps
+        y = torch.as_tensor(labels, dtype=torch.long, device=dev)
+        way = int(y.max()) + 1
+        classes = classes if classes is not None else [str(i) for i in range(way)]
+        if len(classes) != way or len(y) != len(support) or set(y.tolist()) != set(range(way)):
+            raise MtlError(f"labels must cover 0..{len(classes) - 1}, one per support image and class name")
+        with torch.no_grad():
+            fitted = method.fit(embed_pixels(cfg, method, support, dev), y, way)
+        adapted = {"steps": method.test_steps, "start": method.init_note(way), "support_images": len(y)}
+        return cls(cfg, method, fitted, list(classes), adapted)
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """In-memory uint8 images ``(m, S, S, C)`` -> class probabilities ``(m, N)`` (one batch)."""
+        dev = next(iter(self.fitted.values())).device
+        return torch.from_numpy(self.probabilities_of(embed_pixels(self.cfg, self.method, images, dev)))
 
     @torch.no_grad()
     def probabilities(self, paths: list[Path]) -> np.ndarray:

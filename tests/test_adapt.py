@@ -105,7 +105,8 @@ def test_labelled_query_end_to_end(model, tmp_path):
     result = invoke("adapt", "--checkpoint", model.best, "--support", support, "--query", query, "--out", out)
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert lines[-1].startswith(f"adapt: classified 24 images; wrote {out}, {out.parent / 'confusion_matrix.csv'} in ")
+    matrix = out.parent / "confusion_matrix.csv"
+    assert lines[-1].startswith(f"adapt: classified 24 images; wrote {out}, {matrix} in ")
     # then the confusion matrix: a header, a title row, one row per class
     assert lines[-6] == "confusion matrix (rows: true class, columns: predicted):"
     lines = lines[:-6]
@@ -339,7 +340,8 @@ def test_adapt_save_then_predict_gives_the_same_predictions(model, tmp_path):
     support = write_classes(tmp_path / "support", {"red": 2, "green": 2, "blue": 1}, seed=7)
     query = write_classes(tmp_path / "query", dict.fromkeys(TEST_COLOURS, 3), seed=8)
     saved = tmp_path / "classifier.pt"
-    result = invoke("adapt", "--checkpoint", model.best, "--support", support, "--query", query, "--save", saved)
+    task = ["--checkpoint", model.best, "--support", support, "--query", query]
+    result = invoke("adapt", *task, "--save", saved)
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].startswith(f"adapt: classified 9 images; wrote {saved} in ")
     adapted = adapt(model.best, support, query, quiet=True)
@@ -358,7 +360,8 @@ def test_adapt_save_then_predict_gives_the_same_predictions(model, tmp_path):
     assert got["accuracy"] == adapted["accuracy"]
 
     assert "confusion matrix (rows: true class, columns: predicted):" in result.output
-    rows = list(csv.reader(open(out.parent / "confusion_matrix.csv", newline="")))
+    with open(out.parent / "confusion_matrix.csv", newline="") as f:
+        rows = list(csv.reader(f))
     assert rows[0] == ["true \\ predicted", *got["classes"]]
     counts = np.array([[int(v) for v in r[1:]] for r in rows[1:]])
     assert counts.sum() == 9 and counts.sum(1).tolist() == [3, 3, 3]

@@ -108,11 +108,14 @@ def test_cli_runs_the_stages_and_prints_the_table(tiny_overrides, tmp_path):
     [
         (
             ["metatrain"],
-            "error: no pretrain checkpoint at {ckpts}/tiny/pretrain/best.pt; run `make pretrain` first",
+            # the exact command to run, with the pipeline and options given
+            "error: no pretrain checkpoint at {ckpts}/tiny/pretrain/best.pt; "
+            "run `mtl pretrain pipelines/glyphs-1shot.yaml --set name=tiny",
         ),
         (
             ["metatest"],
-            "error: no metatrain checkpoint at {ckpts}/tiny/metatrain/best.pt; run `make metatrain` first",
+            "error: no metatrain checkpoint at {ckpts}/tiny/metatrain/best.pt; "
+            "run `mtl metatrain pipelines/glyphs-1shot.yaml --set name=tiny",
         ),
         (["pretrain", "--set", "meta.way=9"], "error: way=9 but the val split has only 5 classes"),
         (["pretrain", "--set", "meta.shott=1"], "error: meta.shott: unknown key (did you mean 'meta.shot'?)"),

@@ -11,20 +11,42 @@ from mtl.cli.options import done, user_errors
 __all__ = ["adapt", "bench", "predict", "report"]
 
 
-@click.command(short_help="Collect finished metatests into one table.")
+@click.command(short_help="Collect finished metatests into one table; --plot: figures.")
 @click.argument("checkpoints", type=click.Path(file_okay=False), default="checkpoints", required=False)
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the table to this Markdown file.")
+@click.option(
+    "--plot",
+    type=click.Path(),
+    metavar="DIR",
+    help="Also write PNG figures here: validation curves with CI bands, results as bars, hard-task pools.",
+)
 @user_errors
-def report(checkpoints: str, out: str | None) -> None:
-    """Collect every finished metatest under CHECKPOINTS into one table laid out like the paper's."""
+def report(checkpoints: str, out: str | None, plot: str | None) -> None:
+    """Collect every finished metatest under CHECKPOINTS into one table laid out like the paper's;
+    with --plot, draw every run's figures."""
+    from pathlib import Path
+
+    from mtl.atomic import atomic_write
+    from mtl.errors import MtlError
     from mtl.report import collect
 
-    table = collect(checkpoints)
-    click.echo(table)
-    if out:
-        from pathlib import Path
+    started = time.perf_counter()
+    try:
+        table = collect(checkpoints)
+    except MtlError:
+        if plot is None:
+            raise
+        table = None  # runs without a metatest still have figures
+    if table is not None:
+        click.echo(table)
+        if out:
+            with atomic_write(Path(out), "w", encoding="utf-8") as f:
+                f.write(table + "\n")
+    if plot is not None:
+        from mtl.plots import plot_all
 
-        Path(out).write_text(table + "\n")
+        figures = plot_all(checkpoints, plot)
+        done(f"report: wrote {len(figures)} figures to {plot}", started, False)
 
 
 @click.command(short_help="Classify your own images with a trained model.")
@@ -88,4 +110,6 @@ def bench(quick: bool, out: str, device: str) -> None:
     """Time mtl's fast paths against per-episode / per-task reference code, in this process."""
     from mtl.bench import run_bench
 
+    started = time.perf_counter()
     run_bench(quick=quick, device=device, out=out)
+    done(f"bench: wrote {out}", started, False)

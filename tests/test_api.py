@@ -1,0 +1,34 @@
+"""The README's Python API example runs as written and does what its comments say."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_api_example_runs(tmp_path, monkeypatch):
+    text = README.read_text(encoding="utf-8")
+    (code,) = re.findall(r"<!-- api-example -->\n```python\n(.*?)```", text, flags=re.S)
+    assert len(code.strip().splitlines()) <= 15
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the glyphs cache (~/.cache/mtl) stays in the test's folder
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    probs, clf = scope["probs"], scope["clf"]
+    assert probs.shape == (6, 3) and torch.allclose(probs.sum(1), torch.ones(6), atol=1e-5)
+    assert clf.classes == ["a", "b", "c"]
+    assert (tmp_path / "checkpoints" / "api" / "metatrain" / "best.pt").is_file()
+    import mtl
+
+    assert sum(p.requires_grad for p in scope["net"].parameters()) == len(
+        list(mtl.ss.parameters(scope["net"]))
+    )
+
+    # saved and loaded, the classifier predicts the same
+    clf.save(tmp_path / "c.pt")
+    again = mtl.Classifier.load(tmp_path / "c.pt")
+    torch.testing.assert_close(again.predict(scope["images"][3:]), probs)
