@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 RUN   := $(BIN)/mtl
 TRAIN := $(if $(GPUS),$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m mtl,$(RUN))
 
-.PHONY: setup pretrain metatrain metatest ablation compare data report bench test lint tensorboard clean
+.PHONY: setup pretrain metatrain metatest ablation compare data report bench gpu-check test lint tensorboard clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ report: $(STAMP)
 BENCH ?= --quick
 bench: $(STAMP)
 	$(RUN) bench $(BENCH) $(ARGS)
+
+# On a machine with one CUDA GPU: tests, full-size bench, a pipeline slice, projections (gpu-check/).
+gpu-check: $(STAMP)
+	$(BIN)/python -m mtl.gpu_check gpu-check
 
 test: $(STAMP)
 	$(BIN)/pytest $(ARGS)
