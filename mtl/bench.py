@@ -28,6 +28,7 @@ from torch import nn
 
 from mtl import atomic, reference, ss
 from mtl import device as devices
+from mtl.bench_floor import bench_floors, bench_paper_protocol
 from mtl.bench_maml import bench_maml
 from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess, TrainAugment
@@ -283,11 +284,16 @@ def run_bench(
         "pretrain": bench_pretrain(s, images, labels, dev),
         "scaling": bench_scaling(s, images, labels, dev),
         "maml": bench_maml(s, images, labels, dev),
+        "floors": bench_floors(s, images, labels, dev, _encoder),
+        "paper_protocol": bench_paper_protocol(s, dev, quick, _images, _encoder, _plain_encoder),
     }
     result["metatest_speedup"] = result["metatest"]["speedup"]
     result["metatrain_speedup"] = result["metatrain"]["speedup"]
     result["pretrain_efficiency"] = result["pretrain"]["efficiency"]
     result["maml_speedup"] = result["maml"]["speedup"]
+    result["metatrain_efficiency"] = result["floors"]["metatrain"]["efficiency"]
+    result["metatest_efficiency"] = result["floors"]["metatest"]["efficiency"]
+    result["metatest_speedup_paper_protocol"] = result["paper_protocol"]["speedup"]
     result["seconds"] = time.perf_counter() - started
     atomic.write_text(out, json.dumps(result, indent=2) + "\n")
     print("\n".join(bench_table(result)))

@@ -65,3 +65,27 @@ def test_bench_maml_row_batched_equals_the_per_task_loop(bench):
     q = r["maml"]
     assert r["maml_speedup"] == q["speedup"] > 0 and q["batched_tasks_per_s"] > 0
     assert q["first_step_loss_batched"] == pytest.approx(q["first_step_loss_per_task"], rel=1e-5)
+
+
+def test_bench_reports_floors_and_the_paper_protocol(bench):
+    _, written = bench
+    for key in ("metatrain_efficiency", "metatest_efficiency", "metatest_speedup_paper_protocol"):
+        assert isinstance(written[key], float) and written[key] > 0, key
+    f = written["floors"]
+    assert f["metatrain"]["efficiency"] == pytest.approx(f["metatrain"]["floor_s"] / f["metatrain"]["mtl_s"])
+    assert f["metatrain"]["images"] == TINY.meta_batch * TINY.way * (TINY.shot + TINY.query)
+    pp = written["paper_protocol"]
+    # the paper's reuse: 600 episodes x 80 images over 12,000 images, each drawn ~4 times
+    assert pp["classes"] == 20 and pp["episodes"] == round(600 * TINY.images_per_class / 600)
+    assert 3.5 <= pp["draws_per_image"] <= 5
+    assert pp["identical_accuracies_fp32"]
+    assert pp["precision"] == written["precision"]
+
+
+def test_bench_table_leads_with_the_paper_protocol_and_the_floors(bench):
+    from mtl.report import bench_table
+
+    lines = bench_table(bench[1])
+    first_table = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    assert lines[first_table].startswith("| headline |")
+    assert "paper's protocol" in lines[first_table + 2] and "against its floor" in lines[first_table + 3]
