@@ -75,6 +75,8 @@ def test_bench_reports_floors_and_the_paper_protocol(bench):
     assert f["metatrain"]["efficiency"] == pytest.approx(f["metatrain"]["floor_s"] / f["metatrain"]["mtl_s"])
     assert f["metatrain"]["images"] == TINY.meta_batch * TINY.way * (TINY.shot + TINY.query)
     pp = written["paper_protocol"]
+    assert written["metatest_efficiency"] == pytest.approx(pp["floor_s_per_image"] / pp["mtl_s_per_image"])
+    pp = written["paper_protocol"]
     # the paper's reuse: 600 episodes x 80 images over 12,000 images, each drawn ~4 times
     assert pp["classes"] == 20 and pp["episodes"] == round(600 * TINY.images_per_class / 600)
     assert 3.5 <= pp["draws_per_image"] <= 5
