@@ -31,9 +31,7 @@ from pathlib import Path
 
 import torch
 
-from mtl import checkpoint, config
-from mtl import device as devices
-from mtl.classifier import Classifier, build_method, embed
+from mtl.classifier import Classifier, embed, load_trained
 from mtl.data.formats.common import class_dirs, image_files
 from mtl.errors import MtlError
 from mtl.predictions import Predictions, check_out
@@ -66,14 +64,7 @@ def adapt(
     save_path = check_out(Path(save).expanduser(), "--save", "classifier.pt") if save is not None else None
     by_class = _support_files(support)
     queries = query_files(query, list(by_class))
-    ckpt = checkpoint.load(Path(checkpoint_path).expanduser(), stage="metatrain")
-    cfg = config.from_dict(ckpt["config"])
-    dev = devices.resolve(device)
-    method = build_method(cfg, ckpt.get("method", "mtl"), ckpt, dev)
-    if steps is not None:
-        if method.test_steps is None:
-            raise MtlError(f"--steps: {method.label} takes no gradient steps on a support set")
-        method.test_steps = steps
+    cfg, method, dev = load_trained(checkpoint_path, device, steps)
 
     classes = list(by_class)
     sup_paths = [p for files in by_class.values() for p in files]

@@ -28,7 +28,7 @@ from torch import nn
 
 from mtl import atomic, reference, ss
 from mtl import device as devices
-from mtl.bench_floor import bench_floors, bench_paper_protocol
+from mtl.bench_floor import bench_floors, bench_paper_protocol, encode_fn
 from mtl.bench_maml import bench_maml
 from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess, TrainAugment
@@ -102,11 +102,7 @@ def bench_metatest(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.
     out: dict = {}
 
     def fast(precision: str = "auto") -> None:
-        def encode(batch: torch.Tensor) -> torch.Tensor:
-            with devices.autocast(dev, precision):
-                return encoder(pre(batch)).float()
-
-        feats = extract_features(encode, images, batch_size=256, device=dev)
+        feats = extract_features(encode_fn(encoder, pre, dev, precision), images, batch_size=256, device=dev)
         out[precision] = finetune(feats, episodes.to(dev), s.shot, W0, b0, steps=s.inner_steps, lr=s.inner_lr)
 
     def slow() -> None:

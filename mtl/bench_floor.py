@@ -28,9 +28,19 @@ from mtl.methods import meta_update
 from mtl.methods.mtl import MTL
 from mtl.monitor import timed
 
-__all__ = ["PAPER_IMAGES_PER_CLASS", "bench_floors", "bench_paper_protocol"]
+__all__ = ["PAPER_IMAGES_PER_CLASS", "bench_floors", "bench_paper_protocol", "encode_fn"]
 
 PAPER_IMAGES_PER_CLASS, PAPER_EPISODES, PAPER_CLASSES = 600, 600, 20
+
+
+def encode_fn(encoder, pre: Preprocess, dev: torch.device, precision: str = "auto"):
+    """uint8 batch ``(B, H, W, C)`` -> ``(B, D)`` float32 features, as metatest's feature pass runs."""
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        with devices.autocast(dev, precision):
+            return encoder(pre(batch)).float()
+
+    return encode
 
 
 def _precision(dev: torch.device) -> str:
@@ -81,11 +91,7 @@ def bench_paper_protocol(s, dev: torch.device, quick: bool, images_fn, encoder_f
     out: dict = {}
 
     def fast(precision: str = "auto") -> None:
-        def encode(b: torch.Tensor) -> torch.Tensor:
-            with devices.autocast(dev, precision):
-                return encoder(pre(b)).float()
-
-        feats = extract_features(encode, used, batch_size=256, device=dev)
+        feats = extract_features(encode_fn(encoder, pre, dev, precision), used, batch_size=256, device=dev)
         idx = torch.from_numpy(local).to(dev)
         out[precision] = finetune(feats, idx, s.shot, W0, b0, steps=s.inner_steps, lr=s.inner_lr)
 

@@ -28,7 +28,7 @@ from mtl.evaluate import extract_features
 from mtl.methods import Method
 from mtl.models.backbone import build_backbone
 
-__all__ = ["STAGE", "Classifier", "build_method", "embed"]
+__all__ = ["STAGE", "Classifier", "build_method", "embed", "load_trained"]
 
 STAGE = "classifier"
 
@@ -42,6 +42,22 @@ def build_method(cfg: config.Config, name: str, state: dict, dev: torch.device) 
     method = methods.get(name)(encoder, cfg)
     method.load_state(state)
     return method.to(dev).eval()
+
+
+def load_trained(
+    checkpoint_path: str | Path, device: str = "auto", steps: int | None = None
+) -> tuple[config.Config, Method, torch.device]:
+    """A metatrain checkpoint's config and method (eval mode, on the resolved device); ``steps``
+    replaces its test-time gradient steps, refused for a method that takes none."""
+    ckpt = checkpoint.load(Path(checkpoint_path).expanduser(), stage="metatrain")
+    cfg = config.from_dict(ckpt["config"])
+    dev = devices.resolve(device)
+    method = build_method(cfg, ckpt.get("method", "mtl"), ckpt, dev)
+    if steps is not None:
+        if method.test_steps is None:
+            raise MtlError(f"--steps: {method.label} takes no gradient steps on a support set")
+        method.test_steps = steps
+    return cfg, method, dev
 
 
 def input_size(cfg: config.Config) -> int:
@@ -103,12 +119,7 @@ class Classifier:
         """A metatrain checkpoint's method adapted to in-memory ``support`` images, uint8
         ``(n, S, S, C)``, with ``labels`` ``(n,)`` in ``[0, N)``; ``classes`` names them (default
         ``"0" .. "N-1"``)."""
-        ckpt = checkpoint.load(Path(checkpoint_path).expanduser(), stage="metatrain")
-        cfg = config.from_dict(ckpt["config"])
-        dev = devices.resolve(device)
-        method = build_method(cfg, ckpt.get("method", "mtl"), ckpt, dev)
-        if steps is not None:
-            method.test_steps = steps
+        cfg, method, dev = load_trained(checkpoint_path, device, steps)
         y = torch.as_tensor(labels, dtype=torch.long, device=dev)
         way = int(y.max()) + 1
         classes = classes if classes is not None else [str(i) for i in range(way)]

@@ -127,7 +127,7 @@ def _slice_config(s: Slice, root: Path, dev: torch.device, **sets) -> config.Con
     return config.load(shipped()["miniimagenet-1shot"], overrides)
 
 
-def _stage(name: str, fn: Callable[[], object], dev: torch.device) -> tuple[float, float, object]:
+def _stage(fn: Callable[[], object], dev: torch.device) -> tuple[float, float, object]:
     with _Peak(dev) as peak:
         started = time.perf_counter()
         result = fn()
@@ -150,20 +150,20 @@ def _slice(s: Slice, work: Path, dev: torch.device, lines: list[str]) -> dict:
     derived = recipe.derived(cfg)
     out: dict = {"config": {"pretrain_steps": derived["pretrain_steps"], "meta_updates": s.meta_updates}}
 
-    seconds, mb, _ = _stage("pretrain", lambda: pretrain(cfg, ckpts, quiet=True), dev)
+    seconds, mb, _ = _stage(lambda: pretrain(cfg, ckpts, quiet=True), dev)
     images = derived["pretrain_steps"] * cfg.pretrain.batch_size
     out["pretrain"] = {"seconds": seconds, "images_per_s": images / seconds, "peak_mb": mb}
     _log(lines, f"pretrain: {derived['pretrain_steps']} steps in {seconds:.1f} s, peak {mb:.0f} MiB")
 
     tasks = s.meta_updates * derived["tasks_per_update"]["total"]
-    seconds, mb, _ = _stage("metatrain", lambda: metatrain(cfg, ckpts, quiet=True), dev)
+    seconds, mb, _ = _stage(lambda: metatrain(cfg, ckpts, quiet=True), dev)
     out["metatrain"] = {"seconds": seconds, "tasks_per_s": tasks / seconds, "peak_mb": mb}
     _log(lines, f"metatrain: {s.meta_updates} updates ({tasks} tasks) in {seconds:.1f} s, peak {mb:.0f} MiB")
 
     accuracy = {}
     for precision in ("fp32", "bf16"):
         run_cfg = replace(cfg, precision=precision)
-        seconds, mb, res = _stage("metatest", lambda c=run_cfg: metatest(c, ckpts, quiet=True), dev)
+        seconds, mb, res = _stage(lambda c=run_cfg: metatest(c, ckpts, quiet=True), dev)
         accuracy[precision] = {row["method"]: (row["acc"], row["ci95"]) for row in res["rows"]}
         out[f"metatest_{precision}"] = {
             "seconds": seconds,
@@ -202,10 +202,8 @@ def _compile_vs_eager(s: Slice, work: Path, dev: torch.device, ckpts: Path, line
             **{"compile": compiled, "pretrain.name": "slice"},
         )
         cfg = replace(cfg, meta=replace(cfg.meta, updates_per_epoch=s.compile_updates, val_episodes=10))
-        tasks = s.compile_updates * (
-            cfg.meta.meta_batch + (cfg.meta.hard_tasks.per_batch if cfg.meta.hard_tasks.enabled else 0)
-        )
-        seconds, _, _ = _stage("metatrain", lambda c=cfg: metatrain(c, ckpts, quiet=True), dev)
+        tasks = s.compile_updates * recipe.derived(cfg)["tasks_per_update"]["total"]
+        seconds, _, _ = _stage(lambda c=cfg: metatrain(c, ckpts, quiet=True), dev)
         rates["compiled" if compiled else "eager"] = tasks / seconds
     _log(
         lines, f"compile: {rates['compiled']:.1f} tasks/s, eager {rates['eager']:.1f} (compilation included)"
