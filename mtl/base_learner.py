@@ -4,6 +4,8 @@ The inner loop runs plain gradient descent on the support cross-entropy. Its gra
 for a linear classifier, so no autograd call is needed per step: with ``P = softmax(x Wᵀ + b)`` and
 ``G = (P − onehot(y)) / n``, ``∇W = Gᵀ x`` and ``∇b = Σ_rows G``. The formula is built from
 differentiable ops, so the meta-gradient ``d L_query(θ') / d(θ, x_support)`` is exact second order.
+:func:`adapt` runs the steps in the span of the support rows (on their ``(n, n)`` Gram matrix), so an
+inner step costs the same for 64-d and 640-d features.
 
 Every function broadcasts over leading (episode) dimensions: features ``(E, n, D)`` with a shared
 initialisation ``W (N, D)`` give per-episode ``W' (E, N, D)``.
@@ -100,24 +102,23 @@ def adapt(
         raise ValueError(f"x must be (n, D) or (E, n, D), got shape {tuple(x.shape)}")
     with _full_precision(x.device):
         x = x.to(W.dtype)
+        single = x.dim() == 2
+        if single:
+            x = x.unsqueeze(0)
         n, num_classes = x.shape[-2], W.shape[-2]
         onehot = (y.unsqueeze(-1) == torch.arange(num_classes, device=y.device)).to(W.dtype)
-        x_w = x.detach() if first_order else x  # first order: the update does not reach x
-        batched = x.dim() == 3
-        if batched:  # a shared initialisation starts every episode
-            W, b = W.expand(x.shape[0], *W.shape[-2:]), b.expand(x.shape[0], num_classes)
+        # Each step adds to θ a combination of the support rows: θ_t = θ_0 + (C_tᵀ x, 1ᵀ C_t) with C_t
+        # (E, n, N), so the support logits are x W_0ᵀ + b_0 + (x xᵀ + 1) C_t. The loop then runs on the
+        # (n, n) Gram matrix, whatever D: two small products per step instead of two (n, D) ones, and the
+        # meta-gradient through every step is the same maths, exact second order.
+        gram = torch.baddbmm(x.new_ones(1, 1, 1), x, x.transpose(1, 2))  # (E, n, n)
+        start = torch.matmul(x, W.transpose(-1, -2)) + b.unsqueeze(-2)  # (E, n, N)
+        C = x.new_zeros(x.shape[0], n, num_classes)
         for _ in range(steps):
-            # support_grad's formula with each product fused into one multiply-add, the 1/n moved into
-            # the step size: G = softmax(b + x Wᵀ) − onehot, W ← W − (lr/n) Gᵀ x, b ← b − (lr/n) Σ_rows G.
-            if batched:
-                g = torch.softmax(torch.baddbmm(b.unsqueeze(1), x, W.transpose(1, 2)), dim=-1) - onehot
-            else:
-                g = torch.softmax(torch.addmm(b, x, W.T), dim=-1) - onehot
-            if first_order:
-                g = g.detach()
-            if batched:
-                W = torch.baddbmm(W, g.transpose(1, 2), x_w, alpha=-lr / n)
-            else:
-                W = torch.addmm(W, g.T, x_w, alpha=-lr / n)
-            b = torch.add(b, g.sum(dim=-2), alpha=-lr / n)
-    return W, b
+            # support_grad's G = softmax(logits) − onehot, with its 1/n moved into the step size
+            g = torch.softmax(torch.baddbmm(start, gram, C), dim=-1) - onehot
+            C = torch.add(C, g.detach() if first_order else g, alpha=-lr / n)
+        # first order: the update reaches neither x nor (through the steps) θ_0
+        W = W + torch.matmul(C.transpose(1, 2), x.detach() if first_order else x)
+        b = b + C.sum(dim=-2)
+    return (W.squeeze(0), b.squeeze(0)) if single else (W, b)

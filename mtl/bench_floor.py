@@ -10,6 +10,9 @@ same run as mtl's paths, and the meta-test speed-up at the reuse of a real test 
   ``--quick`` with as many images per class as the quick setup and the episodes scaled to keep the
   same images-per-episode reuse; mtl's metatest path (only the images the episodes draw are encoded)
   against the per-episode reference on the same episodes.
+
+Each efficiency times mtl's path and its floor in turn, call by call, and takes the medians, so both
+see the same machine load.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from mtl.data.episodes import EpisodeSampler, episode_images, fixed_episodes
 from mtl.evaluate import extract_features, finetune
 from mtl.methods import meta_update
 from mtl.methods.mtl import MTL
-from mtl.monitor import timed
+from mtl.monitor import timed, timed_pair
 
 __all__ = ["PAPER_IMAGES_PER_CLASS", "bench_floors", "bench_paper_protocol", "encode_fn"]
 
@@ -66,9 +69,10 @@ def bench_floors(s, images: np.ndarray, labels: np.ndarray, dev: torch.device, e
             out = learner.encoder(x)
         out.float().sum().backward()
 
-    t_floor, n_floor = timed(bare_step, dev, s.min_seconds)
-    t_step, n_step = timed(lambda: meta_update(learner, opt, on_device, tasks, pre), dev, s.min_seconds)
-    train = {"floor_s": t_floor / n_floor, "mtl_s": t_step / n_step, "images": int(x.shape[0])}
+    floor_s, mtl_s = timed_pair(
+        bare_step, lambda: meta_update(learner, opt, on_device, tasks, pre), dev, s.min_seconds
+    )
+    train = {"floor_s": floor_s, "mtl_s": mtl_s, "images": int(x.shape[0])}
     train["efficiency"] = train["floor_s"] / train["mtl_s"]
 
     return {"metatrain": train, "precision": _precision(dev)}
@@ -113,13 +117,12 @@ def bench_paper_protocol(s, dev: torch.device, quick: bool, images_fn, encoder_f
         with devices.autocast(dev, "auto"):
             encoder(batch)
 
-    t_fast, n_fast = timed(fast, dev, s.min_seconds)
+    fast_s, fwd_s = timed_pair(fast, bare_forward, dev, s.min_seconds)
     t_ref, n_ref = timed(slow, dev, s.min_seconds)
-    t_fwd, n_fwd = timed(bare_forward, dev, s.min_seconds)
-    floor, per_image = t_fwd / (n_fwd * len(batch)), t_fast / (n_fast * len(used))
+    floor, per_image = fwd_s / len(batch), fast_s / len(used)
     fast("fp32")
     fp32, ref = out["fp32"][:ref_n].cpu(), out["ref"].cpu()
-    fast_eps, ref_eps = n_fast * episodes_n / t_fast, n_ref * ref_n / t_ref
+    fast_eps, ref_eps = episodes_n / fast_s, n_ref * ref_n / t_ref
     return {
         "classes": PAPER_CLASSES,
         "images_per_class": per_class,

@@ -30,18 +30,25 @@ def resolve(name: str) -> torch.device:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether the device multiplies bf16 matrices natively: a GPU of the Ampere generation or newer, or a
-    CPU with AMX tiles (Intel Xeon since Sapphire Rapids). Elsewhere bf16 is emulated, slower than fp32."""
+    CPU with AMX tiles (Intel Xeon since Sapphire Rapids) or with AVX512-BF16 dot products (AMD Zen 4
+    and newer, Intel Cooper Lake). Elsewhere bf16 is emulated, slower than fp32.
+
+    Measured on 2 cores of an AMD EPYC with AVX512-BF16 and no AMX (ResNet-12, channels_last): forward +
+    backward 1.8x (32x32, widths 32-256) and 2.2x (84x84, widths 64-640) faster in bf16 than in fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe is not None and probe())
+    probes = (
+        getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    )
+    return any(probe is not None and probe() for probe in probes)
 
 
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
     """The encoder's autocast: bf16 for ``precision="bf16"``, or for ``"auto"`` where bf16 is native
     (:func:`native_bf16`); ``"fp32"`` runs in float32. The base learner's inner loop always runs in fp32.
 
-    Measured on a 2-core AMX CPU, ResNet-12 forward + backward: 2.2-4x faster in bf16 than in fp32.
+    Measured, ResNet-12 forward + backward, 2 cores: 2.2-4x faster in bf16 than in fp32 with AMX, 1.8-2.2x
+    with AVX512-BF16.
     """
     if precision == "bf16" or (precision == "auto" and native_bf16(device)):
         return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -62,7 +62,10 @@ def extract_features(
             batch = torch.from_numpy(np.array(batch))
             if device.type == "cuda":
                 batch = batch.pin_memory()
-        out.append(encode(batch.to(device, non_blocking=True)).float())
+        # Inference mode skips autograd's version counters and views; the concatenation below runs
+        # outside it, so what callers get is an ordinary tensor (MAML's adapt differentiates through it).
+        with torch.inference_mode():
+            out.append(encode(batch.to(device, non_blocking=True)).float())
     return torch.cat(out)
 
 

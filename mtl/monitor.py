@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import statistics
 import sys
 import threading
 import time
@@ -219,3 +220,26 @@ def timed(step: Callable[[], object], device: torch.device, min_seconds: float) 
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds and calls >= 2:
             return elapsed, calls
+
+
+def timed_pair(
+    a: Callable[[], object], b: Callable[[], object], device: torch.device, min_seconds: float
+) -> tuple[float, float]:
+    """Median seconds per call of ``a`` and of ``b``, called in turn (a, b, a, b, ...) after a warm-up
+    round until each has run ``min_seconds`` (at least 5 rounds). A ratio of the two is then measured
+    under the same machine load, where two ``timed`` runs one after the other drift apart."""
+
+    def once(step: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    once(a), once(b)
+    ta: list[float] = []
+    tb: list[float] = []
+    while len(ta) < 5 or min(sum(ta), sum(tb)) < min_seconds:
+        ta.append(once(a))
+        tb.append(once(b))
+    return statistics.median(ta), statistics.median(tb)

@@ -109,6 +109,27 @@ def test_adapt_matches_reference_theta_and_meta_gradient(first_order):
         torch.testing.assert_close(got[2], want[2])
 
 
+@pytest.mark.parametrize("dim", [2, 200])
+def test_adapt_in_the_support_span_matches_the_reference_for_any_width(dim):
+    """The inner loop runs on the support Gram matrix: the same θ' and meta-gradient whether the features
+    are narrower (2) or much wider (200) than the 15 support rows, from a per-episode θ as well."""
+    g = torch.Generator().manual_seed(dim)
+    xs = torch.randn(2, WAY * SHOT, dim, generator=g, dtype=torch.float64, requires_grad=True)
+    ys = torch.arange(WAY).repeat_interleave(SHOT)
+    xq = torch.randn(2, WAY * QUERY, dim, generator=g, dtype=torch.float64)
+    yq = torch.arange(WAY).repeat_interleave(QUERY)
+    W0 = (0.3 * torch.randn(2, WAY, dim, generator=g, dtype=torch.float64)).requires_grad_()
+    b0 = torch.zeros(WAY, dtype=torch.float64, requires_grad=True)
+    W, b = adapt(xs, ys, W0, b0, steps=4, lr=0.3)
+    got = torch.autograd.grad(_ce(xq, yq, W, b), (W0, b0, xs))
+    ref = [_reference_adapt(xs[e], ys, W0[e], b0, 4, 0.3) for e in range(2)]
+    want = torch.autograd.grad(sum(_ce(xq[e], yq, *ref[e]) for e in range(2)), (W0, b0, xs))
+    torch.testing.assert_close(W, torch.stack([r[0] for r in ref]))
+    torch.testing.assert_close(b, torch.stack([r[1] for r in ref]))
+    for a, w in zip(got, want, strict=True):
+        torch.testing.assert_close(a, w)
+
+
 def test_second_order_differs_from_first_order():
     xs, ys, xq, yq, W0, b0 = _task(None, dtype=torch.float64)
     W0.requires_grad_()

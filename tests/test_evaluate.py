@@ -123,6 +123,16 @@ def test_extract_features_batches_and_order():
         extract_features(encode, images[:0])
 
 
+def test_extract_features_returns_an_ordinary_tensor():
+    """Encoded in inference mode, returned as a tensor autograd can use (MAML adapts on the images)."""
+    images = np.random.default_rng(2).integers(0, 256, size=(5, 2, 2, 3), dtype=np.uint8)
+    feats = extract_features(lambda x: x.float().reshape(len(x), -1), images, batch_size=2)
+    assert not feats.is_inference()
+    w = torch.ones(12, requires_grad=True)
+    (feats @ w).sum().backward()
+    torch.testing.assert_close(w.grad, feats.sum(0))
+
+
 def test_extract_features_reads_a_memmap(tmp_path):
     images = np.random.default_rng(1).integers(0, 256, size=(9, 2, 2, 1), dtype=np.uint8)
     path = tmp_path / "images.npy"
