@@ -62,6 +62,7 @@ class Setup:
     query: int = 15
     inner_steps: int = 100
     inner_lr: float = 0.01
+    precision: str = "auto"  # mtl's encoder (the references run in fp32)
 
 
 # ablation-sized evaluation (2,000 episodes), the paper's inner loop, a 4-task meta-batch
@@ -101,7 +102,7 @@ def bench_metatest(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.
     on_device = torch.from_numpy(images).to(dev)
     out: dict = {}
 
-    def fast(precision: str = "auto") -> None:
+    def fast(precision: str = s.precision) -> None:
         feats = extract_features(encode_fn(encoder, pre, dev, precision), images, batch_size=256, device=dev)
         out[precision] = finetune(feats, episodes.to(dev), s.shot, W0, b0, steps=s.inner_steps, lr=s.inner_lr)
 
@@ -121,7 +122,7 @@ def bench_metatest(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.
         t_ref, n_ref = timed(slow, dev, s.min_seconds)
     fast("fp32")  # the same maths as the reference, for the equality check
     k = s.ref_episodes
-    fp32, auto, ref = out["fp32"][:k].cpu(), out["auto"][:k].cpu(), out["ref"].cpu()
+    fp32, auto, ref = out["fp32"][:k].cpu(), out[s.precision][:k].cpu(), out["ref"].cpu()
     fast_eps, ref_eps = n_fast * s.test_episodes / t_fast, n_ref * k / t_ref
     return {
         "fast_episodes_per_s": fast_eps,
@@ -157,7 +158,8 @@ def bench_metatrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch
             "loss": float(first[0]),
         }
 
-    for precision in ("fp32", "auto") if devices.native_bf16(dev) else ("fp32",):
+    bf16 = devices.encoder_precision(dev, s.precision) == "bf16"
+    for precision in ("fp32", s.precision) if bf16 else ("fp32",):
         learner = MTL(_encoder(s, dev), replace(Config(), meta=m, precision=precision)).to(dev).train()
         opt = torch.optim.Adam(learner.param_groups())
         measure(
@@ -183,7 +185,7 @@ def bench_metatrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch
         return loss.detach()
 
     measure("reference", slow)
-    fast = result.get("auto", result["fp32"])
+    fast = result.get(s.precision, result["fp32"])
     return {
         "fast_tasks_per_s": fast["tasks_per_s"],
         "fast_fp32_tasks_per_s": result["fp32"]["tasks_per_s"],
@@ -216,10 +218,10 @@ def bench_pretrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.
 
     def pipeline() -> None:
         idx = torch.randperm(len(images), generator=gen)[: s.pretrain_batch].to(dev)
-        train_step(*pipe, augment(on_device[idx]), y_all[idx], precision="auto")
+        train_step(*pipe, augment(on_device[idx]), y_all[idx], precision=s.precision)
 
     def synthetic() -> None:
-        train_step(*bare, x_fixed, y_fixed, precision="auto")
+        train_step(*bare, x_fixed, y_fixed, precision=s.precision)
 
     # Both paths warm up first (the first steps of a new shape pay for kernel selection and the
     # allocator), then run in interleaved rounds, so that a slow spell of a shared machine hits both.
@@ -255,13 +257,19 @@ def bench_scaling(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.d
 
 
 def run_bench(
-    *, quick: bool, device: str = "auto", out: str | Path = "bench.json", setup: Setup | None = None
+    *,
+    quick: bool,
+    device: str = "auto",
+    out: str | Path = "bench.json",
+    setup: Setup | None = None,
+    precision: str = "auto",
 ) -> dict:
     """Run every measurement, print the table, write ``out`` (JSON); returns what was written.
 
-    ``setup`` replaces the QUICK / FULL sizes (tests use a tiny one).
+    ``setup`` replaces the QUICK / FULL sizes (tests use a tiny one); ``precision`` is mtl's encoder
+    precision (``auto``: bf16 where native), the references always running in fp32.
     """
-    s = setup or (QUICK if quick else FULL)
+    s = replace(setup or (QUICK if quick else FULL), precision=precision)
     out = Path(out).expanduser()
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise MtlError(f"--out {out}: {out.parent} is not a writable folder")
@@ -272,7 +280,7 @@ def run_bench(
         "mode": "quick" if quick else "full",
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
-        "precision": "bf16" if devices.native_bf16(dev) else "fp32",
+        "precision": devices.encoder_precision(dev, s.precision),
         "torch": torch.__version__,
         "setup": asdict(s),
         "metatest": bench_metatest(s, images, labels, dev),

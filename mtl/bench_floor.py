@@ -46,10 +46,6 @@ def encode_fn(encoder, pre: Preprocess, dev: torch.device, precision: str = "aut
     return encode
 
 
-def _precision(dev: torch.device) -> str:
-    return "bf16" if devices.native_bf16(dev) else "fp32"
-
-
 def bench_floors(s, images: np.ndarray, labels: np.ndarray, dev: torch.device, encoder_fn) -> dict:
     """mtl's meta-update against the bare encoder forward + backward it contains."""
     from mtl.config import MetaConfig
@@ -57,7 +53,7 @@ def bench_floors(s, images: np.ndarray, labels: np.ndarray, dev: torch.device, e
     pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format())
     on_device = torch.from_numpy(images).to(dev)
     m = MetaConfig(way=s.way, shot=s.shot, query=s.query, inner_steps=s.inner_steps, inner_lr=s.inner_lr)
-    learner = MTL(encoder_fn(s, dev), replace(config.Config(), meta=m)).to(dev).train()
+    learner = MTL(encoder_fn(s, dev), replace(config.Config(), meta=m, precision=s.precision)).to(dev).train()
     opt = torch.optim.Adam(learner.param_groups())
     sampler = EpisodeSampler(labels, s.way, s.shot, s.query, seed=0)
     tasks = np.stack([sampler.sample() for _ in range(s.meta_batch)])
@@ -65,7 +61,7 @@ def bench_floors(s, images: np.ndarray, labels: np.ndarray, dev: torch.device, e
 
     def bare_step() -> None:
         learner.encoder.zero_grad(set_to_none=True)
-        with devices.autocast(dev, "auto"):
+        with devices.autocast(dev, s.precision):
             out = learner.encoder(x)
         out.float().sum().backward()
 
@@ -75,7 +71,7 @@ def bench_floors(s, images: np.ndarray, labels: np.ndarray, dev: torch.device, e
     train = {"floor_s": floor_s, "mtl_s": mtl_s, "images": int(x.shape[0])}
     train["efficiency"] = train["floor_s"] / train["mtl_s"]
 
-    return {"metatrain": train, "precision": _precision(dev)}
+    return {"metatrain": train, "precision": devices.encoder_precision(dev, s.precision)}
 
 
 def bench_paper_protocol(s, dev: torch.device, quick: bool, images_fn, encoder_fn, plain_encoder_fn) -> dict:
@@ -94,7 +90,7 @@ def bench_paper_protocol(s, dev: torch.device, quick: bool, images_fn, encoder_f
     ref_n = min(s.ref_episodes, episodes_n)
     out: dict = {}
 
-    def fast(precision: str = "auto") -> None:
+    def fast(precision: str = s.precision) -> None:
         feats = extract_features(encode_fn(encoder, pre, dev, precision), used, batch_size=256, device=dev)
         idx = torch.from_numpy(local).to(dev)
         out[precision] = finetune(feats, idx, s.shot, W0, b0, steps=s.inner_steps, lr=s.inner_lr)
@@ -114,7 +110,7 @@ def bench_paper_protocol(s, dev: torch.device, quick: bool, images_fn, encoder_f
 
     @torch.inference_mode()
     def bare_forward() -> None:
-        with devices.autocast(dev, "auto"):
+        with devices.autocast(dev, s.precision):
             encoder(batch)
 
     fast_s, fwd_s = timed_pair(fast, bare_forward, dev, s.min_seconds)
@@ -139,5 +135,5 @@ def bench_paper_protocol(s, dev: torch.device, quick: bool, images_fn, encoder_f
         "floor_s_per_image": floor,
         "mtl_s_per_image": per_image,
         "efficiency": floor / per_image,
-        "precision": _precision(dev),
+        "precision": devices.encoder_precision(dev, s.precision),
     }

@@ -91,3 +91,16 @@ def test_bench_table_leads_with_the_paper_protocol_and_the_floors(bench):
     first_table = next(i for i, line in enumerate(lines) if line.startswith("| "))
     assert lines[first_table].startswith("| headline |")
     assert "paper's protocol" in lines[first_table + 2] and "against its floor" in lines[first_table + 3]
+
+
+def test_bench_in_fp32_runs_every_mtl_path_in_fp32(tmp_path):
+    """``--precision fp32``: the figures a CPU without native bf16 gets, on any CPU."""
+    r = run_bench(quick=True, device="cpu", out=tmp_path / "b.json", setup=TINY, precision="fp32")
+    assert r["precision"] == r["floors"]["precision"] == r["paper_protocol"]["precision"] == "fp32"
+    m = r["metatrain"]
+    assert m["fast_tasks_per_s"] == m["fast_fp32_tasks_per_s"]
+    assert m["first_step_loss_fast"] == m["first_step_loss_fast_fp32"]
+    assert m["first_step_loss_fast"] == pytest.approx(m["first_step_loss_reference"], rel=1e-5)
+    assert r["metatest"]["episodes_equal_fast"] == TINY.ref_episodes
+    bad = CliRunner().invoke(main, ["bench", "--quick", "--precision", "fp16"])
+    assert bad.exit_code == 2 and "fp16" in bad.output

@@ -105,11 +105,18 @@ def _summary(command: str, result: dict) -> str:
 @click.option("--quick", is_flag=True, help="Reduced ResNet-12 on 32x32 images: minutes on a CPU.")
 @click.option("--out", type=click.Path(dir_okay=False), default="bench.json", help="Where the JSON goes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="mtl's encoder precision (auto: bf16 where native); the references run in fp32.",
+)
 @user_errors
-def bench(quick: bool, out: str, device: str) -> None:
+def bench(quick: bool, out: str, device: str, precision: str) -> None:
     """Time mtl's fast paths against per-episode / per-task reference code, in this process."""
     from mtl.bench import run_bench
 
     started = time.perf_counter()
-    run_bench(quick=quick, device=device, out=out)
+    run_bench(quick=quick, device=device, out=out, precision=precision)
     done(f"bench: wrote {out}", started, False)
