@@ -257,19 +257,13 @@ def bench_scaling(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.d
 
 
 def run_bench(
-    *,
-    quick: bool,
-    device: str = "auto",
-    out: str | Path = "bench.json",
-    setup: Setup | None = None,
-    precision: str = "auto",
+    *, quick: bool, device: str = "auto", out: str | Path = "bench.json", setup: Setup | None = None
 ) -> dict:
     """Run every measurement, print the table, write ``out`` (JSON); returns what was written.
 
-    ``setup`` replaces the QUICK / FULL sizes (tests use a tiny one); ``precision`` is mtl's encoder
-    precision (``auto``: bf16 where native), the references always running in fp32.
+    ``setup`` replaces the QUICK / FULL sizes (tests use a tiny one; its ``precision`` is mtl's).
     """
-    s = replace(setup or (QUICK if quick else FULL), precision=precision)
+    s = setup or (QUICK if quick else FULL)
     out = Path(out).expanduser()
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise MtlError(f"--out {out}: {out.parent} is not a writable folder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -95,7 +96,7 @@ def test_bench_table_leads_with_the_paper_protocol_and_the_floors(bench):
 
 def test_bench_in_fp32_runs_every_mtl_path_in_fp32(tmp_path):
     """``--precision fp32``: the figures a CPU without native bf16 gets, on any CPU."""
-    r = run_bench(quick=True, device="cpu", out=tmp_path / "b.json", setup=TINY, precision="fp32")
+    r = run_bench(quick=True, device="cpu", out=tmp_path / "b.json", setup=replace(TINY, precision="fp32"))
     assert r["precision"] == r["floors"]["precision"] == r["paper_protocol"]["precision"] == "fp32"
     m = r["metatrain"]
     assert m["fast_tasks_per_s"] == m["fast_fp32_tasks_per_s"]

@@ -115,8 +115,11 @@ def _summary(command: str, result: dict) -> str:
 @user_errors
 def bench(quick: bool, out: str, device: str, precision: str) -> None:
     """Time mtl's fast paths against per-episode / per-task reference code, in this process."""
-    from mtl.bench import run_bench
+    from dataclasses import replace
+
+    from mtl.bench import FULL, QUICK, run_bench
 
     started = time.perf_counter()
-    run_bench(quick=quick, device=device, out=out, precision=precision)
+    setup = replace(QUICK if quick else FULL, precision=precision)
+    run_bench(quick=quick, device=device, out=out, setup=setup)
     done(f"bench: wrote {out}", started, False)
