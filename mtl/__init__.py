@@ -11,7 +11,7 @@ needs are attributes of the package::
     net = mtl.build_backbone("resnet12"); mtl.ss.attach(net)   # SS on every convolution
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from mtl import models as _models  # noqa: E402,F401  (registers the timm backbones)
 

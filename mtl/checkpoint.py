@@ -2,7 +2,7 @@
 
 A checkpoint is a plain dict of tensors and Python builtins::
 
-    {"format": 1, "version": "0.1.0", "stage": "pretrain", "config": {...resolved config...},
+    {"format": 1, "version": "0.2.0", "stage": "pretrain", "config": {...resolved config...},
      "class_names": [...], "metric": {"val_acc": ..., "val_ci95": ..., "epoch": ...}, ...stage state...}
 
 Each stage keeps ``best.pt`` (chosen on validation classes) and ``last.pt`` in

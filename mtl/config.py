@@ -71,6 +71,12 @@ class PretrainConfig:
     schedule: str = option("step", choices=("step", "cosine"))
     step_size: int = option(30, min=1, doc="epochs between LR decays (step schedule)")
     gamma: float = option(0.2, min=0.0)
+    first_drop: int | None = option(
+        None,
+        min=0,
+        doc="epochs before the first decay (step schedule); null: step_size - 1, as the official code "
+        "(StepLR stepped at the start of every epoch: x0.2 from the 30th epoch)",
+    )
     label_smoothing: float = option(0.0, min=0.0)
     head_hidden: int = option(
         0,
@@ -83,6 +89,10 @@ class PretrainConfig:
     name: str | None = option(
         None, doc="run folder of this stage (default: name); pipelines that share it share one pretrain"
     )
+
+
+# Batch-norm modes of meta-training (mtl.ss.attach).
+BN_MODES = ("frozen", "affine", "batch")
 
 
 @dataclass
@@ -127,11 +137,26 @@ class MetaConfig:
     lr_theta: float = option(1e-3, min=0.0, doc="Adam lr of the base-learner initialisation θ")
     step_size: int = option(10, min=1, doc="epochs between meta-LR decays")
     gamma: float = option(0.5, min=0.0)
+    first_drop: int | None = option(
+        None,
+        min=0,
+        doc="meta-updates before the first decay, then one every step_size epochs; null: step_size - 1 "
+        "epochs, as the official PyTorch code (drops after 900, 1,900, ...); the TF code: 1001",
+    )
     lr_floor: float = option(
         0.0, min=0.0, doc="the meta-LRs never decay below lr_floor x their start (TF code: 0.1)"
     )
-    bn: str = option("frozen", choices=("frozen", "affine"))
-    augment: bool = option(False, doc="augment task images as in pretraining (pretrain.augment settings)")
+    bn: str = option(
+        "frozen",
+        choices=BN_MODES,
+        doc="batch norm: frozen at the pretrained statistics; affine: affine weights trained, batch "
+        "statistics in meta-training (official PyTorch code); batch: batch statistics in every phase, "
+        "nothing trained (official TF code)",
+    )
+    augment: bool = option(
+        False,
+        doc="augment task images as in pretraining (pretrain.augment settings); both official codes: false",
+    )
     hard_tasks: HardTaskConfig = option(HardTaskConfig())
     val_episodes: int = option(600, min=1)
 

@@ -1,10 +1,10 @@
 """What a resolved pipeline will run, in the figures a researcher checks before a long run.
 
 ``mtl config PIPELINE`` prints them beside the resolved config: the number of meta-updates, the tasks
-of each (normal + hard), the update numbers where the meta-learning rates drop, the hard-task window,
-and pretraining's steps and images per epoch. Nothing here trains or loads images; the train split's
-size comes from the prepared dataset's manifest when there is one, else from the dataset's standard
-size.
+of each (normal + hard), the update counts after which the meta-learning rates drop, the hard-task
+window, and pretraining's steps, images per epoch and the epoch counts after which its rate drops.
+Nothing here trains or loads images; the train split's size comes from the prepared dataset's
+manifest when there is one, else from the dataset's standard size.
 """
 
 from __future__ import annotations
@@ -12,16 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mtl.config import Config, MetaConfig
+from mtl.config import Config
 from mtl.errors import MtlError
+from mtl.training.schedule import drops, meta_factor, pretrain_factor
 
-__all__ = ["derived", "lr_factor", "train_images"]
-
-
-def lr_factor(m: MetaConfig, epoch: int) -> float:
-    """The meta-LRs' factor after ``epoch`` epochs: ``gamma`` every ``step_size`` epochs, never below
-    ``lr_floor`` (the TF code halves every 1,000 updates down to a tenth)."""
-    return max(m.gamma ** (epoch // m.step_size), m.lr_floor)
+__all__ = ["derived", "train_images"]
 
 
 def train_images(cfg: Config) -> tuple[int | None, str]:
@@ -51,8 +46,7 @@ def derived(cfg: Config) -> dict[str, Any]:
     m, ht, p = cfg.meta, cfg.meta.hard_tasks, cfg.pretrain
     extra = ht.per_batch if ht.enabled else 0
     meta_updates = m.epochs * m.updates_per_epoch
-    drops = [e * m.updates_per_epoch for e in range(1, m.epochs) if lr_factor(m, e) != lr_factor(m, e - 1)]
-    final = lr_factor(m, m.epochs - 1)
+    final = meta_factor(m, meta_updates - 1)
     images, source = train_images(cfg)
     batch = min(p.batch_size, images) if images else p.batch_size
     steps = images // batch if images else None
@@ -61,7 +55,7 @@ def derived(cfg: Config) -> dict[str, Any]:
         "tasks_per_update": {"normal": m.meta_batch, "hard": extra, "total": m.meta_batch + extra},
         "extra_tasks": (ht.mode if ht.mode == "random" else "hard") if extra else None,
         "meta_tasks": meta_updates * (m.meta_batch + extra),
-        "lr_drops_at": drops,
+        "lr_drops_at": drops(lambda n: meta_factor(m, n), meta_updates),
         "final_lr_ss": m.lr_ss * final,
         "final_lr_theta": m.lr_theta * final,
         "hard_task_window": ht.window_for(m.way, m.meta_batch) if extra else None,
@@ -74,6 +68,9 @@ def derived(cfg: Config) -> dict[str, Any]:
         "pretrain_steps_per_epoch": steps,
         "pretrain_steps": p.epochs * steps if steps is not None else None,
         "images_per_epoch": steps * batch if steps is not None else None,
+        "pretrain_lr_drops_at": (
+            drops(lambda n: pretrain_factor(p, n), p.epochs) if p.schedule == "step" else None
+        ),
     }
 
 

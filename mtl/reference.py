@@ -25,9 +25,11 @@ __all__ = ["adapt_autograd", "episode_accuracy", "meta_loss", "plain_encode", "p
 def plain_ss_encoder(model: nn.Module) -> nn.Module:
     """``model`` with SS, written plainly as the official code has it: ``nn.BatchNorm2d`` in eval mode
     with its affine weights frozen (not folded into the convolutions), fp32, contiguous tensors."""
-    encoder = ss.attach(model.to(memory_format=torch.contiguous_format), train_bn=True)
+    encoder = ss.attach(model.to(memory_format=torch.contiguous_format), bn="affine")
     for p in ss.bn_parameters(encoder):
         p.requires_grad_(False)
+    for p in ss.parameters(encoder):  # eval-mode BN cancels no shift: all of SS trains, as when frozen
+        p.requires_grad_(True)
     return encoder.eval()
 
 
@@ -103,15 +105,15 @@ def meta_loss(
 
     encode: uint8 images -> features through the SS encoder (frozen BN), with grad;
     tasks: ``(T, way, shot + query)`` indices into ``images``; W ``(way, D)``, b ``(way,)``: θ.
-    Each task gets its own encoder forward on support and query images and an autograd inner loop.
-    The mean over tasks of the per-task mean query loss equals metatrain's loss over the flattened
-    meta-batch (every task has the same number of queries).
+    Each task gets its own encoder forward on query and then support images (the official order) and
+    an autograd inner loop. The mean over tasks of the per-task mean query loss equals metatrain's
+    loss over the flattened meta-batch (every task has the same number of queries).
     """
     T, way, n = tasks.shape
     losses = []
     for task in tasks:
-        support = encode(images[task[:, :shot].reshape(-1)]).float()
         query = encode(images[task[:, shot:].reshape(-1)]).float()
+        support = encode(images[task[:, :shot].reshape(-1)]).float()
         y_s = episode_targets(way, shot, device=support.device)
         if first_order:
             Wt, bt = W, b

@@ -166,7 +166,7 @@ def reference_probs(model, support: Path, query: Path, classes: list[str]) -> to
     cfg = model.cfg
     ckpt = checkpoint.load(model.best, stage="metatrain")
     encoder = build_backbone(cfg.backbone.name, in_chans=3, widths=cfg.backbone.widths)
-    encoder = ss.attach(encoder, train_bn=cfg.meta.bn == "affine")
+    encoder = ss.attach(encoder, bn=cfg.meta.bn)
     encoder.load_state_dict(ckpt["encoder"])
     encoder.eval()
     pre = Preprocess(cfg.data.image_size, 3, cfg.data.mean, cfg.data.std)

@@ -56,6 +56,24 @@ def test_three_stages_end_to_end(tiny_cfg, tmp_path):
     assert any((run / "tb").rglob("events.out.tfevents.*"))
 
 
+def test_the_tf_batch_norm_trains_and_tests(tiny_overrides, tmp_path):
+    """``meta.bn: batch``: batch statistics in every phase, nothing of BN trained, running statistics
+    untouched; the stages run and the pretrained BN buffers come out as they went in."""
+    cfg = config.load(None, [*tiny_overrides, "meta.bn=batch"])
+    ckpts = tmp_path / "ckpts"
+    pretrain(cfg, ckpts, quiet=True)
+    metatrain(cfg, ckpts, quiet=True)
+    run = ckpts / "tiny"
+    pre = checkpoint.load(run / "pretrain" / "best.pt", stage="pretrain")["encoder"]
+    meta = checkpoint.load(run / "metatrain" / "last.pt", stage="metatrain")["encoder"]
+    for key in (k for k in pre if k.endswith(("running_mean", "running_var", "bn1.weight", "bn1.bias"))):
+        assert torch.equal(meta[key], pre[key]), key
+    assert not any(k.endswith(".shift") for k, v in meta.items() if not torch.equal(v, torch.zeros_like(v)))
+    results = metatest(cfg, ckpts, quiet=True)
+    assert [r["method"] for r in results["rows"]] == [MTL, FT, NC_FEATURES, NC_PIXELS]
+    assert all(0 <= r["acc"] <= 100 for r in results["rows"])
+
+
 def test_metatest_is_reproducible(tiny_overrides, tmp_path):
     tiny_cfg = config.load(None, [*tiny_overrides, "meta.augment=true", "meta.first_order=true"])
     ckpts = tmp_path / "ckpts"

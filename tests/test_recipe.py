@@ -4,39 +4,111 @@ researcher checks before a long run (meta-updates, tasks per update, LR drop poi
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from mtl.cli import main
 
 PIPELINES = Path(__file__).parent.parent / "pipelines"
 
-# The official TensorFlow recipe (tensorflow/run_experiment.py with main.py's defaults): 20,000
-# iterations of meta-batch 2, Adam 1e-3 on SS and θ halved every 1,000 iterations with a floor of
-# 0.1 x 1e-3, 20 inner steps in training and 100 at test. Its inner loss is summed over the support set
-# and divided by the shot: a step of 0.01 on it is a step of 0.01 x 5 on the mean cross-entropy (5-way).
+
+def official_pytorch_rates(max_epoch: int, num_batch: int, step_size: int, gamma: float) -> list[float]:
+    """The learning rate of every update of the official PyTorch trainers, by running their loop with
+    torch's own StepLR (pytorch/trainer/meta.py; pytorch/trainer/pre.py is the same with pre_*)::
+
+        self.lr_scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=self.args.step_size,
+                                                            gamma=self.args.gamma)
+        for epoch in range(1, self.args.max_epoch + 1):
+            # Update learning rate
+            self.lr_scheduler.step()
+            ...
+            for i, batch in enumerate(tqdm_gen, 1):
+                ...
+                self.optimizer.step()
+    """
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
+    rates = []
+    with warnings.catch_warnings():  # torch warns about step() before optimizer.step(): the point here
+        warnings.simplefilter("ignore")
+        for _epoch in range(1, max_epoch + 1):
+            sched.step()
+            rates += [opt.param_groups[0]["lr"]] * num_batch
+    return rates
+
+
+def official_tf_rates(iterations: int, meta_lr: float, lr_drop_step: int, drop: float) -> list[float]:
+    """The meta learning rate of every update of the official TF trainer (tensorflow/trainer/meta.py)::
+
+    train_lr = FLAGS.meta_lr
+    for train_idx in trange(FLAGS.metatrain_iterations):
+        ...  feed_dict = {..., self.model.meta_lr: train_lr}; result = self.sess.run(...)
+        # Reduce the meta learning rate to half after several iterations
+        if (train_idx!=0) and train_idx % FLAGS.lr_drop_step == 0:
+            train_lr = train_lr * FLAGS.lr_drop_rate
+            if train_lr < 0.1 * FLAGS.meta_lr:
+                train_lr = 0.1 * FLAGS.meta_lr
+    """
+    train_lr, rates = meta_lr, []
+    for train_idx in range(iterations):
+        rates.append(train_lr)
+        if (train_idx != 0) and train_idx % lr_drop_step == 0:
+            train_lr = train_lr * drop
+            if train_lr < 0.1 * meta_lr:
+                train_lr = 0.1 * meta_lr
+    return rates
+
+
+def drops(rates: list[float]) -> list[int]:
+    """The update counts after which the rate changes."""
+    return [n for n in range(1, len(rates)) if rates[n] != rates[n - 1]]
+
+
+# tensorflow/run_experiment.py: MAX_ITER = 20000, META_BATCH_SIZE = 2, META_LR = 0.001,
+# LR_DROP_STEP = 1000, UPDATE_NUM = 20, BASE_LR = 0.001; main.py: lr_drop_rate 0.5,
+# test_base_epoch_num 100. Its inner loss is `xent`: softmax_cross_entropy_with_logits(...) / shot_num,
+# a vector whose tf.gradients is that of its sum, so a step of base_lr on it is a step of
+# base_lr x way on the mean cross-entropy (5-way: 0.001 x 5).
+TF_RATES = official_tf_rates(20_000, 1e-3, 1000, 0.5)
 TF = {
     "backbone": "resnet12_tf",
     "meta_updates": 20_000,
     "tasks_per_update": {"normal": 2, "hard": 1, "total": 3},
-    "lr_drops_at": [1000, 2000, 3000, 4000],  # 1e-3 -> 5e-4 -> 2.5e-4 -> 1.25e-4 -> 1e-4 (the floor)
-    "final_lr": (1e-4, 1e-4),
-    "inner": (20, 0.05, 100),
+    "lr_drops_at": drops(TF_RATES),
+    "final_lr": (TF_RATES[-1], TF_RATES[-1]),
+    "inner": (20, 0.001 * 5, 100),
     "first_order": False,
 }
-# The official PyTorch recipe (pytorch/run_pre.py, run_meta.py): 100 epochs x 100 updates of one task,
-# StepLR(10 epochs, 0.5), 100 inner steps at 0.01, first order (autograd.grad without create_graph).
+# pytorch/run_meta.py and main.py: max_epoch 100, num_batch 100, step_size 10, gamma 0.5, meta_lr1
+# 0.0001 (SS), meta_lr2 0.001 (θ), update_step 100, base_lr 0.01; first order (autograd.grad without
+# create_graph).
+PYTORCH_RATES = official_pytorch_rates(100, 100, 10, 0.5)
 PYTORCH = {
     "backbone": "resnet25",
     "meta_updates": 10_000,
     "tasks_per_update": {"normal": 1, "hard": 0, "total": 1},
-    "lr_drops_at": [1000 * k for k in range(1, 10)],
-    "final_lr": (1e-4 * 0.5**9, 1e-3 * 0.5**9),
+    "lr_drops_at": drops(PYTORCH_RATES),
+    "final_lr": (1e-4 * PYTORCH_RATES[-1], 1e-3 * PYTORCH_RATES[-1]),
     "inner": (100, 0.01, 100),
     "first_order": True,
 }
+# pytorch/run_pre.py: max_epoch = 110, StepLR(step_size=30, gamma=0.2), stepped as above; per epoch.
+PRETRAIN_RATES = official_pytorch_rates(110, 1, 30, 0.2)
+
+
+def test_the_official_schedules_as_their_code_runs_them():
+    """What the simulations above give, in the issue's words: the PyTorch meta-LRs halve after 900,
+    1,900, ..., 9,900 updates (10 halvings), pretraining multiplies by 0.2 from its 30th, 60th and 90th
+    epoch, and the TF rate halves after 1,001, 2,001, 3,001 and 4,001 updates, then stays at its floor."""
+    assert PYTORCH["lr_drops_at"] == [900 + 1000 * k for k in range(10)]
+    assert drops(PRETRAIN_RATES) == [29, 59, 89]
+    assert TF["lr_drops_at"] == [1001, 2001, 3001, 4001] and TF_RATES[-1] == pytest.approx(1e-4)
+
+
 # Pretraining follows the official PyTorch recipe in both: 110 epochs of batch 128 over the train split
 # (miniImageNet 64 x 600, FC100 60 x 600, tieredImageNet 448,695 images), last partial batch dropped.
 STEPS_PER_EPOCH = {"miniimagenet": 38_400 // 128, "fc100": 36_000 // 128, "tieredimagenet": 448_695 // 128}
@@ -88,6 +160,7 @@ def test_paper_pipeline_runs_the_official_recipe(name, tmp_path):
     assert d["tasks_per_update"] == recipe["tasks_per_update"]
     assert d["lr_drops_at"] == recipe["lr_drops_at"]
     assert (d["final_lr_ss"], d["final_lr_theta"]) == pytest.approx(recipe["final_lr"])
+    assert d["pretrain_lr_drops_at"] == drops(PRETRAIN_RATES)
     steps, lr, test_steps = recipe["inner"]
     assert (cfg["meta"]["inner_steps"], cfg["meta"]["inner_lr"], d["inner_steps"]["test"]) == (
         steps,
@@ -124,7 +197,7 @@ def test_config_counts_a_prepared_dataset_and_applies_overrides(tmp_path):
     assert d["train_images"] == 1000 and "manifest" in d["train_images_from"]
     assert (d["pretrain_steps_per_epoch"], d["pretrain_steps"], d["images_per_epoch"]) == (15, 110 * 15, 960)
     assert d["meta_updates"] == 3000 and d["tasks_per_update"]["hard"] == 0 and d["hard_task_window"] is None
-    assert d["lr_drops_at"] == [1000, 2000]
+    assert d["lr_drops_at"] == [1001, 2001]  # the TF schedule: after updates 1,001 and 2,001
 
 
 def test_config_prints_the_resolved_yaml_and_the_figures():

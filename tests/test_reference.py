@@ -51,17 +51,18 @@ def test_cached_batched_evaluation_equals_per_episode_reference(tiny_cfg, split)
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("bn", ["frozen", "affine"])
+@pytest.mark.parametrize("bn", ["frozen", "affine", "batch"])
 def test_batched_closed_form_meta_gradient_equals_per_task_autograd(tiny_cfg, split, first_order, bn):
-    """With ``meta.bn: affine`` the meta-batch holds 2 normal tasks and 1 hard task, and batch norm
-    must normalise each task's support and query sets on their own, as the per-task reference does."""
+    """With ``meta.bn: affine`` or ``batch`` the meta-batch holds 2 normal tasks and 1 hard task, and
+    batch norm must normalise each task's support and query sets on their own, as the per-task
+    reference does (and in ``affine`` mode update the running statistics in the same order)."""
     train, images = split
     m = tiny_cfg.meta
     m.first_order, m.inner_steps, m.inner_lr = first_order, 8, 0.3
     pre = Preprocess(tiny_cfg.data.image_size, 3)
     sampler = EpisodeSampler(train.labels, m.way, m.shot, m.query, seed=0)
     tasks = np.stack([sampler.sample() for _ in range(3)])
-    if bn == "affine":
+    if bn != "frozen":
         hard = HardTasks(tiny_cfg, train)
         logits = torch.zeros(2, m.way * m.query, m.way)
         hard.add(train.labels, tasks[:2], logits, episode_targets(m.way, m.query))
@@ -82,14 +83,50 @@ def test_batched_closed_form_meta_gradient_equals_per_task_autograd(tiny_cfg, sp
             logits, targets = task_outputs(learner, m, images, tasks, pre)
             loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)))
         loss.backward()
-        trained = [learner.W, learner.b, *ss.parameters(learner.encoder), *ss.bn_parameters(learner.encoder)]
-        return loss.detach(), [p.grad.clone() for p in trained]
+        encoder = learner.encoder
+        trained = [learner.W, learner.b, *ss.parameters(encoder, trainable=True), *ss.bn_parameters(encoder)]
+        stats = [b.clone() for name, b in encoder.named_buffers() if name.endswith("running_mean")]
+        return loss.detach(), [p.grad.clone() for p in trained], stats
 
-    loss_fast, g_fast = grads(False)
-    loss_ref, g_ref = grads(True)
+    loss_fast, g_fast, stats_fast = grads(False)
+    loss_ref, g_ref, stats_ref = grads(True)
+    for a, b in zip(stats_fast, stats_ref, strict=True):  # the same running statistics, in the same order
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-5, atol=1e-6)
     assert len(g_fast) == len(g_ref) > 2
     for a, b in zip(g_fast, g_ref, strict=True):
         # float32 through 8 second-order inner steps: summation order differs between CPUs
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
     assert any(g.abs().sum() > 0 for g in g_fast[2:])  # the SS weights get a meta-gradient
+
+
+def test_batch_statistics_evaluation_equals_per_episode_reference(tiny_cfg, split):
+    """``meta.bn: batch`` (the TF code's batch norm): each episode's support set and its query set are
+    normalised with their own statistics, at test too; the batched evaluation equals encoding each
+    episode's sets one after the other."""
+    train, images = split
+    tiny_cfg.meta.bn, tiny_cfg.precision = "batch", "fp32"
+    learner = MTL(_encoder(tiny_cfg), tiny_cfg).eval()
+    for _, mod in ss.ss_modules(learner.encoder):
+        torch.nn.init.normal_(mod.scale, 1.0, 0.1)
+    with torch.no_grad():
+        learner.W.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+
+    def encode(batch):
+        return learner.encoder(learner.pre(batch))
+
+    x = images[:8]
+    with torch.no_grad():  # eval mode, yet a query's features depend on the batch it is normalised in
+        assert not torch.allclose(encode(x)[:4], encode(x[:4]), atol=1e-4)
+    episodes = torch.from_numpy(fixed_episodes(train.labels, 3, 1, 4, 12, seed=3))
+    feats = learner.features(train.images, None, torch.device("cpu"))
+    fast = learner.evaluate(feats, episodes, 1)
+    steps, lr = learner.test_steps, tiny_cfg.meta.inner_lr
+    slow = torch.stack(
+        [
+            reference.episode_accuracy(encode, images, ep, 1, learner.W, learner.b, steps=steps, lr=lr)
+            for ep in episodes
+        ]
+    )
+    torch.testing.assert_close(fast, slow)
+    assert 0.0 < fast.mean() < 1.0

@@ -28,7 +28,8 @@ def _randomize(model: nn.Module, seed: int = 1) -> None:
     with torch.no_grad():
         for _, m in ss.ss_modules(model):
             m.scale.copy_(1 + 0.3 * torch.randn(m.scale.shape, generator=gen))
-            m.shift.copy_(0.1 * torch.randn(m.shift.shape, generator=gen))
+            if m.shift is not None:
+                m.shift.copy_(0.1 * torch.randn(m.shift.shape, generator=gen))
 
 
 def _n_convs(model: nn.Module) -> int:
@@ -50,10 +51,14 @@ def test_attach_keeps_output_at_init(name):
         torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
     modules = dict(ss.ss_modules(model))
     assert len(modules) == n_convs
-    for m in modules.values():
+    for conv_name, m in modules.items():
         assert m.scale.shape == (*m.conv.weight.shape[:2], 1, 1)
+        assert torch.equal(m.scale, torch.ones_like(m.scale))
+        if name == "resnet25" and conv_name != "conv1":  # the official layout: a shift on the stem only
+            assert m.shift is None
+            continue
         assert m.shift.shape == (m.conv.out_channels,)
-        assert torch.equal(m.scale, torch.ones_like(m.scale)) and not m.shift.any()
+        assert not m.shift.any()
 
 
 def test_conv2d_same_keeps_its_padding():
@@ -111,7 +116,11 @@ def test_gradients_reach_only_ss(train_bn):
     bn_affine = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in (m.weight, m.bias)}
     assert len(ss_params) == 2 * _n_convs(model)
     assert {id(p) for p in ss.bn_parameters(model)} == (bn_affine if train_bn else set())
-    expected = ss_params | bn_affine if train_bn else ss_params
+    # Every convolution of ResNet-12 feeds a batch norm: with batch statistics (train_bn) that norm
+    # cancels the conv's shift, so only the scales (and BN affine weights) train.
+    scales = {id(m.scale) for _, m in ss.ss_modules(model)}
+    expected = scales | bn_affine if train_bn else ss_params
+    assert {id(p) for p in ss.parameters(model, trainable=True)} == (scales if train_bn else ss_params)
     for p in model.parameters():
         assert (p.grad is not None) == (id(p) in expected)
         assert p.requires_grad == (id(p) in expected)
@@ -173,6 +182,8 @@ def test_frozen_bn_is_folded_into_the_ss_conv_with_the_same_output_and_gradients
     plain = ss.attach(copy.deepcopy(net), train_bn=True).eval()  # nn.BatchNorm2d, eval mode
     for p in ss.bn_parameters(plain):
         p.requires_grad_(False)
+    for p in ss.parameters(plain):  # eval-mode BN cancels no shift
+        p.requires_grad_(True)
     folded = ss.attach(net)
     _randomize(plain)
     _randomize(folded)
@@ -290,8 +301,11 @@ def test_resnet12_tf_attach_keeps_output_and_gamma_free_bn(train_bn):
     model.train()
     model(x).square().sum().backward()
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    expected = {id(p) for p in ss.parameters(model)} | {id(p) for p in ss.bn_parameters(model)}
+    # With batch statistics (train_bn) every 3x3 conv's shift is cancelled by the BN after it.
+    expected = {id(p) for p in [*ss.parameters(model, trainable=True), *ss.bn_parameters(model)]}
     assert trainable == expected
+    shifts = {id(m.shift) for _, m in ss.ss_modules(model)}
+    assert (shifts <= trainable) == (not train_bn) and not (train_bn and shifts & trainable)
 
 
 def test_resnet12_tf_attach_again_keeps_gamma_fixed():

@@ -3,6 +3,12 @@ convolution, and a linear base-learner θ = (W, b) adapted on each support set b
 and θ's initialisation are meta-learned through that inner loop (closed-form inner gradient, second
 order by default; :mod:`mtl.base_learner`). Hard-task meta-batches are the metatrain stage's, for any
 method; the paper uses them with this one.
+
+Batch norm (``meta.bn``, :func:`mtl.ss.attach`): ``frozen`` at the pretrained statistics (mtl's default;
+every image is encoded once at evaluation); ``affine``, the official PyTorch code's (affine weights
+trained, batch statistics in meta-training, running statistics at evaluation); ``batch``, the official
+TF code's (batch statistics in every phase: at evaluation each episode's support set and its query set
+are encoded on their own, so a query's features depend on the other queries of its episode).
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from torch import nn
 from mtl import base_learner, ss
 from mtl import device as devices
 from mtl.config import Config, MetaConfig
-from mtl.data.episodes import episode_targets
+from mtl.data.augment import Preprocess
+from mtl.data.episodes import ImageRows, episode_targets
 from mtl.data.store import ImageStore
 from mtl.evaluate import finetune
-from mtl.methods.base import Method
-from mtl.monitor import Monitor
+from mtl.methods.base import Encode, Method
+from mtl.monitor import Monitor, progress
 
 __all__ = ["MTL", "task_outputs"]
 
@@ -43,10 +50,13 @@ class MTL(Method):
     }
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
-        m = cfg.meta
+        m, d = cfg.meta, cfg.data
         self.train_bn = m.bn == "affine"
-        super().__init__(ss.attach(encoder, train_bn=self.train_bn), cfg)
+        # Batch statistics in meta-training: each task's support set and query set are encoded apart.
+        self.per_set = m.bn != "frozen"
+        super().__init__(ss.attach(encoder, bn=m.bn), cfg)
         self.meta: MetaConfig = m
+        self.pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
         self.test_steps = cfg.eval_inner_steps()
         W, b = base_learner.init_theta(m.way, encoder.num_features)
         self.W, self.b = nn.Parameter(W), nn.Parameter(b)
@@ -93,17 +103,62 @@ class MTL(Method):
     def task_logits(self, images, tasks, transform) -> tuple[torch.Tensor, torch.Tensor]:
         return task_outputs(self, self.meta, images, tasks, transform)
 
+    def features(self, images: ImageRows, encode: Encode, device: torch.device) -> torch.Tensor:
+        """``(N, D)`` features computed once; with ``meta.bn: batch``, the uint8 images ``(N, H, W, C)``
+        on the device instead (features depend on the set an image is normalised with)."""
+        if self.meta.bn != "batch":
+            return encode(self.encoder, images)
+        return torch.from_numpy(np.array(images[:])).to(device)
+
     @torch.no_grad()
     def evaluate(self, features: torch.Tensor, episodes: torch.Tensor, shot: int) -> torch.Tensor:
         W, b = self.theta(episodes.shape[1])
+        if self.meta.bn == "batch":
+            return self._evaluate_per_set(features, episodes, shot, W, b)
         return finetune(features, episodes, shot, W, b, steps=self.test_steps, lr=self.meta.inner_lr)
 
+    def _evaluate_per_set(
+        self, images: torch.Tensor, episodes: torch.Tensor, shot: int, W: torch.Tensor, b: torch.Tensor
+    ) -> torch.Tensor:
+        """Accuracy ``(E,)`` of episodes ``(E, way, shot + query)`` indexing uint8 ``images``, each
+        episode's support set and query set encoded as batches of their own (``meta.bn: batch``)."""
+        way, chunk, acc = episodes.shape[1], 64, []
+        starts = range(0, len(episodes), chunk)
+        for start in progress(starts, length=len(starts), label=f"  {len(episodes)} episodes"):
+            tasks = episodes[start : start + chunk].cpu().numpy()
+            sup, qry = self.encode_sets(images, tasks, self.pre, shot)
+            y_s = episode_targets(way, shot, device=sup.device)
+            Wt, bt = base_learner.adapt(sup, y_s, W, b, steps=self.test_steps, lr=self.meta.inner_lr)
+            logits = base_learner.logits(qry, Wt, bt)
+            targets = episode_targets(way, qry.shape[1] // way, device=sup.device)
+            acc.append((logits.argmax(-1) == targets).float().mean(-1))
+        return torch.cat(acc)
+
+    def encode_sets(
+        self,
+        images: torch.Tensor | ImageStore,
+        tasks: np.ndarray,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        shot: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tasks ``(T, way, shot + query)`` -> support ``(T, way * shot, D)`` and query
+        ``(T, way * query, D)`` float32 features, each task's query set and support set a batch of
+        its own, task after task and queries first as in the official code (in ``affine`` mode the
+        order sets the running statistics)."""
+        sup, qry = [], []
+        with devices.autocast(images.device, self.precision):
+            for task in torch.from_numpy(tasks):  # host ids: gathering moves them to the device
+                qry.append(self.encoder(transform(images[task[:, shot:].reshape(-1)])))
+                sup.append(self.encoder(transform(images[task[:, :shot].reshape(-1)])))
+        return torch.stack(sup).float(), torch.stack(qry).float()
+
     def param_groups(self) -> list[dict]:
-        """SS (and BN affine, if trained) at ``lr_ss``, θ at ``lr_theta``."""
+        """SS (and BN affine, if trained) at ``lr_ss``, θ at ``lr_theta``: what trains, nothing that a
+        following batch-statistics norm cancels."""
         return [
             {
                 "name": "ss",
-                "params": [*ss.parameters(self.encoder), *ss.bn_parameters(self.encoder)],
+                "params": [*ss.parameters(self.encoder, trainable=True), *ss.bn_parameters(self.encoder)],
                 "lr": self.meta.lr_ss,
             },
             {"name": "theta", "params": [self.W, self.b], "lr": self.meta.lr_theta},
@@ -121,7 +176,9 @@ class MTL(Method):
     def log_epoch(self, monitor: Monitor, step: int) -> None:
         modules = [mod for _, mod in ss.ss_modules(self.encoder)]
         monitor.histogram("ss/scale", torch.cat([mod.scale.detach().flatten() for mod in modules]), step)
-        monitor.histogram("ss/shift", torch.cat([mod.shift.detach().flatten() for mod in modules]), step)
+        shifts = [mod.shift.detach().flatten() for mod in modules if mod.shift is not None]
+        if shifts:
+            monitor.histogram("ss/shift", torch.cat(shifts), step)
 
 
 def task_outputs(
@@ -140,14 +197,10 @@ def task_outputs(
     """
     dev = images.device
     T, way, n = tasks.shape
-    idx = torch.from_numpy(tasks)  # host ids: gathering moves them (or the batch) to the device
-    if learner.train_bn:
+    if learner.per_set:
         # Batch statistics of each task's support set and of its query set on their own, as both
         # official codes normalise them: pooling the tasks of a meta-batch would mix their statistics.
-        with devices.autocast(dev, learner.precision):
-            sup = torch.stack([learner.encoder(transform(images[i[:, : m.shot].reshape(-1)])) for i in idx])
-            qry = torch.stack([learner.encoder(transform(images[i[:, m.shot :].reshape(-1)])) for i in idx])
-        sup, qry = sup.float(), qry.float()
+        sup, qry = learner.encode_sets(images, tasks, transform, m.shot)
     else:
         # Frozen BN: every task of the meta-batch, hard tasks included, in one encoder forward.
         sup, qry = learner.encode_tasks(images, tasks, transform)

@@ -10,6 +10,9 @@
   pretraining, and the convs are Glorot-uniform initialised.
 * ``resnet25``: the official MTL PyTorch network. A 3x3 stem conv (80 ch), three stages of four
   BasicBlocks (160-320-640, stride 2 each), ReLU, global average pooling (640-d). 1 + 3 x 4 x 2 = 25 convs.
+  Its SS layout is the official code's: every convolution (the three 1x1 shortcuts too) gets a scale,
+  and only the stem a shift (the official stem is the one convolution with a bias; mtl's stem has none,
+  because the batch norm after it cancels a bias: an imported one is folded into its running mean).
 
 After ``import mtl``: ``timm.create_model("resnet12", num_classes=0)`` returns a feature extractor whose
 ``forward`` gives ``(B, num_features)``; ``widths``, ``in_chans`` and ``drop_rate`` are accepted as usual.
@@ -212,6 +215,9 @@ class ResNet25(_ResNetBase):
         ]
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         _init_weights(self, "relu")
+        for m in self.modules():  # the official SS layout: a shift on the stem only
+            if isinstance(m, nn.Conv2d) and m is not self.conv1:
+                m.ss_shift = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, widths[-1], H / 8, W / 8) (rounded up at each stride-2 conv)."""

@@ -24,9 +24,9 @@ from mtl.errors import MtlError
 from mtl.evaluate import mean_ci
 from mtl.hard_tasks import HardTasks
 from mtl.methods import Method, meta_update
-from mtl.recipe import lr_factor
 from mtl.training.loop import Training
 from mtl.training.run import Run
+from mtl.training.schedule import meta_factor
 
 
 def validate(method: Method, run: Run, images: ImageRows, episodes: torch.Tensor) -> tuple[float, float]:
@@ -82,6 +82,7 @@ class MetaTraining(Training):
     """Meta-updates on sampled tasks (plus hard or random extra tasks), validated after each epoch."""
 
     stage = "metatrain"
+    schedule_per_step = True  # the TF code's drops fall inside an epoch
 
     def __init__(self, run: Run, method: Method) -> None:
         cfg, m, dev = run.cfg, run.cfg.meta, run.device
@@ -94,7 +95,7 @@ class MetaTraining(Training):
         check_episode_shape(self.train.labels, way, m.shot, m.query, split="train", class_names=names)
         self.val = run.eval_episodes(val, "val", m.val_episodes, shot=m.shot, seed=cfg.seed + 1)
         self.opt = torch.optim.Adam(method.param_groups())
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda epoch: lr_factor(m, epoch))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda updates: meta_factor(m, updates))
         self.sampler = EpisodeSampler(self.train.labels, way, m.shot, m.query, seed=cfg.seed)
         self.images = run.to_device(self.train.images)
         aug = cfg.pretrain.augment

@@ -26,13 +26,14 @@ from mtl.evaluate import mean_ci, nearest_centroid
 from mtl.training import keys
 from mtl.training.loop import Training
 from mtl.training.run import Run
+from mtl.training.schedule import pretrain_factor
 
 
 def _scheduler(cfg: Config, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     p = cfg.pretrain
     if p.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
-    return torch.optim.lr_scheduler.StepLR(opt, step_size=p.step_size, gamma=p.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda epochs: pretrain_factor(p, epochs))
 
 
 def finished(run: Run) -> dict | None:

@@ -25,10 +25,12 @@ class Training(ABC):
     """One training run of ``epochs`` epochs of ``steps`` steps; what ``last.pt`` saves and restores.
 
     A subclass sets ``opt``, ``sched`` and ``generators`` (every random generator its steps draw from)
-    before :meth:`fit`, and keeps its epoch's running sums in ``sums`` (a device tensor).
+    before :meth:`fit`, and keeps its epoch's running sums in ``sums`` (a device tensor). ``sched``
+    steps after every epoch, or after every step when ``schedule_per_step``.
     """
 
     stage: str = ""
+    schedule_per_step: bool = False
 
     def __init__(self, run: Run, *, epochs: int, steps: int) -> None:
         self.run, self.epochs, self.steps = run, epochs, steps
@@ -127,8 +129,8 @@ class Training(ABC):
         with resume.graceful_stop() as stop:
             for epoch in range(self.epoch, self.epochs):
                 self.run_epoch(epoch, stop)
-                self.lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.opt.param_groups)}
-                self.sched.step()
+                if not self.schedule_per_step:
+                    self.step_schedule()
                 self.watch.check(self.stage, self.steps, run.out, run.world)
                 acc, ci, line = self.validate(epoch)
                 improved = self.keep(epoch + 1, acc, ci)
@@ -137,6 +139,11 @@ class Training(ABC):
                     raise resume.Stopped.at(self.stage, epoch + 1, 0, run.out, signum)
         run.monitor.close()
         return self.best
+
+    def step_schedule(self) -> None:
+        """Record the rates the last step or epoch ran at (``lrs``), then step ``sched``."""
+        self.lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.opt.param_groups)}
+        self.sched.step()
 
     def speed_note(self) -> str:
         """``"  123 img/s"``: the last epoch's throughput, for its console line."""
@@ -152,6 +159,8 @@ class Training(ABC):
         with timer() as elapsed:
             for i in run.monitor.progress(range(first, self.steps), length=self.steps - first, label=label):
                 self.step(epoch, i)
+                if self.schedule_per_step:
+                    self.step_schedule()
                 boundary = bool(every) and (epoch * self.steps + i + 1) % every == 0
                 if i + 1 < self.steps and (boundary or (stop["signum"] and not run.world.active)):
                     self.save_last(epoch, i + 1)
