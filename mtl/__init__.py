@@ -29,6 +29,7 @@ _API = {
     "ablate": ("mtl.stages.ablate", "ablate"),
     "compare": ("mtl.stages.compare", "compare"),
     "Classifier": ("mtl.classifier", "Classifier"),
+    "load_encoder": ("mtl.weights", "load_encoder"),
 }
 __all__ = ["__version__", *_API]
 

@@ -16,10 +16,9 @@ official TF code neither scales nor shifts): :func:`attach` leaves it a plain ``
 every other pretrained parameter; ``conv.ss_shift = False`` gives it a scale but no shift
 (``resnet25``: the official PyTorch code shifts only its stem, the one convolution with a bias).
 
-A shift whose convolution feeds a batch norm that normalises with batch statistics is cancelled by it:
-its gradient is zero in exact arithmetic and rounding noise in float32, which Adam would turn into
-full-size steps. With ``bn="affine"`` or ``bn="batch"`` such shifts are kept (a checkpoint has the same
-layout in every mode) but not trained.
+A batch norm that normalises with batch statistics cancels the shift of the conv before it (a zero
+gradient, rounding noise in float32, full-size steps under Adam): with ``bn="affine"`` or ``"batch"``
+such shifts are kept (one checkpoint layout in every mode) but not trained.
 
 Usage::
 
@@ -141,8 +140,8 @@ class BatchStatsNorm2d(nn.BatchNorm2d):
 
 def _conv_bn_pairs(model: nn.Module, bn_type: type | tuple[type, ...]) -> list:
     """``(parent, bn name, SS conv, bn)`` for every SS convolution registered just before a batch norm
-    of ``bn_type`` with as many channels (``conv1, bn1``; ``Sequential(conv, bn)``): how ResNets and
-    timm's conv-norm layers are written, and so the conv whose output that norm normalises."""
+    of ``bn_type`` with as many channels (``conv1, bn1``; ``Sequential(conv, bn)``), as ResNets and
+    timm's conv-norm layers are written: the conv whose output that norm normalises."""
     pairs = []
     for parent in model.modules():
         children = list(parent.named_children())

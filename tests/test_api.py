@@ -28,6 +28,12 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
         list(mtl.ss.parameters(scope["net"]))
     )
 
+    # the metatrain checkpoint's encoder: SS included, eval mode, (B, 3, 32, 32) -> (B, 256)
+    encoder = scope["encoder"]
+    assert not encoder.training and len(list(mtl.ss.ss_modules(encoder))) > 0
+    with torch.no_grad():
+        assert encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 256)
+
     # saved and loaded, the classifier predicts the same
     clf.save(tmp_path / "c.pt")
     again = mtl.Classifier.load(tmp_path / "c.pt")

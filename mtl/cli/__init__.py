@@ -18,7 +18,7 @@ from __future__ import annotations
 import click
 
 from mtl import __version__
-from mtl.cli import data, stages, tools
+from mtl.cli import data, stages, tools, weights
 
 __all__ = ["main"]
 
@@ -40,5 +40,7 @@ for _command in (
     tools.adapt,
     tools.predict,
     tools.bench,
+    weights.import_command,
+    weights.export_command,
 ):
     main.add_command(_command)

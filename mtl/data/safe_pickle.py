@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -64,6 +64,20 @@ def _decode(obj: Any) -> Any:
     return obj
 
 
+def read(f: BinaryIO, label: str, what: str = "pickle") -> Any:
+    """The object pickled in the open binary file ``f`` from its current position; numpy arrays and
+    builtin containers only, nothing decoded. A refused or unreadable pickle is an :class:`MtlError`
+    naming ``label`` and calling it ``what`` (e.g. ``".npy file"``)."""
+    try:
+        return _Restricted(f, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        if str(exc).startswith("refused"):
+            raise MtlError(f"{label}: {exc}: only numpy arrays and builtin containers are allowed") from None
+        raise MtlError(f"{label} is not a readable {what} ({exc})") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise MtlError(f"{label} is not a readable {what} ({type(exc).__name__}: {exc})") from None
+
+
 def load(path: Path, *, decode_bytes: bool = True) -> Any:
     """The object in the pickle at ``path``; numpy arrays and builtin containers only.
 
@@ -73,12 +87,8 @@ def load(path: Path, *, decode_bytes: bool = True) -> Any:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            obj = _Restricted(f, encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
-        if str(exc).startswith("refused"):
-            raise MtlError(f"{path}: {exc}: only numpy arrays and builtin containers are allowed") from None
-        raise MtlError(f"{path} is not a readable pickle ({exc})") from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+            obj = read(f, str(path))
+    except OSError as exc:
         raise MtlError(f"{path} is not a readable pickle ({type(exc).__name__}: {exc})") from None
     return _decode(obj) if decode_bytes else _decode_keys(obj)
 

@@ -1,0 +1,234 @@
+"""``mtl export``: any mtl stage checkpoint as a folder a model hub (Hugging Face) accepts, and back.
+
+The folder holds ``model.safetensors`` (every tensor of the checkpoint, one flat dict: ``encoder.<key>``,
+``head.<key>``, ``theta.W``, ``state.encoder.<key>``, ``fitted.W``, ...), ``config.json`` (what the weights
+are: stage, method, backbone, input preprocessing, feature width, way, class names, the full pipeline
+config, and what is needed to rebuild the checkpoint) and a ``README.md`` model card. The safetensors
+header carries the same description (metadata key ``mtl``), so the file alone can be imported again.
+
+:func:`read_payload` turns an export, or any stage checkpoint file, into the checkpoint's dict: the
+tensors come back bit for bit under the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtl import __version__, checkpoint
+from mtl.config import Config, from_dict
+from mtl.data.augment import Preprocess
+from mtl.errors import MtlError
+from mtl.models.backbone import build_backbone
+from mtl.weights import card, files
+from mtl.weights.files import EXPORT_WEIGHTS, Source
+
+__all__ = ["EXPORT_FORMAT", "export", "from_source", "read_payload"]
+
+EXPORT_FORMAT = 1
+STAGES = ("pretrain", "metatrain", "classifier")
+# Checkpoint entries that are not weights: JSON-able ones travel in config.json's "checkpoint".
+_CARRIED = ("method", "class_names", "metric", "classes", "preprocess", "adapted", "imported")
+_DROPPED = ("format", "version", "stage", "config", "resume", "hard_tasks")  # training state, or rebuilt
+
+
+def read_payload(path: str | Path) -> dict[str, Any]:
+    """The dict of a stage checkpoint (``pretrain``/``metatrain``/``classifier`` ``.pt``) or of an export
+    (its folder or ``model.safetensors``): ``stage``, ``config`` and the stage's entries."""
+    path = Path(path).expanduser()
+    if path.is_dir() or path.suffix == ".safetensors":
+        source = files.read(str(path))
+        if not is_export(source):
+            raise MtlError(f"{source.label} is a safetensors file but not an mtl export (no 'mtl' metadata)")
+        return from_source(source)
+    try:  # peek at the stage, then load through mtl.checkpoint's checks
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            head = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        stage = head.get("stage") if isinstance(head, dict) else None
+    except Exception:  # unreadable: checkpoint.load below says why in its words
+        stage = None
+    if stage not in STAGES:
+        checkpoint.load(path, stage="stage")  # raises its one-line reason (missing, empty, YAML, corrupt)
+        raise MtlError(f"{path} is a {stage} checkpoint; mtl exports pretrain, metatrain and classifier ones")
+    return checkpoint.load(path, stage=stage)
+
+
+def is_export(source: Source) -> bool:
+    """Whether a read file is an ``mtl export``'s weights (its safetensors header describes them)."""
+    return source.kind == "safetensors" and "mtl" in source.metadata
+
+
+def describe(source: Source) -> dict[str, Any]:
+    """The export's ``config.json`` contents, from the safetensors header (or the file beside it)."""
+    try:
+        info = json.loads(source.metadata["mtl"])
+    except (KeyError, ValueError):
+        beside = source.path.with_name("config.json") if source.path else None
+        if beside is None or not beside.is_file():
+            raise MtlError(f"{source.label} has no mtl description (metadata 'mtl' or config.json)") from None
+        info = json.loads(beside.read_text(encoding="utf-8"))
+    if info.get("mtl_export") != EXPORT_FORMAT or info.get("stage") not in STAGES:
+        raise MtlError(f"{source.label} is not an mtl export of format {EXPORT_FORMAT}")
+    return info
+
+
+def from_source(source: Source) -> dict[str, Any]:
+    """Rebuild the checkpoint dict of an export: tensors regrouped as they were, carried entries back."""
+    info = describe(source)
+    kept = info["checkpoint"]
+    payload: dict[str, Any] = {"stage": info["stage"], "config": info["config"]}
+    payload.update({k: _from_json(k, v) for k, v in kept.items() if k != "groups"})
+    tensors = dict(source.obj)
+    for group in sorted(kept["groups"], key=len, reverse=True):  # "state.encoder" before "state"
+        prefix = group + "."
+        members = {k[len(prefix) :]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
+        _put(payload, group.split("."), members)
+    for key, tensor in tensors.items():  # tensors outside any group: nested by their dots
+        _put(payload, key.split("."), tensor)
+    return payload
+
+
+def _put(root: dict, path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        root = root.setdefault(part, {})
+    root[path[-1]] = value
+
+
+def flatten(payload: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Every tensor of the checkpoint's weight entries under a dotted name, the groups (dicts of tensors,
+    e.g. state dicts, whose own keys hold dots) and the entries left out (not tensors)."""
+    tensors: dict[str, torch.Tensor] = {}
+    groups: list[str] = []
+    skipped: list[str] = []
+
+    def walk(obj: Any, path: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            tensors[path] = obj
+        elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            groups.append(path)  # a state dict (or an empty one, such as an import's head)
+            tensors.update({f"{path}.{k}": v for k, v in obj.items()})
+        elif isinstance(obj, dict):
+            for key, value in obj.items():
+                walk(value, f"{path}.{key}")
+        else:
+            skipped.append(path)
+
+    for key, value in payload.items():
+        if key not in _CARRIED and key not in _DROPPED:
+            walk(value, key)
+    return tensors, groups, skipped
+
+
+def export(checkpoint_path: str | Path, out: str | Path, *, force: bool = False) -> tuple[Path, dict]:
+    """Write the export folder ``out`` of a stage checkpoint; returns it and its description.
+
+    ``out`` must not exist (or, with ``force``, is replaced only once the new folder is complete).
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not (force and out.is_dir()):
+        what = "a file" if out.is_file() else "a folder" if any(out.iterdir()) else "an empty folder"
+        raise MtlError(
+            f"{out} exists ({what}); choose a new folder" + (" or add --force" if out.is_dir() else "")
+        )
+    payload = read_payload(checkpoint_path)
+    tensors, groups, skipped = flatten(payload)
+    info = _info(payload, groups, len(tensors))
+    # safetensors refuses tensors that share memory or are not contiguous: every one gets its own copy.
+    flat = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    metadata = {"format": "pt", "mtl": json.dumps(info)}
+    _write_folder(out, flat, metadata, info, force)
+    info["skipped"] = skipped
+    return out, info
+
+
+def _write_folder(out: Path, flat: dict, metadata: dict, info: dict, force: bool) -> None:
+    """Build the folder beside ``out``, then move it into place: ``out`` is never half written."""
+    from safetensors.torch import save_file
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise MtlError(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:
+        save_file(flat, str(tmp / EXPORT_WEIGHTS), metadata=metadata)
+        (tmp / "config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(card.model_card(info), encoding="utf-8")
+        old = None
+        if out.exists() and force:
+            old = out.with_name(f".{out.name}.replaced")
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MtlError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _info(payload: dict[str, Any], groups: list[str], count: int) -> dict[str, Any]:
+    """config.json: what the weights are, and what rebuilds the checkpoint."""
+    cfg = from_dict(payload["config"])
+    stage, d = payload["stage"], cfg.data
+    net = build_backbone(
+        cfg.backbone.name, in_chans=d.channels, widths=cfg.backbone.widths, image_size=d.image_size
+    )
+    pre = Preprocess(d.image_size, d.channels, d.mean, d.std, resize=d.resize)
+    widths = [f["num_chs"] for f in getattr(net, "feature_info", []) if f["module"].startswith("layer")]
+    return {
+        "mtl_export": EXPORT_FORMAT,
+        "mtl_version": __version__,
+        "stage": stage,
+        "method": payload.get("method") if stage != "pretrain" else None,
+        "backbone": {"name": cfg.backbone.name, "widths": widths or None, "in_chans": d.channels},
+        "input": {
+            "image_size": d.image_size,
+            "channels": d.channels,
+            "resize": d.resize,
+            "mean": pre.mean,
+            "std": pre.std,
+            "pixels": "RGB (or grey) / 255, resized to `resize` then centre-cropped to image_size, "
+            "then (x - mean) / std",
+        },
+        "feature_dim": int(net.num_features),
+        "way": _way(payload, cfg),
+        "class_names": list(payload.get("classes", [])) if stage == "classifier" else None,
+        "tensors": count,
+        "checkpoint": {"groups": groups, **{k: _to_json(payload[k]) for k in _CARRIED if k in payload}},
+        "config": payload["config"],
+    }
+
+
+def _way(payload: dict[str, Any], cfg: Config) -> int | None:
+    if payload["stage"] == "classifier":
+        return len(payload.get("classes", []))
+    theta = payload.get("theta")
+    if payload["stage"] == "metatrain":
+        return int(theta["W"].shape[0]) if isinstance(theta, dict) and "W" in theta else cfg.meta.way
+    return None
+
+
+def _to_json(value: Any) -> Any:
+    """NaN is not JSON (an imported checkpoint's metric holds NaN): it travels as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(key: str, value: Any) -> Any:
+    if key == "metric" and isinstance(value, dict):
+        return {k: (math.nan if v is None and k != "epoch" else v) for k, v in value.items()}
+    return value
