@@ -33,15 +33,35 @@ __all__ = ["STAGE", "Classifier", "build_method", "embed", "load_trained"]
 STAGE = "classifier"
 
 
-def build_method(cfg: config.Config, name: str, state: dict, dev: torch.device) -> Method:
-    """Method ``name`` of ``cfg`` with its trained ``state`` loaded, in eval mode on ``dev``."""
+def build_method(
+    cfg: config.Config, name: str, state: dict, dev: torch.device, path: Path | None = None
+) -> Method:
+    """Method ``name`` of ``cfg`` with its trained ``state`` (read from ``path``) loaded, in eval mode
+    on ``dev``; a state that does not fit is one line naming the first keys that differ."""
     d, bb = cfg.data, cfg.backbone
     encoder = build_backbone(
         bb.name, in_chans=d.channels, widths=bb.widths, drop_rate=bb.drop_rate, image_size=d.image_size
     )
     method = methods.get(name)(encoder, cfg)
-    method.load_state(state)
+    with checkpoint.fitting(path or Path("the checkpoint"), "the model its config describes"):
+        method.load_state(state)
     return method.to(dev).eval()
+
+
+def _config(saved: dict, path: Path) -> config.Config:
+    """The resolved config a checkpoint carries, validated as a pipeline is."""
+    try:
+        return config.from_dict(saved["config"])
+    except MtlError as exc:
+        raise MtlError(f"{path} carries a config mtl refuses ({exc})") from None
+    except KeyError:
+        raise MtlError(f"{path} has no config: not a checkpoint mtl wrote") from None
+
+
+def check_steps(steps: int | None) -> None:
+    """``--steps``: a count of gradient steps, bounded like the pipeline's inner steps."""
+    if steps is not None and not 0 <= steps <= config.MAX_STEPS:
+        raise MtlError(f"--steps: must be 0 .. {config.MAX_STEPS:,} (the paper: 100), got {steps:,}")
 
 
 def load_trained(
@@ -49,10 +69,12 @@ def load_trained(
 ) -> tuple[config.Config, Method, torch.device]:
     """A metatrain checkpoint's config and method (eval mode, on the resolved device); ``steps``
     replaces its test-time gradient steps, refused for a method that takes none."""
-    ckpt = checkpoint.load(Path(checkpoint_path).expanduser(), stage="metatrain")
-    cfg = config.from_dict(ckpt["config"])
+    check_steps(steps)
+    path = Path(checkpoint_path).expanduser()
+    ckpt = checkpoint.load(path, stage="metatrain")
+    cfg = _config(ckpt, path)
     dev = devices.resolve(device)
-    method = build_method(cfg, ckpt.get("method", "mtl"), ckpt, dev)
+    method = build_method(cfg, ckpt.get("method", "mtl"), ckpt, dev, path)
     if steps is not None:
         if method.test_steps is None:
             raise MtlError(f"--steps: {method.label} takes no gradient steps on a support set")
@@ -175,8 +197,10 @@ class Classifier:
     @classmethod
     def load(cls, path: Path, device: str = "auto") -> Classifier:
         saved = checkpoint.load(path, stage=STAGE)
-        cfg = config.from_dict(saved["config"])
+        cfg = _config(saved, path)
         dev = devices.resolve(device)
-        method = build_method(cfg, saved["method"], saved["state"], dev)
-        fitted = {k: v.to(dev) for k, v in saved["fitted"].items()}
-        return cls(cfg, method, fitted, list(saved["classes"]), dict(saved["adapted"]))
+        with checkpoint.fitting(path, "a classifier mtl adapt saves"):
+            name, state = str(saved["method"]), dict(saved["state"])
+            fitted = {k: v.to(dev) for k, v in saved["fitted"].items()}
+            classes, adapted = [str(c) for c in saved["classes"]], dict(saved["adapted"])
+        return cls(cfg, build_method(cfg, name, state, dev, path), fitted, classes, adapted)

@@ -11,20 +11,43 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from mtl import pipeline_file
 from mtl.errors import MtlError
-from mtl.validation import build, option
+from mtl.validation import build, folder_name, option, size_text
+
+# Limits of the settings (README: reliability). Each is far beyond any real run and refuses what would
+# need absurd memory or time, or what the libraries cannot take (numpy seeds are 32-bit).
+MAX_SEED = 2**32 - 1
+MAX_EPISODES = 100_000  # fixed evaluation episodes (the papers: 600; 2,000 resolve 1-point differences)
+MAX_STEPS = 10_000  # gradient steps of an inner loop (the paper: 100), and mtl adapt --steps
+MAX_EPOCHS = 10_000
+MAX_UPDATES = 1_000_000  # meta-updates per epoch
+MAX_TASKS = 10_000  # tasks per meta-batch (normal or extra)
+MAX_BATCH = 1 << 20  # images per batch
+MAX_IMAGE_SIZE = 1024  # pixels a side (the papers: 84; ImageNet models: 224)
+MAX_WIDTH = 8192  # channels of a ResNet-12 stage, or hidden units of a head
+MAX_LR = 100.0  # inner-loop step sizes (the paper: 0.01); outer rates are watched by the NaN check
+MAX_CLASSES = 100_000  # glyphs classes, and images per glyphs class
+MAX_GLYPHS_BYTES = 16 * 2**30  # the generated glyphs dataset, all splits, in memory and on disk
+MAX_NAME = 100  # characters of a run name (one folder name)
+
+
+def _seed(doc: str = "") -> Any:
+    """A seed's field: numpy takes 0 .. 2**32 - 1."""
+    return option(0, min=0, max=MAX_SEED, doc=doc)
 
 
 @dataclass
 class GlyphsConfig:
     preset: str = option("easy", choices=("easy", "hard", "families"))
+    # Upper limits: with data.image_size, see _check_glyphs_size (the memory they need comes first).
     classes: int = option(100, min=3)
     images_per_class: int = option(100, min=2)
-    seed: int = option(0, doc="the dataset's own seed (independent of the training seed)")
+    seed: int = _seed("the dataset's own seed (independent of the training seed)")
 
 
 @dataclass
@@ -33,13 +56,14 @@ class DataConfig:
     root: str = option(
         "~/.cache/mtl", doc="glyphs: cache folder; other datasets: the prepared dataset folder"
     )
-    image_size: int = option(84, min=8)
+    image_size: int = option(84, min=8, max=MAX_IMAGE_SIZE)
     channels: int = option(3, choices=(1, 3))
     mean: list[float] | None = option(None, doc="per-channel normalisation mean (default: ImageNet / 0.5)")
     std: list[float] | None = option(None)
     resize: int | None = option(
         None,
         min=8,
+        max=2 * MAX_IMAGE_SIZE,
         doc="resize images to this size, then centre-crop image_size (official PyTorch code: 92 -> 80); "
         "null: resize straight to image_size",
     )
@@ -49,8 +73,10 @@ class DataConfig:
 @dataclass
 class BackboneConfig:
     name: str = option("resnet12", doc="resnet12 | resnet12_paper | resnet12_tf | resnet25 | timm:<model>")
-    widths: list[int] | None = option(None, doc="resnet12 stage widths, e.g. [64, 160, 320, 640]")
-    drop_rate: float = option(0.0, min=0.0)
+    widths: list[int] | None = option(
+        None, min=1, max=MAX_WIDTH, doc="resnet12 stage widths, e.g. [64, 160, 320, 640]"
+    )
+    drop_rate: float = option(0.0, min=0.0, below=1.0)
 
 
 @dataclass
@@ -62,29 +88,32 @@ class AugmentConfig:
 
 @dataclass
 class PretrainConfig:
-    epochs: int = option(100, min=1)
-    batch_size: int = option(128, min=1)
-    lr: float = option(0.1, min=0.0)
-    momentum: float = option(0.9, min=0.0)
+    epochs: int = option(100, min=1, max=MAX_EPOCHS)
+    batch_size: int = option(128, min=1, max=MAX_BATCH)
+    lr: float = option(0.1, above=0.0)
+    momentum: float = option(0.9, min=0.0, max=1.0)
     nesterov: bool = True
-    weight_decay: float = option(5e-4, min=0.0)
+    weight_decay: float = option(5e-4, min=0.0, max=1.0)
     schedule: str = option("step", choices=("step", "cosine"))
     step_size: int = option(30, min=1, doc="epochs between LR decays (step schedule)")
-    gamma: float = option(0.2, min=0.0)
+    gamma: float = option(0.2, min=0.0, max=1.0)
     first_drop: int | None = option(
         None,
         min=0,
         doc="epochs before the first decay (step schedule); null: step_size - 1, as the official code "
         "(StepLR stepped at the start of every epoch: x0.2 from the 30th epoch)",
     )
-    label_smoothing: float = option(0.0, min=0.0)
+    label_smoothing: float = option(0.0, min=0.0, below=1.0)
     head_hidden: int = option(
         0,
         min=0,
+        max=MAX_WIDTH,
         doc="hidden units of the classification head: 0 linear; official PyTorch: 1000 (Linear-ReLU-Linear)",
     )
     augment: AugmentConfig = option(AugmentConfig())
-    val_episodes: int = option(600, min=1, doc="few-shot validation episodes after each epoch")
+    val_episodes: int = option(
+        600, min=1, max=MAX_EPISODES, doc="few-shot validation episodes after each epoch"
+    )
     val_shot: int | None = option(None, min=1, doc="shot of that validation (default: meta.shot)")
     name: str | None = option(
         None, doc="run folder of this stage (default: name); pipelines that share it share one pretrain"
@@ -98,7 +127,7 @@ BN_MODES = ("frozen", "affine", "batch")
 @dataclass
 class HardTaskConfig:
     enabled: bool = option(False, doc="extra tasks in every meta-batch (MTL + HT)")
-    per_batch: int = option(1, min=1, doc="extra tasks added to every meta-batch")
+    per_batch: int = option(1, min=1, max=MAX_TASKS, doc="extra tasks added to every meta-batch")
     window: int | None = option(
         None,
         min=1,
@@ -125,18 +154,20 @@ class MetaConfig:
     way: int = option(5, min=2)
     shot: int = option(1, min=1)
     query: int = option(15, min=1)
-    epochs: int = option(100, min=1)
+    epochs: int = option(100, min=1, max=MAX_EPOCHS)
     updates_per_epoch: int = option(
-        100, min=1, doc="meta-updates per epoch (meta-validation after each epoch)"
+        100, min=1, max=MAX_UPDATES, doc="meta-updates per epoch (meta-validation after each epoch)"
     )
-    meta_batch: int = option(1, min=1, doc="normal tasks per meta-update (extra tasks come on top)")
-    inner_steps: int = option(100, min=0)
-    inner_lr: float = option(0.01, min=0.0)
+    meta_batch: int = option(
+        1, min=1, max=MAX_TASKS, doc="normal tasks per meta-update (extra tasks come on top)"
+    )
+    inner_steps: int = option(100, min=0, max=MAX_STEPS)
+    inner_lr: float = option(0.01, min=0.0, max=MAX_LR)
     first_order: bool = False
     lr_ss: float = option(1e-4, min=0.0, doc="Adam lr of the SS weights (and BN affine)")
     lr_theta: float = option(1e-3, min=0.0, doc="Adam lr of the base-learner initialisation θ")
     step_size: int = option(10, min=1, doc="epochs between meta-LR decays")
-    gamma: float = option(0.5, min=0.0)
+    gamma: float = option(0.5, min=0.0, max=1.0)
     first_drop: int | None = option(
         None,
         min=0,
@@ -158,16 +189,16 @@ class MetaConfig:
         doc="augment task images as in pretraining (pretrain.augment settings); both official codes: false",
     )
     hard_tasks: HardTaskConfig = option(HardTaskConfig())
-    val_episodes: int = option(600, min=1)
+    val_episodes: int = option(600, min=1, max=MAX_EPISODES)
 
 
 @dataclass
 class TestConfig:
-    episodes: int = option(600, min=1)
+    episodes: int = option(600, min=1, max=MAX_EPISODES)
     query: int = option(15, min=1)
-    seed: int = option(0, doc="seed of the fixed test episodes (the same for every run and method)")
-    inner_steps: int | None = option(None, min=0, doc="default: meta.inner_steps")
-    batch_size: int = option(256, min=1, doc="images per batch when computing features")
+    seed: int = _seed("seed of the fixed test episodes (the same for every run and method)")
+    inner_steps: int | None = option(None, min=0, max=MAX_STEPS, doc="default: meta.inner_steps")
+    batch_size: int = option(256, min=1, max=MAX_BATCH, doc="images per batch when computing features")
     baselines: list[str] = option(
         ["ft", "nc", "pixels"], doc="methods scored beside the pipeline's method (evaluation-only ones)"
     )
@@ -175,14 +206,16 @@ class TestConfig:
 
 @dataclass
 class AblationConfig:
-    episodes: int = option(2000, min=1, doc="test episodes per row (>= 2,000 resolves ~1-point differences)")
+    episodes: int = option(
+        2000, min=1, max=MAX_EPISODES, doc="test episodes per row (>= 2,000 resolves ~1-point differences)"
+    )
     scratch: bool = option(True, doc="also meta-train SS and θ on a random, unpretrained encoder")
 
 
 @dataclass
 class ProtoNetConfig:
     lr: float = option(
-        1e-3, min=0.0, doc="Adam lr of the encoder (decayed like the meta-LRs: meta.step_size)"
+        1e-3, above=0.0, doc="Adam lr of the encoder (decayed like the meta-LRs: meta.step_size)"
     )
     train_way: int | None = option(None, min=2, doc="classes per training task (default: meta.way)")
     pretrained: bool = option(
@@ -193,12 +226,16 @@ class ProtoNetConfig:
 @dataclass
 class MAMLConfig:
     inner_steps: int = option(
-        5, min=0, doc="gradient steps on each support set in meta-training (the paper: 5)"
+        5, min=0, max=MAX_STEPS, doc="gradient steps on each support set in meta-training (the paper: 5)"
     )
-    test_inner_steps: int = option(10, min=0, doc="the same at validation and test (the paper: 10)")
-    inner_lr: float = option(0.01, min=0.0, doc="α, the inner step size (the paper: 0.01 on miniImageNet)")
+    test_inner_steps: int = option(
+        10, min=0, max=MAX_STEPS, doc="the same at validation and test (the paper: 10)"
+    )
+    inner_lr: float = option(
+        0.01, min=0.0, max=MAX_LR, doc="α, the inner step size (the paper: 0.01 on miniImageNet)"
+    )
     first_order: bool = option(False, doc="drop the second derivatives (first-order MAML)")
-    lr: float = option(1e-3, min=0.0, doc="β, Adam's lr of the initialisation (decayed like the meta-LRs)")
+    lr: float = option(1e-3, above=0.0, doc="β, Adam's lr of the initialisation (decayed like the meta-LRs)")
     pretrained: bool = option(
         False, doc="start the encoder from the pretrain stage; false: random (the paper)"
     )
@@ -206,9 +243,9 @@ class MAMLConfig:
 
 @dataclass
 class MatchingNetConfig:
-    lr: float = option(1e-3, min=0.0, doc="Adam lr (decayed like the meta-LRs)")
+    lr: float = option(1e-3, above=0.0, doc="Adam lr (decayed like the meta-LRs)")
     fce: bool = option(False, doc="full-context embeddings: support bi-LSTM, attention LSTM for queries")
-    fce_steps: int = option(5, min=1, doc="processing steps K of the attention LSTM")
+    fce_steps: int = option(5, min=1, max=MAX_STEPS, doc="processing steps K of the attention LSTM")
     pretrained: bool = option(
         False, doc="start the encoder from the pretrain stage; false: random (the paper)"
     )
@@ -216,7 +253,7 @@ class MatchingNetConfig:
 
 @dataclass
 class SiameseConfig:
-    lr: float = option(1e-3, min=0.0, doc="Adam lr (decayed like the meta-LRs)")
+    lr: float = option(1e-3, above=0.0, doc="Adam lr (decayed like the meta-LRs)")
     pretrained: bool = option(
         False, doc="start the encoder from the pretrain stage; false: random (the paper)"
     )
@@ -224,22 +261,22 @@ class SiameseConfig:
 
 @dataclass
 class CompareConfig:
-    episodes: int = option(2000, min=1, doc="shared test episodes of mtl compare")
+    episodes: int = option(2000, min=1, max=MAX_EPISODES, doc="shared test episodes of mtl compare")
     methods: list[str] | None = option(None, doc="rows of mtl compare (default: every method's variants)")
 
 
 @dataclass
 class PaperConfig:
     method: str = ""
-    acc: float | None = None
-    ci95: float | None = None
+    acc: float | None = option(None, min=0.0, max=100.0)
+    ci95: float | None = option(None, min=0.0, max=100.0)
 
 
 @dataclass
 class Config:
-    name: str = "glyphs-1shot"
+    name: str = option("glyphs-1shot", doc="run folder under the checkpoints folder: one folder name")
     method: str = option("mtl", doc="the few-shot method metatrain trains and metatest scores (mtl.methods)")
-    seed: int = 0
+    seed: int = _seed("training seed")
     device: str = option("auto", choices=("auto", "cpu", "cuda"))
     precision: str = option(
         "auto",
@@ -284,7 +321,8 @@ class Config:
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a pipeline file (following ``extends:``), apply ``key=value`` overrides, validate."""
-    return from_dict(pipeline_file.read(path, overrides))
+    known = [f.name for f in dataclasses.fields(Config)]
+    return from_dict(pipeline_file.read(path, overrides, known))
 
 
 def from_dict(raw: dict) -> Config:
@@ -295,7 +333,11 @@ def from_dict(raw: dict) -> Config:
 
 
 def _cross_check(cfg: Config) -> None:
-    """Constraints that involve more than one key."""
+    """Constraints that involve more than one key, and the run names."""
+    folder_name("name", cfg.name, MAX_NAME)
+    if cfg.pretrain.name is not None:
+        folder_name("pretrain.name", cfg.pretrain.name, MAX_NAME)
+    _check_glyphs_size(cfg.data)
     low, high = (cfg.pretrain.augment.crop_scale + [None, None])[:2]
     if len(cfg.pretrain.augment.crop_scale) != 2 or not 0 < low <= high <= 1:
         raise MtlError("pretrain.augment.crop_scale: expected [low, high] with 0 < low <= high <= 1")
@@ -322,3 +364,21 @@ RENAMED = {
     "meta.hard_tasks.capacity": "meta.hard_tasks.window (the pool holds the failures of that many recent "
     "meta-batches)",
 }
+
+
+def _check_glyphs_size(data: DataConfig) -> None:
+    """The generated glyphs dataset is held in memory whole: refuse a size no machine holds, saying
+    how much it would need; then counts that would take days to draw."""
+    if data.dataset != "glyphs":
+        return
+    g, side = data.glyphs, data.image_size
+    need = g.classes * g.images_per_class * side * side * data.channels
+    if need > MAX_GLYPHS_BYTES:
+        raise MtlError(
+            f"data.glyphs: {g.classes:,} classes x {g.images_per_class:,} images of {side}x{side}x"
+            f"{data.channels} would need {size_text(need)} of memory, over the {size_text(MAX_GLYPHS_BYTES)} "
+            "limit; lower data.glyphs.classes, data.glyphs.images_per_class or data.image_size"
+        )
+    for key in ("classes", "images_per_class"):
+        if (value := getattr(g, key)) > MAX_CLASSES:
+            raise MtlError(f"data.glyphs.{key}: must be <= {MAX_CLASSES:,}, got {value:,}")

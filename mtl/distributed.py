@@ -63,6 +63,14 @@ class World:
         dist.all_reduce(out)
         return out
 
+    def share(self, obj: object) -> object:
+        """Rank 0's ``obj`` (picklable) on every rank, a collective; for a single process ``obj`` itself."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather(self, tensor: torch.Tensor, n: int) -> torch.Tensor:
         """Concatenate every rank's :meth:`slice` of ``n`` rows, in rank order: the full ``(n, ...)``."""
         if not self.active:

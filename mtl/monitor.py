@@ -12,9 +12,11 @@ alone.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +28,8 @@ import click
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
+
+from mtl.errors import MtlError
 
 T = TypeVar("T")
 
@@ -51,6 +55,31 @@ def progress(items: Iterable[T], *, length: int, label: str) -> Iterator[T]:
         _BARS[0] = True
 
 
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _events(method: Callable) -> Callable:
+    """A TensorBoard write that fails on the disk (full, read-only) is one line; checkpoints are apart."""
+
+    @functools.wraps(method)
+    def guarded(self: Monitor, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise _cannot(self.log_dir, exc) from None
+
+    return guarded
+
+
+def _cannot(log_dir: Path, exc: OSError) -> MtlError:
+    return MtlError(f"cannot write TensorBoard events to {log_dir}: {exc.strerror or exc}")
+
+
 class Monitor:
     """A TensorBoard writer for one stage plus console output."""
 
@@ -63,16 +92,54 @@ class Monitor:
         self._writer: SummaryWriter | None = None
         self._purge_step: int | None = None
         self._charts: dict[str, list] = {}
+        self._dir_fd: int | None = None
 
     @property
     def writer(self) -> SummaryWriter:
         # Created on first use: a run that fails its checks leaves no event file behind.
         if self._writer is None:
-            if self._purge_step is None and self.log_dir.is_dir():
-                for old in self.log_dir.glob("events.out.tfevents.*"):
-                    old.unlink()  # a fresh run of this stage replaces the last one's stream
-            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self._purge_step)
+            self._writer = self._open_writer()
         return self._writer
+
+    def _open_writer(self) -> SummaryWriter:
+        """The new stream, created before anything is removed: a fresh run of this stage replaces the
+        last one's stream, which goes only once the new one exists."""
+        fresh = self._purge_step is None and self.log_dir.is_dir()
+        old = list(self.log_dir.glob("events.out.tfevents.*")) if fresh else []
+        self.log_dir.mkdir(parents=True, exist_ok=True)  # an OSError here is one line (@_events)
+        writer = SummaryWriter(log_dir=self._writer_dir(), purge_step=self._purge_step)
+        for path in old:
+            path.unlink(missing_ok=True)
+        return writer
+
+    def _writer_dir(self) -> str:
+        """The folder as TensorBoard can take it. It encodes paths as UTF-8, which a Linux path need not
+        be: such a folder is given as /proc/self/fd/N of an open descriptor of it (kept open)."""
+        if _utf8(self.log_dir):
+            return str(self.log_dir)
+        self._dir_fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return f"/proc/self/fd/{self._dir_fd}"
+
+    def check(self) -> None:
+        """Before any work: one line if the event folder cannot be written, rather than a failure after
+        hours of training or all the scoring. Makes nothing (a probe file comes and goes)."""
+        if not self.enabled:
+            return
+        if not _utf8(self.log_dir) and not Path("/proc/self/fd").is_dir():
+            raise MtlError(f"TensorBoard cannot write to {self.log_dir!r}: the path is not UTF-8")
+        existing = self.log_dir
+        try:  # os.access says yes to root even on a read-only mount: a probe file tells the truth
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir():
+                raise MtlError(
+                    f"cannot write TensorBoard events to {self.log_dir}: {existing} is not a folder"
+                )
+            fd, probe = tempfile.mkstemp(prefix=".tb.", suffix=".probe", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise _cannot(self.log_dir, exc) from None
 
     def tag(self, name: str) -> str:
         return f"{self.stage}/{name}"
@@ -83,12 +150,14 @@ class Monitor:
         self._writer, self._purge_step = None, step
 
     # ---- TensorBoard
+    @_events
     def scalars(self, step: int, **values: float | torch.Tensor) -> None:
         if not self.enabled:
             return
         for key, value in values.items():
             self.writer.add_scalar(self.tag(key), float(value), step)
 
+    @_events
     def accuracy(self, step: int, name: str, acc: float, ci: float, *, chart: str | None = None) -> None:
         """Accuracy ``name`` (percent) with its 95% CI band, and a margin chart of the three."""
         self.scalars(step, **{name: acc, f"{name}_low": acc - ci, f"{name}_high": acc + ci})
@@ -101,11 +170,13 @@ class Monitor:
         layout = {self.stage: {title: ["Margin", tags] for title, tags in self._charts.values()}}
         self.writer.add_custom_scalars(layout)  # TensorBoard reads the last layout of each run
 
+    @_events
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         if not self.enabled:
             return
         self.writer.add_histogram(self.tag(tag), values.detach().float().cpu(), step)
 
+    @_events
     def images(self, tag: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
         """Log uint8 ``(B, H, W, C)`` images as one grid."""
         if not self.enabled:
@@ -113,6 +184,7 @@ class Monitor:
         grid = make_grid(images.detach().cpu().permute(0, 3, 1, 2), nrow=nrow, padding=2, pad_value=255)
         self.writer.add_image(self.tag(tag), grid, step)
 
+    @_events
     def task(self, tag: str, images: torch.Tensor, shot: int, step: int) -> None:
         """One task's uint8 images ``(way, shot + query, H, W, C)`` as a grid, a row per class: support
         images framed in green, queries in grey."""
@@ -127,19 +199,27 @@ class Monitor:
         grid = make_grid(framed.flatten(0, 1), nrow=n, padding=2, pad_value=255)
         self.writer.add_image(self.tag(tag), grid, step)
 
+    @_events
     def text(self, tag: str, text: str, step: int = 0) -> None:
         if not self.enabled:
             return
         self.writer.add_text(self.tag(tag), text, step)
 
+    @_events
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     # ---- console
     def line(self, message: str) -> None:
         if not self.quiet:
-            click.echo(f"[{self.stage}] {message}")
+            # A path that is not UTF-8 is shown with a replacement character, not a UnicodeEncodeError.
+            click.echo(
+                f"[{self.stage}] {message}".encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            )
 
     def progress(self, items: Iterable[T], *, length: int, label: str) -> Iterator[T]:
         """Iterate with a progress bar (with ETA) when stderr is a terminal, silently otherwise."""

@@ -8,7 +8,9 @@ A pipeline is named by a path or, for the pipelines that ship with mtl, by its b
 
 from __future__ import annotations
 
+import difflib
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -56,29 +58,44 @@ def resolve(pipeline: str | Path) -> Path:
     return shipped().get(path.name.removesuffix(".yaml"), path)
 
 
-def read(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """The raw mapping of ``path`` (following ``extends:``; ``{}`` for None) with ``overrides`` applied."""
-    raw: dict = _read_yaml(resolve(path)) if path is not None else {}
+def read(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), known: Collection[str] = ()
+) -> dict:
+    """The raw mapping of ``path`` (following ``extends:``; ``{}`` for None) with ``overrides`` applied.
+
+    ``known``: the pipeline's top-level keys. A file none of whose keys is one (nor close to one) is
+    refused as a whole, so that no error quotes the contents of a file that is no pipeline (a system
+    file named by ``extends:``)."""
+    raw: dict = _read_yaml(resolve(path), known=known) if path is not None else {}
     for item in overrides:
         key, value = _parse_override(item)
         set_key(raw, key, value)
     return raw
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def _read_yaml(path: Path, seen: tuple[Path, ...] = (), known: Collection[str] = ()) -> dict:
     path = path.expanduser()
     if path.resolve() in seen:
         raise MtlError(f"{path}: 'extends' forms a cycle")
     data = _load(path, _text(path))
     if not isinstance(data, dict):
         raise MtlError(f"{path}: a pipeline must be a mapping of keys to values")
+    if known and data and not any(_is_key(k, known) for k in data):
+        raise MtlError(
+            f"{path} is not an mtl pipeline: none of its keys is a pipeline key (mtl config lists them)"
+        )
     parent = data.pop("extends", None)
     if parent is None:
         return data
     if not isinstance(parent, str):
         raise MtlError(f"{path}: 'extends' must be a file path")
-    base = _read_yaml(path.parent / parent, (*seen, path.resolve()))
+    base = _read_yaml(path.parent / parent, (*seen, path.resolve()), known)
     return _merge(base, data)
+
+
+def _is_key(key: object, known: Collection[str]) -> bool:
+    """A pipeline key, ``extends`` or a misspelling of one (which validation then names)."""
+    return key == "extends" or key in known or bool(difflib.get_close_matches(str(key), known, n=1))
 
 
 def _text(path: Path) -> str:
@@ -88,10 +105,13 @@ def _text(path: Path) -> str:
     if not path.is_file():
         hint = "" if len(path.parts) > 1 else " and no shipped pipeline has that name (mtl pipelines)"
         raise MtlError(f"pipeline file not found: {path}{hint}")
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise MtlError(f"{path}: {size / 2**20:.1f} MiB is too large for a pipeline file (a YAML page)")
-    data = path.read_bytes()
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise MtlError(f"{path}: {size / 2**20:.1f} MiB is too large for a pipeline file (a YAML page)")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MtlError(f"cannot read the pipeline file {path}: {exc.strerror or exc}") from None
     if data[:2] == b"PK" or data[:1] == b"\x80":
         raise MtlError(f"{path} is a checkpoint or archive, not a pipeline (YAML) file")
     try:

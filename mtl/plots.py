@@ -24,6 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mtl.atomic import atomic_write  # noqa: E402
 from mtl.errors import MtlError  # noqa: E402
+from mtl.report import read_results  # noqa: E402
 
 __all__ = ["plot_all"]
 
@@ -45,20 +46,26 @@ def plot_all(checkpoints: str | Path, out: str | Path) -> list[Path]:
         )
     if out.exists() and not out.is_dir():
         raise MtlError(f"--plot {out} is a file; give a folder for the figures")
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    todo = []  # every file is read and checked before the first figure (or the folder) is made
     for run in runs:
-        if (path := _curves(run, out)) is not None:
-            written.append(path)
+        todo.append((_curves_data(run), out / f"{run.name}-curves.png", _curves))
         for stage in RESULTS:
             if (results := run / stage / "results.json").is_file():
-                written.append(_bars(json.loads(results.read_text()), out / f"{run.name}-{stage}.png"))
+                todo.append((read_results(results), out / f"{run.name}-{stage}.png", _bars))
         for hard in sorted(run.rglob("hard_tasks.json")):
             folder = "-".join(hard.parent.relative_to(run).parts)
-            written.append(
-                _hard_tasks(json.loads(hard.read_text()), out / f"{run.name}-{folder}-hard-tasks.png")
-            )
-    return written
+            todo.append((_read_hard_tasks(hard), out / f"{run.name}-{folder}-hard-tasks.png", _hard_tasks))
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MtlError(f"--plot {out}: cannot make the folder ({exc.strerror or exc})") from None
+    try:
+        return [draw(data, path) for data, path, draw in todo if data]
+    except BaseException:
+        if made and not any(out.iterdir()):
+            out.rmdir()  # a failed first figure leaves no empty folder behind
+        raise
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -68,27 +75,55 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def _curves(run: Path, out: Path) -> Path | None:
-    """Validation accuracy ± CI of each stage that logged one."""
+def _curves_data(run: Path) -> list[tuple]:
+    """``(stage, steps, acc, low, high)`` of each stage of ``run`` that logged a validation accuracy."""
     panels = []
     for stage_dir in sorted(p for p in (run / "tb").rglob("*") if p.is_dir() and any(p.glob("events.*"))):
         stage = stage_dir.relative_to(run / "tb").as_posix()
-        events = EventAccumulator(str(stage_dir), size_guidance={"scalars": 0})
-        events.Reload()
+        try:
+            events = EventAccumulator(str(stage_dir), size_guidance={"scalars": 0})
+            events.Reload()
+        except (OSError, UnicodeError, ValueError, KeyError):
+            raise MtlError(f"cannot read the TensorBoard events in {stage_dir}") from None
         tag = f"{stage}/val/acc"
-        if tag in events.Tags()["scalars"]:
+        if {tag, f"{tag}_low", f"{tag}_high"} <= set(events.Tags()["scalars"]):
             series = [[e.value for e in events.Scalars(t)] for t in (tag, f"{tag}_low", f"{tag}_high")]
             panels.append((stage, [e.step for e in events.Scalars(tag)], *series))
-    if not panels:
-        return None
+    return panels
+
+
+def _read_hard_tasks(path: Path) -> dict:
+    """A ``hard_tasks.json``, checked as :func:`_hard_tasks` reads it, or one line saying it is not one."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        classes = summary["classes"]
+        ok = isinstance(summary["hard_task_updates"], int) and isinstance(summary["window"], int)
+        ok = ok and all(
+            isinstance(c["chosen"], int) and isinstance(c["failures"], int) for c in classes.values()
+        )
+    except OSError as exc:
+        raise MtlError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        ok = False
+    if not ok:
+        raise MtlError(f"{path} is not a hard-task summary (hard_tasks.json as metatrain writes it)")
+    return summary
+
+
+def _curves(panels: list[tuple], path: Path) -> Path:
+    """Validation accuracy ± CI of each stage that logged one."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (stage, steps, acc, low, high) in zip(axes[0], panels, strict=True):
         ax.plot(steps, acc, marker="o", ms=3, label="validation accuracy")
         ax.fill_between(steps, low, high, alpha=0.25, label="95% CI")
-        ax.set(title=f"{run.name}: {stage}", xlabel="training step", ylabel="accuracy (%)")
+        ax.set(
+            title=f"{path.name.removesuffix('-curves.png')}: {stage}",
+            xlabel="training step",
+            ylabel="accuracy (%)",
+        )
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, out / f"{run.name}-curves.png")
+    return _save(fig, path)
 
 
 def _bars(results: dict, path: Path) -> Path:

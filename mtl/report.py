@@ -4,6 +4,7 @@ table of every finished metatest, laid out like the paper's, and the table of ``
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +79,64 @@ def collect(checkpoints: str | Path) -> str:
     return "\n".join([*lines, "", note])
 
 
-def _column(path: Path) -> dict[str, Any]:
+def read_results(path: Path) -> dict[str, Any]:
+    """A ``results.json`` (metatest, ablation or compare), every entry the tables and figures read
+    checked, or one line saying which is wrong (never what the file holds)."""
     try:
-        results = json.loads(path.read_text())
-        rows = {r["method"]: r for r in results["rows"]}
-        shot, way, pipeline = int(results["shot"]), int(results["way"]), str(results["pipeline"])
-        episodes = int(results["episodes"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise MtlError(f"{path} is not a metatest results file ({type(exc).__name__}: {exc})") from None
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise MtlError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise MtlError(f"{path} is not a metatest results file (not JSON)") from None
+    if (problem := _results_problem(results)) is not None:
+        raise MtlError(f"{path} is not a metatest results file ({problem})")
+    return results
+
+
+def _results_problem(results: Any) -> str | None:
+    """What is missing or of the wrong type in a parsed ``results.json``, or None."""
+    if not isinstance(results, dict):
+        return "not a JSON object"
+    for key, kind in (("pipeline", str), ("way", int), ("shot", int), ("query", int), ("episodes", int)):
+        value = results.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"'{key}' is missing or not {'a string' if kind is str else 'an integer'}"
+    rows = results.get("rows")
+    if not isinstance(rows, list):
+        return "'rows' is missing or not a list"
+    for i, row in enumerate(rows):
+        if not (
+            isinstance(row, dict) and isinstance(row.get("method"), str) and _numbers(row, "acc", "ci95")
+        ):
+            return f"rows[{i}] is not a row of method, acc and ci95"
+    paper = results.get("paper")
+    if paper is not None and not (isinstance(paper, dict) and _numbers(paper, "acc", "ci95", optional=True)):
+        return "'paper' is not a published number of acc and ci95"
+    published = results.get("published")
+    if published is not None and not (
+        isinstance(published, dict)
+        and all(isinstance(p, dict) and _numbers(p, "acc") and _numbers(p, "ci95", optional=True)
+                for p in published.values())
+    ):  # fmt: skip
+        return "'published' is not a mapping of rows to published numbers"
+    return None
+
+
+def _numbers(entry: dict, *keys: str, optional: bool = False) -> bool:
+    """Whether each of ``keys`` in ``entry`` is a finite number (or, ``optional``, null or absent)."""
+    for key in keys:
+        value = entry.get(key)
+        if value is None and optional:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+    return True
+
+
+def _column(path: Path) -> dict[str, Any]:
+    results = read_results(path)
+    rows = {r["method"]: r for r in results["rows"]}
+    shot, way, pipeline, episodes = results["shot"], results["way"], results["pipeline"], results["episodes"]
     dataset = _dataset(path.parent / "config.yaml") or pipeline
     label = f"{DATASET_LABELS.get(dataset, dataset)} {shot}-shot" + ("" if way == 5 else f" ({way}-way)")
     return {
@@ -99,10 +150,12 @@ def _column(path: Path) -> dict[str, Any]:
 
 
 def _dataset(config_path: Path) -> str | None:
+    """The dataset the run's ``config.yaml`` names, if it is readable and names one."""
     try:
-        return str(yaml.safe_load(config_path.read_text())["data"]["dataset"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        dataset = yaml.safe_load(config_path.read_text(encoding="utf-8"))["data"]["dataset"]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, RecursionError):
         return None
+    return dataset if isinstance(dataset, str) else None
 
 
 def _cell(row: dict | None) -> str:

@@ -1,12 +1,14 @@
 """Strict validation of a nested mapping against dataclasses: unknown keys (with a close match
 suggested), wrong types and values out of range end in one :class:`~mtl.errors.MtlError` naming the
-dotted key. Fields carry their limits in their metadata (:func:`option`).
+dotted key. Fields carry their limits in their metadata (:func:`option`); a float is never NaN or
+infinite, whatever its limits (``float("nan")`` passes every ``<`` check, so it is refused first).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import field
@@ -14,12 +16,22 @@ from typing import Any
 
 from mtl.errors import MtlError
 
-__all__ = ["build", "option"]
+__all__ = ["build", "folder_name", "option", "size_text"]
 
 
-def option(default: Any = None, *, choices: tuple | None = None, min: float | None = None, doc: str = ""):
-    """A dataclass field with validation metadata (``choices`` or a lower bound ``min``)."""
-    meta = {"choices": choices, "min": min, "doc": doc}
+def option(
+    default: Any = None,
+    *,
+    choices: tuple | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    doc: str = "",
+):
+    """A dataclass field with validation metadata: ``choices``, or bounds (``min`` <= value <= ``max``,
+    ``above`` < value < ``below``). The bounds of a list field apply to each of its values."""
+    meta = {"choices": choices, "min": min, "max": max, "above": above, "below": below, "doc": doc}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     if dataclasses.is_dataclass(default):
@@ -35,7 +47,7 @@ def build(cls: type, raw: Any, prefix: str = "", renamed: dict[str, str] | None 
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise MtlError(f"{where}: expected a section (mapping), got {raw!r}")
+        raise MtlError(f"{where}: expected a section (mapping), got {_shown(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in raw:
@@ -44,7 +56,7 @@ def build(cls: type, raw: Any, prefix: str = "", renamed: dict[str, str] | None 
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise MtlError(f"{prefix}{key}: unknown key{hint}")
+            raise MtlError(f"{prefix}{_cut(str(key))}: unknown key{hint}")
     values = {}
     for name, f in fields.items():
         if name not in raw:
@@ -59,12 +71,38 @@ def build(cls: type, raw: Any, prefix: str = "", renamed: dict[str, str] | None 
 
 def _check(key: str, value: Any, kind: Any, meta: typing.Mapping) -> Any:
     value = _coerce(key, value, kind)
-    choices, low = meta.get("choices"), meta.get("min")
+    choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise MtlError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-    if low is not None and value is not None and value < low:
-        raise MtlError(f"{key}: must be >= {low}, got {value!r}")
+        raise MtlError(f"{key}: {_shown(value)} is not one of {', '.join(map(str, choices))}")
+    for i, v in enumerate(value if isinstance(value, list) else [value]):
+        _in_range(f"{key}[{i}]" if isinstance(value, list) else key, v, meta)
     return value
+
+
+def _in_range(key: str, value: Any, meta: typing.Mapping) -> None:
+    """One number against the field's bounds; NaN and infinity are refused for every float."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MtlError(f"{key}: must be a finite number, got {value}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    low, high, above, below = (meta.get(k) for k in ("min", "max", "above", "below"))
+    if low is not None and value < low:
+        raise MtlError(f"{key}: must be >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise MtlError(f"{key}: must be <= {high:,}, got {value:,}")
+    if above is not None and value <= above:
+        raise MtlError(f"{key}: must be > {above}, got {value!r}")
+    if below is not None and value >= below:
+        raise MtlError(f"{key}: must be < {below}, got {value!r}")
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: a value from a file that is no pipeline can be a page long."""
+    return _cut(repr(value))
+
+
+def _cut(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
@@ -76,7 +114,7 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         return _coerce(key, value, inner)
     if origin is list:
         if not isinstance(value, list):
-            raise MtlError(f"{key}: expected a list, got {value!r}")
+            raise MtlError(f"{key}: expected a list, got {_shown(value)}")
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -92,5 +130,26 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         or not isinstance(value, kind)
         or (kind is int and isinstance(value, bool))
     ):
-        raise MtlError(f"{key}: expected {kind.__name__}, got {value!r}")
+        raise MtlError(f"{key}: expected {kind.__name__}, got {_shown(value)}")
     return value
+
+
+def folder_name(key: str, name: str, longest: int) -> None:
+    """``name`` names one folder (a run's, under the checkpoints folder): nothing that climbs out of it
+    or is not a name at all, and at most ``longest`` characters."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name):
+        raise MtlError(
+            f"{key}: {_cut(repr(name), 40)} is not a folder name (it names the run's folder under the "
+            "checkpoints folder: no '/', '\\' or control characters, not '.' or '..')"
+        )
+    if len(name) > longest:
+        raise MtlError(f"{key}: {len(name)} characters; a run name has at most {longest} (it names a folder)")
+
+
+def size_text(n: float) -> str:
+    """A byte count for people: ``12.5 GiB``."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return ""

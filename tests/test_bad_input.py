@@ -259,6 +259,91 @@ FILE_CASES = {
 }  # fmt: skip
 CASES.update(FILE_CASES)
 
+# Numbers no run can use: NaN passes every `<` check, so each is refused by name first.
+LIMIT_CASES = {
+    "NaN learning rate": (
+        stage("metatrain", "--set", "meta.inner_lr=nan"),
+        r"meta\.inner_lr: must be a finite number, got nan",
+    ),
+    "NaN normalisation": (
+        stage("metatest", "--set", "data.std=[.nan,1,1]"),
+        r"data\.std\[0\]: must be a finite number",
+    ),
+    "infinite mean": (
+        stage("metatest", "--set", "data.mean=[.inf,0,0]"),
+        r"data\.mean\[0\]: must be a finite number, got inf",
+    ),
+    "NaN published number": (
+        stage("metatest", "--set", "paper.acc=.nan"),
+        r"paper\.acc: must be a finite number",
+    ),
+    "absurd inner learning rate": (
+        stage("metatest", "--set", "meta.inner_lr=1e308"),
+        r"meta\.inner_lr: must be <= 100\.0, got 1e\+308",
+    ),
+    "zero pretraining rate": (
+        stage("pretrain", "--set", "pretrain.lr=0"),
+        r"pretrain\.lr: must be > 0\.0, got 0\.0",
+    ),
+    "huge seed": (
+        stage("pretrain", "--set", "seed=100000000000000000000000"),
+        r"seed: must be <= 4,294,967,295, got 100,000,",
+    ),
+    "float seed": (stage("pretrain", "--set", "seed=1.0e+23"), r"seed: expected int, got 1e\+23"),
+    "negative seed": (stage("metatest", "--set", "test.seed=-1"), r"test\.seed: must be >= 0, got -1"),
+    "absurd test episodes": (
+        stage("metatest", "--set", "test.episodes=1000000000000"),
+        r"test\.episodes: must be <= 100,000, got 1,000,000,000,000",
+    ),
+    "absurd inner steps": (
+        stage("metatest", "--set", "test.inner_steps=100000000"),
+        r"test\.inner_steps: must be <= 10,000",
+    ),
+    "absurd glyphs classes": (
+        stage("pretrain", "--set", "data.glyphs.classes=1000000000"),
+        r"data\.glyphs: 1,000,000,000 classes x 10 images of 16x16x3 would need 7\.0 TiB of memory, "
+        r"over the 16\.0 GiB limit",
+    ),
+    "absurd glyphs images": (
+        stage("pretrain", "--set", "data.glyphs.images_per_class=1000000000"),
+        r"data\.glyphs: 30 classes x 1,000,000,000 images of 16x16x3 would need 21\.0 TiB of memory",
+    ),
+    "absurd image size": (
+        stage("pretrain", "--set", "data.image_size=1000000000"),
+        r"data\.image_size: must be <= 1,024",
+    ),
+    "glyphs too large for memory": (
+        stage("pretrain", "--set", "data.glyphs.classes=90000", "--set", "data.glyphs.images_per_class=1000"),
+        r"data\.glyphs: 90,000 classes x 1,000 images of 16x16x3 would need 64\.4 GiB of memory, "
+        r"over the 16\.0 GiB limit",
+    ),
+    "adapt with absurd steps": (
+        lambda root, sets, ckpts: [
+            *adapt_task("tiny/metatrain/best.pt")(root, sets, ckpts),
+            "--steps",
+            str(10**20),
+        ],
+        r"--steps: must be 0 \.\. 10,000 \(the paper: 100\), got 100,000,000,000,000,000,000$",
+    ),
+    "name that climbs out": (
+        stage("pretrain", "--set", "name=../escaped"),
+        r"name: '\.\./escaped' is not a folder name",
+    ),
+    "absolute pretrain name": (
+        stage("pretrain", "--set", "pretrain.name=/tmp/x"),
+        r"pretrain\.name: '/tmp/x' is not a folder name",
+    ),
+    "name of 300 characters": (
+        stage("pretrain", "--set", "name=" + "n" * 300),
+        r"name: 300 characters; a run name has at most 100",
+    ),
+    "checkpoints folder name too long": (
+        lambda root, sets, ckpts: ["metatest", PIPELINE, *sets, "--checkpoints", str(root / ("x" * 300))],
+        r"cannot write to .*/xxxx.*/tiny/metatest: File name too long$",
+    ),
+}
+CASES.update(LIMIT_CASES)
+
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_user_mistake(done, case):

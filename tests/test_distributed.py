@@ -18,6 +18,7 @@ from mtl import checkpoint, distributed
 from mtl.distributed import DistBatchNorm2d, World, sync_batch_norm
 from mtl.models.backbone import build_backbone
 from mtl.models.norm import has_fixed_scale
+from mtl.run_lock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 # fp32 so that the comparison is about the distribution, not bf16 rounding; HT on, 3 tasks over 2 ranks.
@@ -146,6 +147,28 @@ def test_only_rank_0_writes(runs):
     for ckpts, stage in ((two_pretrained, "pretrain"), (two, "metatrain")):
         events = list((ckpts / "tiny" / "tb" / stage).iterdir())
         assert len(events) == 1, stage  # one event file: rank 1 logged nothing
+
+
+def test_the_ranks_are_one_run_to_the_run_folder_lock(runs, tmp_path):
+    """Rank 0 takes the folder's lock for all ranks (the runs above held it, and let it go); a folder
+    another process holds stops every rank at once, with rank 0's line naming that process."""
+    from test_run_lock import held
+
+    _, two, two_pretrained = runs
+    assert not list(two.rglob(LOCK_NAME)) and not list(two_pretrained.rglob(LOCK_NAME))
+    ckpts = tmp_path / "held"
+    shutil.copytree(two / "tiny" / "pretrain", ckpts / "tiny" / "pretrain")
+    out = ckpts / "tiny" / "metatrain"
+    out.mkdir()
+    sets = [*SETS, f"data.root={two.parent / 'data'}"]
+    with held(out) as holder:
+        done = subprocess.run(
+            _command("metatrain", sets, ckpts, 2), cwd=ROOT, capture_output=True, text=True, timeout=300,
+            env=_env(),
+        )  # fmt: skip
+    assert done.returncode != 0
+    assert f"{out} is in use by another mtl run (process {holder.pid})" in done.stderr, done.stderr[-3000:]
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # neither rank wrote anything
 
 
 @pytest.mark.parametrize(("n", "size"), [(3, 2), (4, 2), (5, 3), (2, 2)])

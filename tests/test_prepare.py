@@ -211,3 +211,84 @@ def test_a_full_disk_is_reported_before_any_image_is_decoded(tmp_path, monkeypat
         f"error: {tmp_path}: the prepared dataset needs 0.8 MB, only 0.4 MB are free"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["own"]
+
+
+def _damage_manifest(folder: Path, case: str) -> str:
+    """Damage the manifest of the prepared dataset in ``folder`` as ``case`` says; the message expected."""
+    path = folder / "manifest.json"
+    good = json.loads(path.read_text())
+    if case == "not JSON":
+        path.write_bytes(b"\x00\x01 binary \xff")
+        return f"{path} is corrupt: not UTF-8 text"
+    if case == "truncated":
+        path.write_text(path.read_text()[:40])
+        return f"{path} is corrupt: "
+    if case == "nested without end":
+        path.write_text("[" * 200_000 + "]" * 200_000)
+        return f"{path} is corrupt: nested too deeply"
+    if case == "huge":
+        path.write_text(json.dumps({**good, "pad": "x" * (65 << 20)}))
+        return f"{path} is corrupt: over 64 MiB, far more than mtl writes"
+    if case == "a folder":
+        path.unlink()
+        path.mkdir()
+        return f"no prepared dataset at {folder} (manifest.json missing)"
+    edits = {
+        "fingerprint missing": ({"fingerprint": None}, "'fingerprint' is missing or not text"),
+        "source_format a number": ({"source_format": 3}, "'source_format' is missing or not text"),
+        "split not a mapping": ({"splits": {**good["splits"], "train": [1, 2]}}, "split 'train' needs whole"),
+        "images missing": (
+            {"splits": {**good["splits"], "val": {"classes": 2, "image_shape": [24, 24, 3]}}},
+            "split 'val' needs whole numbers 'classes' and 'images' and an 'image_shape' of three",
+        ),
+        "classes a string": (
+            {"splits": {**good["splits"], "test": {**good["splits"]["test"], "classes": "two"}}},
+            "split 'test' needs whole",
+        ),
+        "odd split name": (
+            {"splits": {"\x1b[2J": good["splits"]["train"]}},
+            "a split has a name mtl never writes",
+        ),
+    }
+    change, message = edits[case]
+    damaged = {k: v for k, v in {**good, **change}.items() if v is not None}  # None: the key is gone
+    path.write_text(json.dumps(damaged))
+    return f"{path} {message}" if message.startswith("is corrupt") else f"{path} is corrupt: {message}"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not JSON",
+        "truncated",
+        "nested without end",
+        "huge",
+        "a folder",
+        "fingerprint missing",
+        "source_format a number",
+        "split not a mapping",
+        "images missing",
+        "classes a string",
+        "odd split name",
+    ],
+)
+def test_info_on_a_damaged_manifest_is_one_line(tmp_path, case):
+    own_images(tmp_path / "own")
+    assert prepare_cli(tmp_path).exit_code == 0
+    message = _damage_manifest(tmp_path / "prep", case)
+    for options in ([], ["--json"]):
+        result = invoke("data", "info", tmp_path / "prep", *options)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.output
+        assert "\x1b" not in result.output  # nothing of the file's own text is echoed
+
+
+def test_info_prints_a_manifest_whose_optional_keys_are_odd(tmp_path):
+    own_images(tmp_path / "own")
+    assert prepare_cli(tmp_path).exit_code == 0
+    path = tmp_path / "prep" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "glyphs": [1], "dataset": {"x": 1}}))
+    result = invoke("data", "info", tmp_path / "prep")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{tmp_path / 'prep'}: folder-classes from folder-classes, fingerprint ")

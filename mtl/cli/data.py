@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from mtl.cli.options import user_errors
@@ -42,6 +44,11 @@ def _fractions(ctx: click.Context, param: click.Parameter, value: str | None) ->
 )
 @click.option("--skip-bad", is_flag=True, help="Skip undecodable images (counted in the report).")
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding processes [all cores].")
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    help="Refuse source images with more pixels than this [MTL_MAX_PIXELS, else 100,000,000].",
+)
 @click.option("--quiet", is_flag=True, help="No progress or report.")
 @user_errors
 def data_prepare(
@@ -55,22 +62,33 @@ def data_prepare(
     workers: int | None,
     quiet: bool,
     split_lists: str | None,
+    max_pixels: int | None,
 ) -> None:
-    """Convert DATASET at --source (any supported layout, auto-detected) into a prepared dataset."""
-    from mtl.data.prepare import prepare
+    """Convert DATASET at --source (any supported layout, auto-detected) into a prepared dataset.
 
-    report = prepare(
-        dataset,
-        source,
-        dest,
-        image_size=image_size,
-        split=split,
-        seed=seed,
-        skip_bad=skip_bad,
-        workers=workers,
-        quiet=quiet,
-        split_lists=split_lists,
-    )
+    SIGTERM or Ctrl-C removes the unfinished folder and exits with 128 + the signal's number.
+    """
+    from mtl.data.prepare import prepare
+    from mtl.data.stopping import Interrupted
+
+    try:
+        report = prepare(
+            dataset,
+            source,
+            dest,
+            image_size=image_size,
+            split=split,
+            seed=seed,
+            skip_bad=skip_bad,
+            workers=workers,
+            quiet=quiet,
+            split_lists=split_lists,
+            max_pixels=max_pixels,
+        )
+    except Interrupted as exc:
+        # A path that is not UTF-8 (surrogate escapes) must not turn the line into a traceback.
+        click.echo(str(exc).encode("utf-8", "surrogateescape").decode("utf-8", "replace"), err=True)
+        sys.exit(128 + exc.signum)
     if not quiet:
         click.echo("\n".join(report.lines()))
 
@@ -89,10 +107,18 @@ def data_info(folder: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
-    origin = f"from {manifest['source_format']}"
-    if glyphs := manifest.get("glyphs"):  # generated, not converted: say how
-        origin = f"generated (preset {glyphs['preset']}, seed {glyphs['seed']})"
-    dataset = manifest.get("dataset") or manifest["source_format"]
-    click.echo(f"{folder}: {dataset} {origin}, fingerprint {manifest['fingerprint']}")
+    # load_manifest checked what is indexed here; the optional keys may be anything in a damaged file.
+    origin = f"from {_shown(manifest['source_format'])}"
+    glyphs = manifest.get("glyphs")
+    if isinstance(glyphs, dict) and {"preset", "seed"} <= glyphs.keys():  # generated, not converted
+        origin = f"generated (preset {_shown(glyphs['preset'])}, seed {_shown(glyphs['seed'])})"
+    dataset = manifest.get("dataset")
+    dataset = dataset if isinstance(dataset, str) and dataset else manifest["source_format"]
+    click.echo(f"{folder}: {_shown(dataset)} {origin}, fingerprint {_shown(manifest['fingerprint'])}")
     for name, s in manifest["splits"].items():
         click.echo(f"  {name:<5} {s['classes']:>5} classes {s['images']:>8} images  {s['image_shape']}")
+
+
+def _shown(value: object) -> str:
+    """A manifest's text as printed: control characters (a terminal escape in a damaged file) escaped."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(value))

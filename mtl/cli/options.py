@@ -14,7 +14,7 @@ import click
 from mtl.errors import MtlError
 from mtl.pipeline_file import DEFAULT
 
-__all__ = ["checkpoints", "done", "overrides", "pipeline", "quiet", "user_errors"]
+__all__ = ["checkpoints", "done", "overrides", "pipeline", "printable", "quiet", "user_errors"]
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -23,7 +23,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except MtlError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(printable(f"error: {exc}"), err=True)
             sys.exit(2)
         except Exception as exc:
             from mtl.training.resume import Stopped
@@ -40,12 +40,18 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def printable(text: str) -> str:
+    """``text`` as a terminal or log can show it: a path that is not UTF-8 (its bytes were decoded with
+    surrogate escapes) gets a replacement character where an undecodable byte was."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def done(what: str, started: float, quiet: bool) -> None:
     """Every command's last line: what it wrote where, and how long it took."""
     if not quiet:
         seconds = time.perf_counter() - started
         took = f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-        click.echo(f"{what} in {took}")
+        click.echo(printable(f"{what} in {took}"))
 
 
 pipeline = click.argument("pipeline", required=False, default=DEFAULT)

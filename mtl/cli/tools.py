@@ -59,7 +59,11 @@ def report(checkpoints: str, out: str | None, plot: str | None) -> None:
 @click.option(
     "--save", type=click.Path(dir_okay=False), help="Write the adapted classifier here, for mtl predict."
 )
-@click.option("--steps", type=click.IntRange(min=0), help="Inner-loop steps [the checkpoint's test setting].")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=0),
+    help="Inner-loop steps, at most 10,000 [the checkpoint's test setting].",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @user_errors
 def adapt(

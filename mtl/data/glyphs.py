@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -234,7 +235,16 @@ def ensure_glyphs(
     recorded = json.loads(json.dumps(recorded))
     if _cached(dest, recorded):
         return dest
-    return save_dataset(dest, generate(**params), source_format="glyphs", extra={"glyphs": recorded})
+    try:
+        return save_dataset(dest, generate(**params), source_format="glyphs", extra={"glyphs": recorded})
+    except OSError as exc:  # a full or read-only disk: save_dataset has removed its temporary folder
+        failed = Path(os.fsdecode(exc.filename)) if exc.filename else dest
+        where = f" ({failed.name})" if failed.parent.name.startswith(f".{dest.name}.tmp-") else ""
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise MtlError(
+            f"could not write the glyphs dataset cache {dest}{where}: {reason}; "
+            "set data.root to a writable folder with room for it"
+        ) from None
 
 
 def _cached(dest: Path, recorded: dict) -> bool:

@@ -1,28 +1,37 @@
 """``mtl data prepare``: any supported source -> the one prepared-dataset format every stage reads.
 
 The dataset's reader (:mod:`mtl.data.formats`) finds the split layout; here each image is decoded
-and resized (in worker processes for image files) and streamed into a memory-mapped ``.npy`` per
-split inside a hidden folder, which replaces the destination only when complete (see
-:mod:`mtl.data.prepared`): an interrupted prepare never leaves a dataset that loads.
+and resized (in worker processes for image files) and streamed into one ``.npy`` per split inside a
+hidden folder, which replaces the destination only when complete (see
+:mod:`mtl.data.prepared`): an interrupted prepare never leaves a dataset that loads. Before the first
+image is decoded, the space every file will take is checked and the image arrays' space reserved
+(:mod:`mtl.data.disk`); a full or read-only disk, SIGTERM or Ctrl-C removes the hidden folder and
+leaves an earlier dataset in the destination as it was.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import signal
 import sys
 import time
+from collections.abc import Callable, Generator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 import numpy as np
 
-from mtl.data import prepared
+from mtl.data import disk, prepared
 from mtl.data.formats import DATASETS
 from mtl.data.formats.common import SplitSource
-from mtl.data.images import BadImage, to_pixels
+from mtl.data.images import BadImage, TooLarge, to_pixels
+from mtl.data.limits import PIXELS, human
+from mtl.data.stopping import Interrupted, StopSignals
 from mtl.errors import MtlError
 
 _CHUNK = 256  # images per worker job
@@ -60,13 +69,16 @@ def prepare(
     workers: int | None = None,
     quiet: bool = True,
     split_lists: str | Path | None = None,
+    max_pixels: int | None = None,
 ) -> Report:
     """Prepare ``dataset`` from ``source`` into ``dest``; see the module docstring.
 
     ``image_size`` defaults to the dataset's standard size; ``split`` (train, val, test fractions of the
     classes, seeded by ``seed``) applies to a ``folder`` dataset without ``train/val/test`` folders;
     ``split_lists`` (a folder of ``train.txt``, ``val.txt``, ``test.txt``) to Omniglot: the Vinyals et
-    al. protocol with rotated classes.
+    al. protocol with rotated classes. ``max_pixels`` bounds one source image (default
+    ``MTL_MAX_PIXELS``, see :mod:`mtl.data.limits`). A stop signal (SIGTERM, SIGINT) while writing raises
+    :class:`~mtl.data.stopping.Interrupted` once the temporary folder is removed.
     """
     if split_lists is not None and dataset != "omniglot":
         raise MtlError("--split-lists applies to omniglot only (the Vinyals et al. class lists)")
@@ -83,41 +95,67 @@ def prepare(
     size = image_size or spec.image_size
     if size < 8:
         raise MtlError(f"--image-size must be at least 8, got {size}")
+    opts = _Options(size, spec.channels, skip_bad, workers, quiet, max_pixels or PIXELS.get())
     start = time.perf_counter()
-    source_format, splits = spec.read(source, split=split, seed=seed, split_lists=split_lists)
+    source_format, splits = _read(spec.read, source, split=split, seed=seed, split_lists=split_lists)
     for name, s in splits.items():
         _check_split(name, s, source)
 
     report = Report(dest, source_format)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _check_space(dest.parent, sum(len(s) for s in splits.values()) * size * size * spec.channels)
+    extra = {"dataset": dataset, "source": str(source), "skipped": 0}
+    counts = {name: (s.class_names, len(s)) for name, s in splits.items()}
+    shape = (opts.size, opts.size, opts.channels)
+    replacing = disk.make_room(dest, prepared.file_sizes(counts, shape, source_format, extra))
+    kept = f"the earlier dataset in {dest} is intact" if replacing else f"nothing was written to {dest}"
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    signals, swapped = StopSignals(), False
     try:
-        tmp.mkdir()
-        written = {}
-        for name, s in splits.items():
-            written[name] = _write_split(tmp, name, s, size, spec.channels, skip_bad, workers, quiet, report)
-        extra = {"dataset": dataset, "source": str(source), "skipped": len(report.skipped)}
-        prepared.write_manifest(tmp, written, source_format=source_format, extra=extra)
-        prepared.swap_in(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with signals:
+            try:
+                tmp.mkdir()
+                written = {name: _write_split(tmp, name, s, opts, report) for name, s in splits.items()}
+                extra["skipped"] = len(report.skipped)
+                prepared.write_manifest(tmp, written, source_format=source_format, extra=extra)
+                with signals.held():  # a signal now waits: the swap is never cut in half
+                    prepared.swap_in(tmp, dest)
+                    swapped = True
+            finally:
+                with signals.held():  # nor the clean-up, by a second Ctrl-C
+                    shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        raise disk.failed_write(exc, tmp, dest, kept) from None
+    except BrokenProcessPool:
+        raise MtlError(
+            f"a decoding process died (out of memory?); {kept}; --workers 1 decodes here"
+        ) from None
+    except Interrupted as exc:
+        done = f"{dest} is complete" if swapped else f"its temporary folder is removed and {kept}"
+        raise Interrupted(exc.signum, f"mtl data prepare stopped by {exc.name}; {done}") from None
     report.splits = prepared.load_manifest(dest)["splits"]
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _check_space(folder: Path, need: int) -> None:
-    """Images are written through memory maps, where a full disk kills the process (SIGBUS) with no
-    message; so the space is checked before the first image is decoded."""
-    free = shutil.disk_usage(folder).free
-    if need > free:
-        raise MtlError(f"{folder}: the prepared dataset needs {_size(need)}, only {_size(free)} are free")
+@dataclass(frozen=True)
+class _Options:
+    size: int
+    channels: int
+    skip_bad: bool
+    workers: int | None
+    quiet: bool
+    max_pixels: int
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+def _read(read: Callable, source: Path, **kwargs) -> tuple[str, dict[str, SplitSource]]:
+    """The dataset reader's result; what it could not read (no permission, a vanished file, too
+    little memory) is one line naming the file."""
+    try:
+        return read(source, **kwargs)
+    except OSError as exc:
+        raise MtlError(f"{exc.filename or source}: cannot read it ({exc.strerror or exc})") from None
+    except MemoryError:
+        raise MtlError(f"{source}: not enough memory to read the source") from None
 
 
 def _check_split(name: str, s: SplitSource, source: Path) -> None:
@@ -128,78 +166,108 @@ def _check_split(name: str, s: SplitSource, source: Path) -> None:
         raise MtlError(f"{source}: class '{s.class_names[int(np.argmin(counts))]}' ({name}) has no images")
 
 
-def _write_split(
-    tmp: Path,
-    name: str,
-    s: SplitSource,
-    size: int,
-    channels: int,
-    skip_bad: bool,
-    workers: int | None,
-    quiet: bool,
-    report: Report,
-) -> prepared.Split:
-    path = tmp / f"{name}_images.npy"
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(s), size, size, channels))
-    keep = np.ones(len(s), dtype=bool)
-    n = 0
-    with _progress(len(s), f"{name}", quiet) as bar:
-        for i, pixels in _pixels(s, size, channels, workers):
-            if isinstance(pixels, BadImage):
-                if not skip_bad:
-                    raise MtlError(f"{s.where(i)}: cannot decode image ({pixels}); --skip-bad skips these")
-                report.skipped.append(s.where(i))
-                keep[i] = False
-            else:
-                out[n] = pixels
-                n += 1
-            bar.update(1)
-    out.flush()
+def _write_split(tmp: Path, name: str, s: SplitSource, opts: _Options, report: Report) -> prepared.Split:
+    """Decode split ``name`` into ``tmp/{name}_images.npy`` (``(N, S, S, C)`` uint8) and its labels.
+
+    The images file is allocated whole before the first image is decoded (a full disk fails then) and
+    written with ``write()``, not through a memory map, so a full disk is an error, never SIGBUS."""
+    path, shape = tmp / f"{name}_images.npy", (opts.size, opts.size, opts.channels)
+    header = disk.npy_header((len(s), *shape))
+    keep, n = np.ones(len(s), dtype=bool), 0
+    with disk.naming(path), open(path, "wb") as f:
+        disk.reserve(f.fileno(), len(header) + len(s) * math.prod(shape))
+        f.write(header)
+        results = _pixels(s, opts)
+        try:
+            with _progress(len(s), f"{name}", opts.quiet) as bar:
+                for i, pixels in results:
+                    if isinstance(pixels, BadImage):
+                        if not opts.skip_bad:
+                            raise _refusal(s.where(i), pixels)
+                        report.skipped.append(s.where(i))
+                        keep[i] = False
+                    else:
+                        f.write(np.ascontiguousarray(pixels, dtype=np.uint8).reshape(shape).data)
+                        n += 1
+                    bar.update(1)
+        finally:
+            results.close()  # stops the worker processes now, on an error or a signal too
+        if n < len(s):  # skipped images: a header for n rows, as long as the first, then the file cut
+            f.seek(0)
+            f.write(disk.npy_header((n, *shape), length=len(header)))
+            f.truncate(len(header) + n * math.prod(shape))
     labels = s.labels[keep]
     counts = np.bincount(labels, minlength=len(s.class_names))
     if (counts == 0).any():
         empty = s.class_names[int(np.argmin(counts))]
         raise MtlError(f"class '{empty}' ({name}) has no decodable images")
-    if n < len(s):  # skipped images: keep the first n rows
-        del out
-        full = np.load(path, mmap_mode="r")
-        trimmed = tmp / f".{name}_images.npy"
-        np.save(trimmed, full[:n])
-        del full
-        os.replace(trimmed, path)
-        out = np.load(path, mmap_mode="r")
-    np.save(tmp / f"{name}_labels.npy", labels)
-    return prepared.Split(images=out, labels=labels, class_names=s.class_names)
+    with disk.naming(tmp / f"{name}_labels.npy"):
+        np.save(tmp / f"{name}_labels.npy", labels)
+    images = np.load(path, mmap_mode="r")  # read-only: the file is complete, nothing can SIGBUS
+    return prepared.Split(images=images, labels=labels, class_names=s.class_names)
 
 
-def _pixels(s: SplitSource, size: int, channels: int, workers: int | None):
+def _refusal(where: str, exc: BadImage) -> MtlError:
+    if isinstance(exc, TooLarge):
+        return MtlError(
+            f"{where}: image of {exc.size()}, over the limit of {human(exc.limit, 'pixels')} per image; "
+            "raise it with --max-pixels or MTL_MAX_PIXELS, or --skip-bad skips such images"
+        )
+    return MtlError(f"{where}: cannot decode image ({exc}); --skip-bad skips these")
+
+
+def _pixels(s: SplitSource, opts: _Options) -> Generator[tuple[int, np.ndarray | BadImage], None, None]:
     """Yield ``(i, pixels or BadImage)`` in order."""
-    items = s.items
+    items, size, channels = s.items, opts.size, opts.channels
     if isinstance(items, np.ndarray) and items.shape[1:] == (size, size, channels):
         for start in range(0, len(items), 4096):  # already the right size: a plain copy
             block = np.asarray(items[start : start + 4096])
             yield from enumerate(block, start)
         return
-    workers = os.cpu_count() or 1 if workers is None else workers
+    workers = os.cpu_count() or 1 if opts.workers is None else opts.workers
     if workers <= 1 or isinstance(items, np.ndarray) or len(items) < _POOL_MIN:
         for i in range(len(items)):
-            yield i, _one(items[i], size, channels)
+            yield i, _one(items[i], size, channels, opts.max_pixels)
         return
     chunks = [list(range(a, min(a + _CHUNK, len(items)))) for a in range(0, len(items), _CHUNK)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    pool, done = ProcessPoolExecutor(max_workers=workers, initializer=_worker_signals), False
+    try:
         batches = ([items[i] for i in c] for c in chunks)
-        jobs = pool.map(_decode_chunk, batches, [size] * len(chunks), [channels] * len(chunks))
+        n = len(chunks)
+        jobs = pool.map(_decode_chunk, batches, [size] * n, [channels] * n, [opts.max_pixels] * n)
         for chunk, results in zip(chunks, jobs, strict=True):
             yield from zip(chunk, results, strict=True)
+        done = True
+    finally:
+        # Leaving early (an error, a signal): no further chunk starts, and the running ones are not
+        # waited for, or the process would linger (on exit) until every worker finished its chunk.
+        pool.shutdown(wait=False, cancel_futures=True)
+        if not done:
+            _terminate(pool)
 
 
-def _decode_chunk(items: list, size: int, channels: int) -> list:
-    return [_one(item, size, channels) for item in items]
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    if hasattr(pool, "terminate_workers"):  # Python 3.14
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
-def _one(item, size: int, channels: int) -> np.ndarray | BadImage:
+def _worker_signals() -> None:
+    """In decoding workers: Ctrl-C is the parent's to handle (no traceback per worker), and SIGTERM
+    ends a worker at once (the parent's handler, inherited by fork, would not)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _decode_chunk(items: list, size: int, channels: int, max_pixels: int) -> list:
+    return [_one(item, size, channels, max_pixels) for item in items]
+
+
+def _one(item, size: int, channels: int, max_pixels: int) -> np.ndarray | BadImage:
     try:
-        return to_pixels(item, size, channels)
+        return to_pixels(item, size, channels, max_pixels=max_pixels)
     except BadImage as exc:
         return exc
 

@@ -7,7 +7,8 @@ Layout of a prepared folder::
     {split}_labels.npy        (N,) int64, values 0..K-1
     {split}_classes.json      K class names, index = label
 
-Every stage reads this layout. The folder appears under its name only when complete (:func:`swap_in`).
+Every stage reads this layout. The folder appears under its name only when complete (:func:`swap_in`);
+:mod:`mtl.data.manifest` reads and writes the manifest.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -24,12 +26,32 @@ from typing import Any
 
 import numpy as np
 
+from mtl.data import disk
+from mtl.data.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SPLIT_NAME,
+    build,
+    json_bytes,
+    load_manifest,
+    read_json,
+)
 from mtl.errors import MtlError
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_TMP_NAME = re.compile(r"^\..+\.(tmp|old)-\d+$")
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "Split",
+    "check_replaceable",
+    "dataset_fingerprint",
+    "file_sizes",
+    "load_manifest",
+    "load_split",
+    "save_dataset",
+    "swap_in",
+    "write_manifest",
+]
+
 _OWN_FILE = re.compile(r"^(manifest\.json|[A-Za-z0-9_-]+_(images\.npy|labels\.npy|classes\.json))$")
 _HASH_CHUNK = 64 << 20  # bytes of images hashed at a time, so GB-sized memmaps never load whole
 _RESERVED = ("format_version", "source_format", "image_shape", "splits", "fingerprint")
@@ -109,8 +131,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "wb") as f:
-        f.write((json.dumps(obj, indent=2) + "\n").encode())
+    with disk.naming(path), open(path, "wb") as f:
+        f.write(json_bytes(obj))
         f.flush()
         os.fsync(f.fileno())
 
@@ -127,24 +149,27 @@ def save_dataset(
     if not splits:
         raise ValueError("no splits to save")
     for name, split in splits.items():
-        if not _SPLIT_NAME.match(name):
-            raise ValueError(f"split name {name!r} must match {_SPLIT_NAME.pattern}")
+        if not SPLIT_NAME.match(name):
+            raise ValueError(f"split name {name!r} must match {SPLIT_NAME.pattern}")
         if not isinstance(split, Split):
             raise ValueError(f"split {name!r} is a {type(split).__name__}, not a Split")
-    shapes = {split.image_shape for split in splits.values()}
-    if len(shapes) != 1:
+    if len(shapes := {split.image_shape for split in splits.values()}) != 1:
         raise ValueError(f"all splits must share one image shape, got {sorted(shapes)}")
     if clash := sorted(set(extra or {}) & set(_RESERVED)):
         raise ValueError(f"extra manifest keys {clash} clash with reserved keys")
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    counts = {name: (s.class_names, len(s)) for name, s in splits.items()}
+    sizes = file_sizes(counts, next(iter(shapes)), source_format, extra)
+    disk.check_space(dest.parent, disk.on_disk(sizes, dest.parent), dest if dest.is_dir() else None)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         for name, split in splits.items():
-            np.save(tmp / f"{name}_images.npy", split.images)
-            np.save(tmp / f"{name}_labels.npy", split.labels)
+            for kind, array in (("images", split.images), ("labels", split.labels)):
+                with disk.naming(tmp / f"{name}_{kind}.npy"):
+                    np.save(tmp / f"{name}_{kind}.npy", array)
         write_manifest(tmp, splits, source_format=source_format, extra=extra)
         swap_in(tmp, dest)
     finally:
@@ -163,22 +188,26 @@ def write_manifest(
     for name, split in splits.items():
         _write_json(folder / f"{name}_classes.json", split.class_names)
     for path in folder.glob("*.npy"):
-        with open(path, "rb+") as f:
+        with disk.naming(path), open(path, "rb+") as f:
             os.fsync(f.fileno())
     (shape,) = {split.image_shape for split in splits.values()}
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "source_format": source_format,
-        "image_shape": list(shape),
-        "splits": {
-            name: {"classes": s.num_classes, "images": len(s), "image_shape": list(s.image_shape)}
-            for name, s in splits.items()
-        },
-        "fingerprint": dataset_fingerprint(splits),
-        **extra,
-    }
-    _write_json(folder / MANIFEST, manifest)
+    counts = {name: (s.num_classes, len(s)) for name, s in splits.items()}
+    _write_json(folder / MANIFEST, build(counts, shape, source_format, extra, dataset_fingerprint(splits)))
     _fsync_dir(folder)
+
+
+def file_sizes(
+    splits: dict[str, tuple[list[str], int]], shape: tuple, source_format: str, extra: dict | None
+) -> list[int]:
+    """Bytes of every file of a prepared dataset of splits ``{name: (class names, images)}``, images of
+    ``shape`` ``(H, W, C)``: what the space check adds up before anything is written."""
+    counts = {name: (len(names), n) for name, (names, n) in splits.items()}
+    sizes = [len(json_bytes(build(counts, shape, source_format, extra, "0" * 16)))]  # fixed length
+    for names, n in splits.values():
+        sizes.append(len(disk.npy_header((n, *shape))) + n * math.prod(shape))
+        sizes.append(len(disk.npy_header((n,), "<i8")) + 8 * n)
+        sizes.append(len(json_bytes(names)))
+    return sizes
 
 
 def check_replaceable(dest: Path) -> None:
@@ -186,7 +215,11 @@ def check_replaceable(dest: Path) -> None:
     but a prepared dataset's files (the user's own data, or the very source being prepared)."""
     if dest.exists() and not dest.is_dir():
         raise MtlError(f"{dest} is a file, not a dataset folder; choose a new or empty folder")
-    if dest.is_dir() and (foreign := sorted(p.name for p in dest.iterdir() if not _OWN_FILE.match(p.name))):
+    try:
+        names = [p.name for p in dest.iterdir()] if dest.is_dir() else []
+    except OSError as exc:
+        raise MtlError(f"cannot read {dest} ({exc.strerror or exc}); it is left alone") from None
+    if foreign := sorted(n for n in names if not _OWN_FILE.match(n)):
         raise MtlError(
             f"{dest} is not empty and not a prepared dataset (it holds {foreign[0]!r}); "
             "it is left alone: choose a new or empty folder"
@@ -213,28 +246,6 @@ def swap_in(new: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_manifest(root: Path) -> dict:
-    """The parsed ``manifest.json`` of the prepared dataset at ``root``; :class:`MtlError` if none."""
-    root = Path(root).expanduser()
-    hint = "run `mtl data prepare` first"
-    if _TMP_NAME.match(root.name):
-        raise MtlError(f"{root} is an unfinished or replaced dataset write, not a prepared dataset; {hint}")
-    if not root.is_dir():
-        raise MtlError(f"no prepared dataset at {root} (folder missing); {hint}")
-    path = root / MANIFEST
-    if not path.is_file():
-        raise MtlError(f"no prepared dataset at {root} ({MANIFEST} missing); {hint}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MtlError(f"{path} is corrupt: {e}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
-        raise MtlError(f"{path} is corrupt: no 'splits' mapping")
-    if (version := manifest.get("format_version")) != FORMAT_VERSION:
-        raise MtlError(f"{path} has format_version {version!r}, mtl reads {FORMAT_VERSION}; prepare again")
-    return manifest
-
-
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     if not path.is_file():
         raise MtlError(f"{path} is missing; prepare the dataset again")
@@ -247,10 +258,7 @@ def _load_npy(path: Path, mmap: bool) -> np.ndarray:
 def _load_classes(path: Path, expected: int) -> list[str]:
     if not path.is_file():
         raise MtlError(f"{path} is missing; prepare the dataset again")
-    try:
-        names = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MtlError(f"{path} is corrupt: {e}") from None
+    names = read_json(path)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise MtlError(f"{path} is corrupt: expected a list of class names")
     if len(names) != expected:

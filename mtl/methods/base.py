@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtl import checkpoint
 from mtl import device as devices
 from mtl.config import Config
 from mtl.data.episodes import ImageRows, episode_targets
@@ -137,7 +138,7 @@ class Method(nn.Module, metaclass=ABCMeta):
 
     def load_state(self, state: dict) -> None:
         """Restore what :meth:`state` returned (a checkpoint holds it among other entries)."""
-        self.encoder.load_state_dict(state["encoder"])
+        checkpoint.load_weights(self.encoder, state["encoder"], "encoder")
 
     def log_epoch(self, monitor: Monitor, step: int) -> None:
         """TensorBoard extras after each meta-training epoch."""

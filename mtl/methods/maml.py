@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mtl import checkpoint
 from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import Preprocess
@@ -207,8 +208,8 @@ class MAML(Method):
         return {"encoder": self.encoder.state_dict(), "head": self.net.head.state_dict()}
 
     def load_state(self, state: dict) -> None:
-        self.encoder.load_state_dict(state["encoder"])
-        self.net.head.load_state_dict(state["head"])
+        checkpoint.load_weights(self.encoder, state["encoder"], "encoder")
+        checkpoint.load_weights(self.net.head, state["head"], "head")
 
     def init_note(self, way: int) -> str:
         return "meta-learned network"

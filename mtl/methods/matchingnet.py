@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl import checkpoint
 from mtl.config import Config
 from mtl.methods.base import Method
 
@@ -90,9 +91,9 @@ class MatchingNet(Method):
         return state
 
     def load_state(self, state: dict) -> None:
-        self.encoder.load_state_dict(state["encoder"])
+        checkpoint.load_weights(self.encoder, state["encoder"], "encoder")
         if self.fce is not None:
-            self.fce.load_state_dict(state["fce"])
+            checkpoint.load_weights(self.fce, state["fce"], "fce")
 
     def init_note(self, way: int) -> str:
         return "attention over the support set"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl import base_learner, ss
+from mtl import base_learner, checkpoint, ss
 from mtl import device as devices
 from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess
@@ -168,10 +168,9 @@ class MTL(Method):
         return {"encoder": self.encoder.state_dict(), "theta": {"W": self.W.detach(), "b": self.b.detach()}}
 
     def load_state(self, state: dict) -> None:
-        self.encoder.load_state_dict(state["encoder"])
-        with torch.no_grad():
-            self.W.copy_(state["theta"]["W"])
-            self.b.copy_(state["theta"]["b"])
+        checkpoint.load_weights(self.encoder, state["encoder"], "encoder")
+        checkpoint.load_tensor(self.W, state["theta"]["W"], "theta.W")
+        checkpoint.load_tensor(self.b, state["theta"]["b"], "theta.b")
 
     def log_epoch(self, monitor: Monitor, step: int) -> None:
         modules = [mod for _, mod in ss.ss_modules(self.encoder)]

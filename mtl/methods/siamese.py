@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl import checkpoint
 from mtl.config import Config
 from mtl.data.episodes import episode_targets
 from mtl.methods.base import Method
@@ -79,8 +80,8 @@ class Siamese(Method):
         return {"encoder": self.encoder.state_dict(), "alpha": self.alpha.state_dict()}
 
     def load_state(self, state: dict) -> None:
-        self.encoder.load_state_dict(state["encoder"])
-        self.alpha.load_state_dict(state["alpha"])
+        checkpoint.load_weights(self.encoder, state["encoder"], "encoder")
+        checkpoint.load_weights(self.alpha, state["alpha"], "alpha")
 
     def init_note(self, way: int) -> str:
         return "pair scores against the support set"

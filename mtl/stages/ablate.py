@@ -25,10 +25,11 @@ from pathlib import Path
 
 from mtl import checkpoint, methods
 from mtl.config import Config
+from mtl.errors import MtlError
 from mtl.stages.metatest import Scorer, publish, test_episodes
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
-from mtl.training.run import Run
+from mtl.training.run import Run, holding
 
 _MTL = methods.get("mtl")
 NC = methods.get("nc").label
@@ -69,6 +70,11 @@ def _variants(cfg: Config) -> dict[str, tuple[str, Config, bool]]:
 
 def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
     """Run the ablation; writes ``ablation/results.json`` (metatest's shape plus wall-clock seconds)."""
+    with holding(cfg, checkpoints, "ablation"):
+        return _ablate(cfg, checkpoints, quiet=quiet)
+
+
+def _ablate(cfg: Config, checkpoints: str | Path, *, quiet: bool) -> dict:
     start = time.perf_counter()
     pre_path = checkpoint.stage_dir(checkpoints, cfg.run_name("pretrain"), "pretrain") / "best.pt"
     if not pre_path.is_file():
@@ -81,23 +87,35 @@ def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool 
         seconds[label] = round(time.perf_counter() - t0, 1)
         kept[label] = best["epoch"]  # 0: meta-validation never beat the untrained start
 
-    run = Run.open(cfg, "ablation", checkpoints, quiet=quiet)
-    scorer = Scorer(run, *test_episodes(run, cfg.ablation.episodes))
-    scores = scorer.baselines(["nc", "ft"])
-    for label, (folder, variant_cfg, _) in variants.items():
-        path = checkpoint.stage_dir(checkpoints, cfg.name, folder) / "best.pt"
-        scores[label] = scorer.score(scorer.method(variant_cfg, checkpoint.load(path, stage="metatrain")))
-    seconds["total"] = round(time.perf_counter() - start, 1)
-    per_epoch = {
-        label: json.loads(path.read_text())["epochs"]
-        for label, (folder, _, _) in variants.items()
-        if (path := checkpoint.stage_dir(checkpoints, cfg.name, folder) / "hard_tasks.json").is_file()
-    }
-    extra = {"seconds": seconds, "kept_epoch": kept, "query_acc_per_epoch": per_epoch}
-    results = publish(run, scores, cfg.ablation.episodes, quiet=quiet, extra=extra)
+    with Run.open(cfg, "ablation", checkpoints, quiet=quiet) as run:
+        scorer = Scorer(run, *test_episodes(run, cfg.ablation.episodes))
+        trained = {}  # every checkpoint read and checked before the first row is scored
+        for label, (folder, variant_cfg, _) in variants.items():
+            path = checkpoint.stage_dir(checkpoints, cfg.name, folder) / "best.pt"
+            trained[label] = scorer.method(variant_cfg, checkpoint.load(path, stage="metatrain"), path)
+        scores = scorer.baselines(["nc", "ft"])
+        scores.update({label: scorer.score(method) for label, method in trained.items()})
+        seconds["total"] = round(time.perf_counter() - start, 1)
+        extra = {"seconds": seconds, "kept_epoch": kept, "query_acc_per_epoch": _per_epoch(cfg, checkpoints)}
+        results = publish(run, scores, cfg.ablation.episodes, quiet=quiet, extra=extra)
     if not quiet:
-        _print_times(seconds, per_epoch)
+        _print_times(seconds, extra["query_acc_per_epoch"])
     return results
+
+
+def _per_epoch(cfg: Config, checkpoints: str | Path) -> dict[str, list[dict]]:
+    """Each meta-trained row's training accuracy per epoch, from its ``hard_tasks.json`` (if any)."""
+    out = {}
+    for label, (folder, _, _) in _variants(cfg).items():
+        path = checkpoint.stage_dir(checkpoints, cfg.name, folder) / "hard_tasks.json"
+        if path.is_file():
+            try:
+                out[label] = json.loads(path.read_text())["epochs"]
+            except (OSError, ValueError, KeyError, TypeError):
+                raise MtlError(
+                    f"{path} is not a hard-task summary mtl wrote; run the ablation again"
+                ) from None
+    return out
 
 
 def _print_times(seconds: dict[str, float], per_epoch: dict[str, list[dict]]) -> None:

@@ -20,7 +20,7 @@ from mtl.published import published
 from mtl.stages.metatest import Scorer, publish, test_episodes
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
-from mtl.training.run import Run
+from mtl.training.run import Run, holding
 
 
 def rows(cfg: Config, names: list[str] | None = None) -> dict[str, tuple[str, Config]]:
@@ -49,7 +49,13 @@ def compare(
     quiet: bool = False,
 ) -> dict:
     """Train what needs training, score every row; writes ``compare/results.json`` (metatest's shape
-    plus ``seconds`` of training per row and ``published`` numbers) and returns it."""
+    plus ``seconds`` of training per row and ``published`` numbers) and returns it. The ``compare``
+    folder is held from the first row's training to the table."""
+    with holding(cfg, checkpoints, "compare"):
+        return _compare(cfg, checkpoints, names, quiet)
+
+
+def _compare(cfg: Config, checkpoints: str | Path, names: list[str] | None, quiet: bool) -> dict:
     start = time.perf_counter()
     todo = rows(cfg, names)
     seconds: dict[str, float] = {}
@@ -65,25 +71,20 @@ def compare(
             seconds[label] = round(time.perf_counter() - t0, 1)
             kept[label] = best["epoch"]  # 0: validation never beat the untrained start
 
-    run = Run.open(cfg, "compare", checkpoints, quiet=quiet)
-    scorer = Scorer(run, *test_episodes(run, cfg.compare.episodes))
-    scores, paper = {}, {}
-    for name, (label, row_cfg) in todo.items():
-        trained = None
-        if methods.get(row_cfg.method).trains:
-            path = checkpoint.stage_dir(checkpoints, cfg.name, f"compare/{name}") / "best.pt"
-            trained = checkpoint.load(path, stage="metatrain")
-        scores[label] = scorer.score(scorer.method(row_cfg, trained))
-        if (number := published(name, cfg)) is not None:
-            paper[label] = number
-    seconds["total"] = round(time.perf_counter() - start, 1)
-    results = publish(
-        run,
-        scores,
-        cfg.compare.episodes,
-        quiet=True,
-        extra={"seconds": seconds, "kept_epoch": kept, "published": paper},
-    )
+    with Run.open(cfg, "compare", checkpoints, quiet=quiet) as run:
+        scorer = Scorer(run, *test_episodes(run, cfg.compare.episodes))
+        scores, paper = {}, {}
+        for name, (label, row_cfg) in todo.items():
+            trained, path = None, None
+            if methods.get(row_cfg.method).trains:
+                path = checkpoint.stage_dir(checkpoints, cfg.name, f"compare/{name}") / "best.pt"
+                trained = checkpoint.load(path, stage="metatrain")
+            scores[label] = scorer.score(scorer.method(row_cfg, trained, path))
+            if (number := published(name, cfg)) is not None:
+                paper[label] = number
+        seconds["total"] = round(time.perf_counter() - start, 1)
+        extra = {"seconds": seconds, "kept_epoch": kept, "published": paper}
+        results = publish(run, scores, cfg.compare.episodes, quiet=True, extra=extra)
     if not quiet:
         print(table(results))
     return results

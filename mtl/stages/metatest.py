@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from mtl import methods
+from mtl import checkpoint, methods
+from mtl.checkpoint import MissingCheckpoint
 from mtl.config import Config
 from mtl.data.episodes import ImageRows
 from mtl.data.sources import load_splits
@@ -53,20 +54,22 @@ class Scorer:
             self._pretrained = self.run.previous("pretrain")
         return self._pretrained
 
-    def method(self, cfg: Config, trained: dict | None = None) -> Method:
-        """``cfg.method`` in eval mode: from ``trained`` (a metatrain checkpoint), else on the pretrained
-        encoder (or a random one, for a method that starts without it)."""
+    def method(self, cfg: Config, trained: dict | None = None, path: Path | None = None) -> Method:
+        """``cfg.method`` in eval mode: from ``trained`` (a metatrain checkpoint, read from ``path``),
+        else on the pretrained encoder (or a random one, for a method that starts without it)."""
         cls = methods.get(cfg.method)
         encoder = self.run.backbone(cfg=cfg)
         if trained is None and cls.needs_pretrained(cfg):
-            encoder.load_state_dict(self.pretrained()["encoder"])
+            self.run.load_pretrained(encoder, self.pretrained())
         method = cls(encoder, cfg)
         if trained is not None:
             if trained.get("method", "mtl") != cfg.method:
                 raise MtlError(
-                    f"the checkpoint is of method '{trained.get('method', 'mtl')}', not '{cfg.method}'"
+                    f"{path or 'the checkpoint'} is of method '{trained.get('method', 'mtl')}', "
+                    f"not '{cfg.method}'"
                 )
-            method.load_state(trained)
+            with checkpoint.fitting(path or Path("the metatrain checkpoint")):
+                method.load_state(trained)
         return method.to(self.run.device).eval()
 
     def score(self, method: Method, *, shares_pretrained: bool = False) -> torch.Tensor:
@@ -103,7 +106,7 @@ class Scorer:
     def _has_pretrained(self) -> bool:
         try:
             self.pretrained()
-        except MtlError:
+        except MissingCheckpoint:  # one that is there but unusable is an error, not a left-out row
             return False
         return True
 
@@ -117,7 +120,6 @@ def publish(
     for method, acc in scores.items():
         mean, ci = mean_ci(acc)
         rows.append({"method": method, "acc": round(mean, 2), "ci95": round(ci, 2)})
-        run.monitor.accuracy(0, f"test/{method}", mean, ci)
     results = {
         "pipeline": cfg.name,
         "way": cfg.meta.way,
@@ -129,9 +131,12 @@ def publish(
         **(extra or {}),
     }
     table = results_table(results)
+    # results.json first: the TensorBoard stream (which replaces the last run's) follows only a result.
+    run.write_text("results.json", json.dumps(results, indent=2) + "\n")
+    for method, acc in scores.items():
+        run.monitor.accuracy(0, f"test/{method}", *mean_ci(acc))
     run.monitor.text("test/results", table)
     run.monitor.close()
-    run.write_text("results.json", json.dumps(results, indent=2) + "\n")
     if not quiet:
         print(table)
     return results
@@ -139,17 +144,25 @@ def publish(
 
 def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
     """Evaluate; writes ``metatest/results.json`` and returns the same dict."""
-    run = Run.open(cfg, "metatest", checkpoints, quiet=quiet)
-    cls = methods.get(cfg.method)
-    trained = run.previous("metatrain") if cls.trains else None
-    scorer = Scorer(run, *test_episodes(run, cfg.test.episodes))
-    scores = {cls.label: scorer.score(scorer.method(cfg, trained))}
-    scores.update(scorer.baselines([b for b in cfg.test.baselines if b != cfg.method]))
-    results = publish(run, scores, cfg.test.episodes, quiet=quiet)
-    if not quiet and trained is not None and trained["metric"]["epoch"] == 0:
+    with Run.open(cfg, "metatest", checkpoints, quiet=quiet) as run:
+        cls = methods.get(cfg.method)
+        trained = run.previous("metatrain") if cls.trains else None
+        # Every checkpoint is read and checked before anything is written (results.json comes last).
+        scorer = Scorer(run, *test_episodes(run, cfg.test.episodes))
+        method = scorer.method(cfg, trained, run.previous_path("metatrain"))
+        scores = {cls.label: scorer.score(method)}
+        scores.update(scorer.baselines([b for b in cfg.test.baselines if b != cfg.method]))
+        results = publish(run, scores, cfg.test.episodes, quiet=quiet)
+    if not quiet and trained is not None and _kept_epoch(trained) == 0:
         print(
             "note: meta-validation never improved on the untrained start, so the kept metatrain model is "
             "the untrained one (for MTL: the pretrained encoder with identity SS and θ = 0, which equals "
             "the fine-tuned θ row)."
         )
     return results
+
+
+def _kept_epoch(ckpt: dict) -> int | None:
+    """The epoch a metatrain checkpoint was kept at (0: the untrained start), if it says."""
+    metric = ckpt.get("metric")
+    return metric.get("epoch") if isinstance(metric, dict) else None

@@ -47,7 +47,7 @@ def build_method(run: Run, *, from_scratch: bool = False) -> Method:
     cls = methods.get(cfg.method)
     encoder = run.backbone()
     if cls.needs_pretrained(cfg) and not from_scratch:
-        encoder.load_state_dict(run.previous("pretrain")["encoder"])
+        run.load_pretrained(encoder)
     method = cls(encoder, cfg).to(run.device)
     method.encoder.to(memory_format=devices.memory_format())
     devices.maybe_compile(method.encoder, cfg.compile)
@@ -72,10 +72,10 @@ def metatrain(
     """
     if not methods.get(cfg.method).trains:
         raise MtlError(f"method '{cfg.method}' has nothing to meta-train: metatest scores it as it is")
-    run = Run.open(cfg, "metatrain", checkpoints, quiet=quiet, folder=folder)
-    training = MetaTraining(run, build_method(run, from_scratch=from_scratch))
-    training.start(fresh)
-    return training.fit()
+    with Run.open(cfg, "metatrain", checkpoints, quiet=quiet, folder=folder) as run:
+        training = MetaTraining(run, build_method(run, from_scratch=from_scratch))
+        training.start(fresh)
+        return training.fit()
 
 
 class MetaTraining(Training):

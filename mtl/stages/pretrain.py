@@ -42,8 +42,10 @@ def finished(run: Run) -> dict | None:
         last = checkpoint.load(run.out / "last.pt", stage="pretrain")
         done = last["metric"]["epoch"] == run.cfg.pretrain.epochs
         if done and keys.setting(last["config"]) == keys.setting(run.cfg.to_dict()):
-            return checkpoint.load(run.out / "best.pt", stage="pretrain")["metric"]
-    except (MtlError, KeyError, TypeError):
+            metric = checkpoint.load(run.out / "best.pt", stage="pretrain")["metric"]
+            f"{metric['val_acc']:.2f} {metric['val_ci95']:.2f} {metric['epoch']:d}"  # what the note shows
+            return metric
+    except (MtlError, KeyError, TypeError, ValueError):
         pass  # no, unreadable or foreign checkpoint: train
     return None
 
@@ -87,17 +89,16 @@ def pretrain(
     pipelines through ``pretrain.name``) is reused, not repeated. An unfinished one of the same config
     is resumed from its ``last.pt`` exactly where it stopped; ``fresh`` starts over instead.
     """
-    run = Run.open(cfg, "pretrain", checkpoints, quiet=quiet)
-    if not fresh and (done := finished(run)) is not None:
-        run.monitor.line(
-            f"reusing the finished pretrain in {run.out} (same settings; kept epoch {done['epoch']}, "
-            f"val {done['val_acc']:.2f} ± {done['val_ci95']:.2f}%); use --fresh to train again"
-        )
-        run.monitor.close()
-        return done
-    training = Pretraining(run)
-    training.start(fresh, matters=keys.pretrain_reads(cfg.to_dict()))
-    return training.fit()
+    with Run.open(cfg, "pretrain", checkpoints, quiet=quiet) as run:
+        if not fresh and (done := finished(run)) is not None:
+            run.monitor.line(
+                f"reusing the finished pretrain in {run.out} (same settings; kept epoch {done['epoch']}, "
+                f"val {done['val_acc']:.2f} ± {done['val_ci95']:.2f}%); use --fresh to train again"
+            )
+            return done
+        training = Pretraining(run)
+        training.start(fresh, matters=keys.pretrain_reads(cfg.to_dict()))
+        return training.fit()
 
 
 class Pretraining(Training):
@@ -160,8 +161,8 @@ class Pretraining(Training):
         return self.run.world.sum(self.sums) / self.run.world.size  # each rank's share of the epoch's sums
 
     def restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["encoder"])
-        self.head.load_state_dict(ckpt["head"])
+        checkpoint.load_weights(self.model, ckpt["encoder"], "encoder")
+        checkpoint.load_weights(self.head, ckpt["head"], "head")
         self.perm = ckpt["resume"]["perm"].cpu()
 
     def begin_epoch(self, epoch: int, fresh_epoch: bool) -> None:

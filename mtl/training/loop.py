@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from mtl import checkpoint
 from mtl.monitor import timer
 from mtl.training import resume
 from mtl.training.run import Run
@@ -114,13 +115,18 @@ class Training(ABC):
         if resumed is None:
             self.begin()
             return
-        r = resumed["resume"]
-        self.restore(resumed)
-        resume.restore_training(
-            r, self.opt, self.sched, self.generators, run=run, epochs=self.epochs, steps_per_epoch=self.steps
-        )
-        self.best, self.metric, self.sums = r["best"], resumed["metric"], r["sums"].to(run.device)
-        self.epoch, self.first = r["epoch"], r["step"]
+        ckpt, path = resumed
+        # A checkpoint that matches the config but not the model (edited by hand, another version's
+        # entries) is one line naming the file and the first keys that differ.
+        with checkpoint.fitting(path, "this run"):
+            r = ckpt["resume"]
+            self.restore(ckpt)
+            resume.restore_training(
+                r, self.opt, self.sched, self.generators, run=run, epochs=self.epochs,
+                steps_per_epoch=self.steps, path=path,
+            )  # fmt: skip
+            self.best, self.metric, self.sums = r["best"], ckpt["metric"], r["sums"].to(run.device)
+            self.epoch, self.first = r["epoch"], r["step"]
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:

@@ -98,16 +98,17 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def load_resume(
     out: Path, stage: str, config: dict, *, fresh: bool, note, matters: Callable[[str], bool] | None = None
-) -> dict | None:
-    """The ``last.pt`` to continue from, or None to start over.
+) -> tuple[dict, Path] | None:
+    """The checkpoint to continue from and its path (``last.pt``, or ``last.prev.pt`` when ``last.pt``
+    is unreadable), or None to start over.
 
-    ``fresh`` ignores it. An unreadable ``last.pt`` falls back to ``last.prev.pt`` (the one before it),
-    saying so through ``note``. A checkpoint whose resolved config differs in a key that ``matters``
-    (default: any key but :data:`~mtl.training.keys.NOT_TRAINING`) is an error naming the keys.
+    ``fresh`` ignores them. Falling back to ``last.prev.pt`` is said through ``note``. A checkpoint whose
+    resolved config differs in a key that ``matters`` (default: any key but
+    :data:`~mtl.training.keys.NOT_TRAINING`) is an error naming the keys.
     """
     if fresh:
         return None
-    ckpt = None
+    ckpt, path = None, out / "last.pt"
     for name in ("last.pt", "last.prev.pt"):
         path = out / name
         if not path.is_file():
@@ -119,16 +120,16 @@ def load_resume(
             note(f"{exc}; trying the checkpoint before it")
     if ckpt is None:
         return None
-    if "resume" not in ckpt:
-        raise MtlError(f"{out / 'last.pt'} has no resume state (older mtl); run with --fresh to start over")
+    if not isinstance(ckpt.get("resume"), dict):
+        raise MtlError(f"{path} has no resume state (older mtl); run with --fresh to start over")
     matters = matters or (lambda key: not key.startswith(NOT_TRAINING))
     diff = [k for k in config_diff(ckpt["config"], config) if matters(k)]
     if diff:
         raise MtlError(
-            f"{out / 'last.pt'} belongs to another configuration (differs in {', '.join(diff)}); "
+            f"{path} belongs to another configuration (differs in {', '.join(diff)}); "
             "run with --fresh to start over, or restore those settings to resume"
         )
-    return ckpt
+    return ckpt, path
 
 
 def training_state(
@@ -146,9 +147,10 @@ def training_state(
 
 def restore_training(
     r: dict, opt: torch.optim.Optimizer, sched: Any, generators: dict[str, Any], *, run: Any, epochs: int,
-    steps_per_epoch: int,
+    steps_per_epoch: int, path: Path,
 ) -> None:  # fmt: skip
-    """Load what :func:`training_state` saved; continue TensorBoard at that step and say where."""
+    """Load what :func:`training_state` saved (from ``path``); continue TensorBoard at that step and
+    say where."""
     opt.load_state_dict(r["optimizer"])
     sched.load_state_dict(r["scheduler"])
     set_rng_state(r["rng"], generators)
@@ -159,7 +161,7 @@ def restore_training(
             f"already finished in {run.out} (kept epoch {r['best']['epoch']}); --fresh trains again"
         )
     else:
-        run.monitor.line(f"resuming from {run.out / 'last.pt'} at epoch {epoch + 1}, step {step}")
+        run.monitor.line(f"resuming from {path} at epoch {epoch + 1}, step {step}")
 
 
 def agreed_signal(stop: dict[str, int], world: World, device: torch.device) -> int:

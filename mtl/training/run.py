@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl import atomic, checkpoint, distributed
+from mtl import atomic, checkpoint, distributed, run_lock
 from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import Preprocess
@@ -37,6 +39,7 @@ class Run:
     monitor: Monitor
     pre: Preprocess
     world: World
+    lock: run_lock.RunLock | None = None
 
     @classmethod
     def open(
@@ -48,27 +51,66 @@ class Run:
         quiet: bool = False,
         folder: str | None = None,
     ) -> Run:
-        """``folder`` (default: the stage's name) is where outputs go, under ``<checkpoints>/<name>/``."""
+        """``folder`` (default: the stage's name) is where outputs go, under ``<checkpoints>/<name>/``.
+
+        Before any work the folder is locked for this process (:mod:`mtl.run_lock`; a second run into
+        it stops with one line) and the TensorBoard folder is checked. :meth:`close` (or ``with``)
+        releases the folder.
+        """
         checkpoints = Path(checkpoints).expanduser()
         world = distributed.world(cfg.device)
         device = devices.resolve(cfg.device)
-        devices.seed_everything(cfg.seed)
         folder = folder or stage
         out = checkpoint.stage_dir(checkpoints, cfg.run_name(stage), folder)
-        _check_writable(out)
         log_dir = checkpoints / cfg.run_name(stage) / "tb" / folder
         monitor = Monitor(log_dir, folder, quiet=quiet, enabled=world.main)
+        lock = take_folder(out, world)
+        try:
+            monitor.check()
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        if lock is not None and lock.stale is not None:
+            monitor.line(f"took over {lock.path} from process {lock.stale}, which ended without releasing it")
+        devices.seed_everything(cfg.seed)
         show_bars(not quiet and world.main)
         d = cfg.data
         pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
-        return cls(cfg, stage, checkpoints, out, device, monitor, pre, world)
+        return cls(cfg, stage, checkpoints, out, device, monitor, pre, world, lock)
+
+    def close(self) -> None:
+        """Close the TensorBoard stream and release the run folder (once; later calls do nothing)."""
+        try:
+            self.monitor.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def previous_path(self, stage: str) -> Path:
+        """Where the ``best.pt`` of an earlier stage of this pipeline is."""
+        return checkpoint.stage_dir(self.checkpoints, self.cfg.run_name(stage), stage) / "best.pt"
 
     def previous(self, stage: str) -> dict:
         """The ``best.pt`` of an earlier stage of this pipeline, checked against this config."""
-        path = checkpoint.stage_dir(self.checkpoints, self.cfg.run_name(stage), stage) / "best.pt"
+        path = self.previous_path(stage)
         ckpt = checkpoint.load(path, stage=stage)
         checkpoint.check_compatible(ckpt, self.cfg.to_dict(), path, MODEL_KEYS)
         return ckpt
+
+    def load_pretrained(self, encoder: nn.Module, ckpt: dict | None = None) -> None:
+        """Load the pretrain ``best.pt``'s encoder (``ckpt``, if already loaded) into ``encoder``; a
+        checkpoint whose tensors do not fit is one line naming the first keys that differ."""
+        ckpt = ckpt if ckpt is not None else self.previous("pretrain")
+        with checkpoint.fitting(self.previous_path("pretrain")):
+            checkpoint.load_weights(encoder, ckpt["encoder"], "encoder")
 
     def backbone(self, *, pretraining: bool = False, cfg: Config | None = None) -> nn.Module:
         """The feature extractor of ``cfg`` (default: the run's), freshly initialised; with its
@@ -142,12 +184,46 @@ class Run:
         checkpoint.save(self.out / name, payload, keep_previous=keep_previous)
 
 
+def take_folder(out: Path, world: World) -> run_lock.RunLock | None:
+    """Lock the run folder ``out`` for this run, or raise one line naming the process that holds it.
+    Under torchrun only rank 0 takes the lock (the ranks are one run) and every rank learns whether
+    it got it, so all stop together."""
+    lock, error = None, None
+    if world.main:
+        try:
+            _check_writable(out)
+            lock = run_lock.acquire(out)
+        except MtlError as exc:
+            error = str(exc)
+    if world.active:
+        error = world.share(error)
+    if error is not None:
+        raise MtlError(error)
+    return lock
+
+
+@contextmanager
+def holding(cfg: Config, checkpoints: str | Path, folder: str) -> Iterator[None]:
+    """Hold ``<checkpoints>/<name>/<folder>`` for a command that runs several stages into it (ablate,
+    compare), from before the first one starts until the last one ends."""
+    out = checkpoint.stage_dir(Path(checkpoints).expanduser(), cfg.name, folder)
+    lock = take_folder(out, distributed.world(cfg.device))
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def _check_writable(out: Path) -> None:
-    """Fail before any work if ``out`` cannot be made, without making it yet: a command that fails
-    later (a missing checkpoint, a bad dataset) leaves no empty folders behind."""
+    """Fail before any work if ``out`` cannot be made, naming the file in the way or the folder that
+    is not writable. (The lock then makes it, and removes it again if the run writes nothing.)"""
     existing = out
-    while not existing.exists():
-        existing = existing.parent
+    try:
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as exc:  # a name too long for the file system, a loop of links
+        raise MtlError(f"cannot write to {out}: {exc.strerror or exc}") from None
     if not existing.is_dir():
         raise MtlError(f"cannot write to {out}: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -70,16 +70,26 @@ def from_arrays(
     )
 
 
+def listing(folder: Path) -> list[Path]:
+    """The entries of ``folder``; one that cannot be read (no permission, gone) is an :class:`MtlError`
+    naming it, not a traceback."""
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise MtlError(f"{folder}: cannot read the folder ({exc.strerror or exc})") from None
+
+
 def image_files(folder: Path) -> list[Path]:
-    """The image files directly in ``folder``, sorted by name (hidden files skipped)."""
+    """The image files directly in ``folder``, sorted by name (hidden files skipped). Anything with an
+    image suffix is listed, so that a folder or FIFO named ``x.png`` is reported, not silently left out."""
     return sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        p for p in listing(folder) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
 
 
 def class_dirs(folder: Path) -> list[Path]:
     """The sub-folders of ``folder``, sorted by name: ``os.listdir`` order is arbitrary."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in listing(folder) if p.is_dir() and not p.name.startswith("."))
 
 
 def from_class_folders(folder: Path, names: Callable[[Path], str] | None = None) -> SplitSource:

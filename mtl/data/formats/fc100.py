@@ -32,7 +32,6 @@ ones, each in file order. Pickles, from Python 2 or 3, are read with the restric
 
 from __future__ import annotations
 
-import pickle
 import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -41,6 +40,7 @@ from typing import IO, Any
 import numpy as np
 
 from mtl.data import safe_pickle
+from mtl.data.archives import Budget
 from mtl.data.formats.common import SPLITS, SplitSource, from_arrays, unknown_layout
 from mtl.data.formats.miniimagenet import fields, int_labels, need, search_roots
 from mtl.errors import MtlError
@@ -173,14 +173,17 @@ def _check_one_superclass_per_class(parts: list, names: dict[int, str], at: str)
 
 def _archive_pickles(archive: Path) -> tuple[Loaded, Loaded, Loaded]:
     found: dict[str, Loaded] = {}
+    budget = Budget(archive)  # members unpack as they are read or passed over: bounded either way
     try:
         with tarfile.open(archive, "r:*") as tar:
             # In member order, so a .gz is decompressed once instead of once per seek back.
-            for member in tar:
+            for number, member in enumerate(tar, 1):
                 name = PurePosixPath(member.name).name
-                if member.isfile() and name in _MEMBERS and name not in found:
+                wanted = member.isfile() and name in _MEMBERS and name not in found
+                budget.charge(number, member.size if member.isfile() else 0, read=wanted)
+                if wanted:
                     at = f"{archive}[{member.name}]"
-                    found[name] = (_unpickle(tar.extractfile(member), at), at)
+                    found[name] = (_unpickle(tar.extractfile(member), at, member.size), at)
                     if len(found) == len(_MEMBERS):
                         break
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
@@ -191,25 +194,9 @@ def _archive_pickles(archive: Path) -> tuple[Loaded, Loaded, Loaded]:
     return found["train"], found["test"], found["meta"]
 
 
-def _unpickle(stream: IO[bytes] | None, at: str) -> Any:
-    """:func:`safe_pickle.load` for a stream: the same restricted unpickler and messages."""
-    try:
-        if stream is None:
-            raise EOFError("not a regular file")
-        obj = safe_pickle._Restricted(stream, encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
-        if str(exc).startswith("refused"):
-            raise MtlError(f"{at}: {exc}: only numpy arrays and builtin containers are allowed") from None
-        raise MtlError(f"{at} is not a readable pickle ({exc})") from None
-    except (
-        OSError,
-        EOFError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        KeyError,
-        zlib.error,
-    ) as exc:
-        raise MtlError(f"{at} is not a readable pickle ({type(exc).__name__}: {exc})") from None
-    return safe_pickle._decode(obj)
+def _unpickle(stream: IO[bytes] | None, at: str, size: int) -> Any:
+    """:func:`safe_pickle.load` for a stream of ``size`` bytes: the same restricted unpickler, limits
+    and messages."""
+    if stream is None:
+        raise MtlError(f"{at} is not a readable pickle (not a regular file)")
+    return safe_pickle._decode(safe_pickle.read(stream, at, size=size))

@@ -24,7 +24,6 @@ integer labels already order the classes (numerically). Pickles, from Python 2 o
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from mtl.data.formats.common import (
     from_class_folders,
     from_files,
     has_class_folders,
+    listing,
     split_folders,
     unknown_layout,
 )
@@ -114,7 +114,10 @@ def fields(obj: Any, path: Path, *keys: str) -> list[Any]:
 
 
 def int_labels(labels: Any, path: Path, key: str) -> np.ndarray:
-    labels = np.asarray(labels).reshape(-1)
+    try:
+        labels = np.asarray(labels).reshape(-1)
+    except (ValueError, TypeError):  # ragged nested lists
+        raise MtlError(f"{path}: {key!r} must hold integer labels, one per image") from None
     if not np.issubdtype(labels.dtype, np.integer):
         raise MtlError(f"{path}: {key!r} must hold integer labels, got {labels.dtype}")
     return labels
@@ -129,7 +132,7 @@ def _ravi_csv(root: Path) -> dict[str, SplitSource]:
     if not images.is_dir():
         raise MtlError(f"{images}: folder not found (it should hold the images the CSV files list)")
     # One listing instead of 60,000 stat calls; it also keeps rows from naming files outside images/.
-    present = {entry.name for entry in os.scandir(images)}
+    present = {entry.name for entry in listing(images)}
     return {s: _csv_split(path, images, present) for s, path in csvs.items()}
 
 

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from mtl.data.archives import UNPACK_ERRORS, read_zip_entries, reason
 from mtl.data.formats.common import (
     IMAGE_SUFFIXES,
     SplitSource,
@@ -42,6 +43,7 @@ from mtl.data.formats.common import (
 )
 from mtl.data.formats.miniimagenet import search_roots
 from mtl.data.images import Rotated
+from mtl.data.limits import TEXT_BYTES, open_regular, read_capped
 from mtl.errors import MtlError
 
 BACKGROUND = "images_background"
@@ -79,20 +81,28 @@ def _half(root: Path, name: str) -> list[tuple[str, Characters]] | None:
 
 
 def _zip_alphabets(path: Path) -> list[tuple[str, Characters]]:
-    """The alphabets of a downloaded zip (entries ``<name>/<Alphabet>/characterNN/*.png``), as bytes."""
+    """The alphabets of a downloaded zip (entries ``<name>/<Alphabet>/characterNN/*.png``), as bytes.
+
+    The entries are unpacked into memory, so their declared sizes are checked first and every read is
+    capped (:mod:`mtl.data.archives`): a small zip cannot unpack to gigabytes."""
     try:
-        with zipfile.ZipFile(path) as z:
-            by_char: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
-            for entry in z.infolist():
+        with open_regular(path) as f, zipfile.ZipFile(f) as z:
+            keys, entries = [], []
+            for number, entry in enumerate(z.infolist(), 1):
                 parts = PurePosixPath(entry.filename).parts
                 if entry.is_dir() or len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
                     continue
-                by_char.setdefault((parts[-3], parts[-2]), []).append((parts[-1], z.read(entry)))
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise MtlError(f"{path}: not a readable zip ({exc})") from None
+                keys.append(parts[-3:])
+                entries.append((number, entry))
+            data = read_zip_entries(path, z, entries)
+    except UNPACK_ERRORS as exc:
+        raise MtlError(f"{path}: not a readable zip ({reason(exc)})") from None
+    by_char: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
+    for (alphabet, char, name), item in zip(keys, data, strict=True):
+        by_char.setdefault((alphabet, char), []).append((name, item))
     alphabets: dict[str, Characters] = {}
     for alphabet, char in sorted(by_char):
-        files = [data for _, data in sorted(by_char[alphabet, char])]
+        files = [item for _, item in sorted(by_char[alphabet, char])]
         alphabets.setdefault(alphabet, []).append((f"{alphabet}/{char}", files))
     if not alphabets:
         raise MtlError(f"{path}: no <Alphabet>/characterNN/*.png entries")
@@ -108,7 +118,7 @@ def _vinyals(lists: Path, alphabets: list[tuple[str, Characters]]) -> dict[str, 
         if not path.is_file():
             raise MtlError(f"{path}: split list not found (--split-lists needs train.txt, val.txt, test.txt)")
         classes, items = [], []
-        for n, line in enumerate(path.read_text().split(), 1):
+        for n, line in enumerate(_list_lines(path), 1):
             char, _, rot = line.rpartition("/")
             if rot not in ROTATIONS or not char:
                 raise MtlError(f"{path}, line {n}: expected <Alphabet>/characterNN/rotDDD, got {line!r}")
@@ -123,6 +133,18 @@ def _vinyals(lists: Path, alphabets: list[tuple[str, Characters]]) -> dict[str, 
         owner = np.repeat(np.array(classes, dtype=object), [len(xs) for xs in items])
         out[split] = SplitSource(classes, labels, flat, lambda i, owner=owner: f"{lists} class {owner[i]}")
     return out
+
+
+def _list_lines(path: Path) -> list[str]:
+    """The lines of a split list (a few thousand short lines; a huge file is not one)."""
+    with open_regular(path) as f:
+        data = read_capped(f, TEXT_BYTES)
+    if data is None:
+        raise MtlError(f"{path}: over {TEXT_BYTES >> 20} MiB, not a split list")
+    try:
+        return data.decode("utf-8").split()
+    except UnicodeDecodeError:
+        raise MtlError(f"{path}: not a text file (a split list has one class per line)") from None
 
 
 def _splits(

@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from mtl.data import safe_pickle
+from mtl.data.archives import UNPACK_ERRORS, check_npz_array, reason
 from mtl.data.formats.common import SPLITS, SplitSource, from_arrays, unknown_layout
 from mtl.data.formats.miniimagenet import int_labels, need, search_roots, split_class_folders
+from mtl.data.limits import open_regular
 from mtl.errors import MtlError
 
 EXPECTED = (
@@ -73,22 +75,34 @@ def _png_pickle(root: Path, split: str) -> SplitSource:
 def _npz(root: Path, split: str) -> SplitSource:
     path = need(root, f"{split}_images.npz")
     labels, names, labels_path = _labels(root, split)
-    try:
-        archive = np.load(path)  # allow_pickle stays False: an .npz cannot run code either
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise MtlError(f"{path}: expected an .npz archive with an 'images' array")
-        with archive:
-            if "images" not in archive.files:
-                raise MtlError(f"{path}: no array 'images' (it has: {', '.join(archive.files)})")
-            images = archive["images"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise MtlError(f"{path} is not a readable .npz file ({exc})") from None
+    images = _npz_images(path)
     if (n := len(images) if images.ndim else 0) != len(labels):
         raise MtlError(f"{path} holds {n} images but {labels_path} {len(labels)} labels")
     split_source = from_arrays(images, labels, str(path), names)
     # BGR -> RGB as a view: a copy of the train split would need another ~9 GB.
     split_source.items = split_source.items[..., ::-1]
     return split_source
+
+
+def _npz_images(path: Path) -> np.ndarray:
+    """The ``images`` array of an ``.npz`` file, read whole, once its entry is checked
+    (:func:`~mtl.data.archives.check_npz_array`)."""
+    expected = f"{path}: expected an .npz archive with an 'images' array"
+    try:
+        with open_regular(path) as f:
+            if not zipfile.is_zipfile(f):
+                raise MtlError(expected)
+            with zipfile.ZipFile(f) as z:
+                if "images.npy" not in z.namelist():
+                    raise MtlError(f"{expected} (it has {len(z.namelist())} other entries)")
+                check_npz_array(path, z, "images")
+            f.seek(0)
+            with np.load(f) as archive:  # allow_pickle stays False: an .npz cannot run code either
+                return archive["images"]
+    except MemoryError:
+        raise MtlError(f"{path}: not enough memory to load its images") from None
+    except (ValueError, *UNPACK_ERRORS) as exc:
+        raise MtlError(f"{path} is not a readable .npz file ({reason(exc)})") from None
 
 
 def _labels(root: Path, split: str) -> tuple[np.ndarray, dict[int, str], Path]:

@@ -1,0 +1,206 @@
+"""One run per run folder: a second ``mtl`` process into a folder in use stops at once, in one line
+naming the holder's process id, and leaves the first run's files alone; a lock left by a killed run
+is taken over with a note; every stage releases its folder when it ends."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from conftest import TINY, wait_for_mid_epoch_checkpoint
+
+from mtl.cli import main
+from mtl.run_lock import LOCK_NAME, acquire
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = "pipelines/glyphs-1shot.yaml"
+# A metatrain that runs long enough to be met mid-run (it is stopped by a signal, never waited for).
+LONG = ["meta.epochs=500", "checkpoint_every=1"]
+
+# Another process holding a folder's lock as mtl does: flock, then its pid in the file.
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b"%d\\n" % os.getpid())
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny pretrain + metatrain + metatest, and the ``--set`` arguments that made it."""
+    root = tmp_path_factory.mktemp("lock")
+    sets = [a for o in [*TINY, f"data.root={root / 'data'}"] for a in ("--set", o)]
+    ckpts = root / "ckpts"
+    for stage in ("pretrain", "metatrain", "metatest"):
+        result = CliRunner().invoke(main, [stage, PIPELINE, *sets, "--checkpoints", str(ckpts)])
+        assert result.exit_code == 0, result.output
+    return sets, ckpts
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    sets, ckpts = finished
+    shutil.copytree(ckpts, tmp_path / "ckpts")
+    return sets, tmp_path / "ckpts"
+
+
+@contextmanager
+def held(folder: Path) -> Iterator[subprocess.Popen]:
+    """A helper process holds ``folder``'s lock until the block ends."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder / LOCK_NAME)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline() == "held\n"
+        yield proc
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def invoke(*args) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def one_line_refusal(code: int, output: str, pattern: str) -> None:
+    lines = output.strip().splitlines()
+    assert code == 2 and "Traceback" not in output, output
+    assert len(lines) == 1 and re.fullmatch(pattern, lines[0]), output
+
+
+def in_use(folder: Path, pid: int) -> str:
+    return (
+        rf"error: {re.escape(str(folder))} is in use by another mtl run \(process {pid}\); wait for it to "
+        r"end or stop it, or give this run another name or --checkpoints"
+    )
+
+
+def start(stage: str, sets: list[str], ckpts: Path, *extra: str) -> subprocess.Popen:
+    """``mtl STAGE`` as its own process (its pid is the one the lock names)."""
+    args = [sys.executable, "-m", "mtl", stage, PIPELINE, *sets, *extra, "--checkpoints", str(ckpts)]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_mid_run(proc: subprocess.Popen, out: Path) -> None:
+    """Until ``proc`` holds ``out`` (its lock file names it) and has written a mid-epoch ``last.pt``."""
+    deadline = time.monotonic() + 300
+    lock = out / LOCK_NAME
+    while time.monotonic() < deadline and proc.poll() is None:
+        if lock.is_file() and lock.read_text().strip() == str(proc.pid):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate(timeout=60)[0][-3000:]
+    wait_for_mid_epoch_checkpoint(proc, out / "last.pt")
+
+
+@pytest.mark.parametrize(
+    ("stage", "folder", "extra"),
+    [
+        ("pretrain", "pretrain", ["--fresh"]),
+        ("metatrain", "metatrain", ["--fresh"]),
+        ("metatest", "metatest", []),
+    ],
+)
+def test_a_run_into_a_folder_in_use_stops_naming_the_holder(run, stage, folder, extra):
+    sets, ckpts = run
+    out = ckpts / "tiny" / folder
+    with held(out) as holder:
+        before = snapshot(ckpts)
+        one_line_refusal(
+            *invoke(stage, PIPELINE, *sets, *extra, "--checkpoints", ckpts), in_use(out, holder.pid)
+        )
+        assert snapshot(ckpts) == before
+
+
+def test_two_metatrain_runs_with_different_settings_into_one_folder(run):
+    """The second refuses before it writes anything; the first's files are all its own."""
+    sets, ckpts = run
+    out = ckpts / "tiny" / "metatrain"
+    first = start("metatrain", [*sets, *(a for o in LONG for a in ("--set", o))], ckpts, "--fresh")
+    try:
+        wait_mid_run(first, out)
+        code, output = invoke("metatrain", PIPELINE, *sets, "--set", "meta.inner_steps=3", "--fresh",
+                              "--checkpoints", ckpts)  # fmt: skip
+        one_line_refusal(code, output, in_use(out, first.pid))
+    finally:
+        first.send_signal(signal.SIGTERM)
+        output = first.communicate(timeout=300)[0]
+    assert first.returncode == 128 + signal.SIGTERM, output
+    assert yaml.safe_load((out / "config.yaml").read_text())["meta"]["inner_steps"] == 10
+    for name in ("best.pt", "last.pt"):
+        saved = torch.load(out / name, weights_only=True)["config"]
+        assert (saved["meta"]["inner_steps"], saved["meta"]["epochs"]) == (10, 500), name
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_the_lock_of_a_killed_run_is_taken_over_with_a_note(run):
+    """SIGKILL gives a run no chance to clean up: the kernel drops its lock, its lock file stays."""
+    sets, ckpts = run
+    out = ckpts / "tiny" / "metatrain"
+    long = [*sets, *(a for o in LONG for a in ("--set", o))]
+    killed = start("metatrain", long, ckpts, "--fresh")
+    wait_mid_run(killed, out)
+    killed.kill()
+    killed.communicate(timeout=60)
+    assert (out / LOCK_NAME).read_text().strip() == str(killed.pid)
+
+    second = start("metatrain", [*long, "--set", "meta.epochs=1"], ckpts, "--fresh")
+    output = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, output
+    note = (
+        f"[metatrain] took over {out / LOCK_NAME} from process {killed.pid}, which ended without releasing it"
+    )
+    assert note in output.splitlines(), output
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_every_stage_releases_its_folder(finished):
+    _, ckpts = finished
+    assert not list(ckpts.rglob(LOCK_NAME))
+
+
+def test_the_lock_is_per_process_and_reentrant_within_one(tmp_path):
+    """ablate and compare hold their folder while the runs inside them take it again."""
+    folder = tmp_path / "run" / "metatrain"
+    outer = acquire(folder)
+    inner = acquire(folder)
+    assert inner is outer and (folder / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from mtl.run_lock import acquire; "
+         "acquire(Path(sys.argv[1]))", str(folder)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert other.returncode != 0 and f"is in use by another mtl run (process {os.getpid()})" in other.stderr
+    inner.release()
+    assert (folder / LOCK_NAME).is_file()
+    outer.release()
+    assert not (tmp_path / "run").exists()  # the folders made for the lock go with it
+
+
+def test_a_folder_made_for_the_lock_goes_when_the_run_fails(run):
+    """A stage that fails its checks (here: no metatrain of that name) leaves no folder behind."""
+    sets, ckpts = run
+    code, output = invoke("metatest", PIPELINE, *sets, "--set", "name=other", "--checkpoints", ckpts)
+    assert code == 2 and "no metatrain checkpoint" in output, output
+    assert not (ckpts / "other").exists()
