@@ -39,9 +39,9 @@ from mtl.evaluate import extract_features, finetune
 from mtl.methods import meta_update
 from mtl.methods.mtl import MTL
 from mtl.models.backbone import build_backbone
-from mtl.monitor import PeakMemory, timed
 from mtl.report import bench_table
 from mtl.stages.pretrain import train_step
+from mtl.timing import PeakMemory, timed
 
 __all__ = ["FULL", "QUICK", "Setup", "run_bench"]
 

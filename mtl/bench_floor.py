@@ -29,7 +29,7 @@ from mtl.data.episodes import EpisodeSampler, episode_images, fixed_episodes
 from mtl.evaluate import extract_features, finetune
 from mtl.methods import meta_update
 from mtl.methods.mtl import MTL
-from mtl.monitor import timed, timed_pair
+from mtl.timing import timed, timed_pair
 
 __all__ = ["PAPER_IMAGES_PER_CLASS", "bench_floors", "bench_paper_protocol", "encode_fn"]
 

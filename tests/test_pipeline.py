@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -149,6 +151,31 @@ def test_cli_user_errors_are_one_line_exit_2(tiny_overrides, tmp_path, args, mes
     lines = result.output.strip().splitlines()
     assert lines[-1].startswith(message.format(ckpts=ckpts)), result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["metatest", "--device", "gpu"], "error: No such option '--device'."),
+        (
+            ["adapt", "--checkpoint", "x", "--support", ".", "--query", ".", "--steps", "abc"],
+            "'abc' is not a",
+        ),
+        (
+            ["adapt", "--checkpoint", "x", "--support", ".", "--query", ".", "--steps", "-1"],
+            "--steps: must be 0",
+        ),
+        (["data", "prepare", "imagenet21k", "--source", ".", "--dest", "x"], "'imagenet21k' is not one of"),
+        (["nope"], "error: No such command 'nope'."),
+    ],
+)
+def test_wrong_options_are_one_line_exit_2(args, message):
+    """click's usage errors too: one line naming the help to read, not click's usage block."""
+    result = subprocess.run([sys.executable, "-m", "mtl", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("error: "), result.stderr
+    assert "--help" in lines[0] or "--steps" in lines[0]
 
 
 def test_cli_missing_pipeline_file(tmp_path):

@@ -215,3 +215,22 @@ def test_exports_refuse_another_pipeline(trained, tmp_path):
     refused(
         run("import", tmp_path / "meta", PIPELINE, *sets([*trained["sets"], "method=protonet"])), "method mtl"
     )
+
+
+def test_an_export_honours_the_umask(trained, tmp_path):
+    """Colleagues on a shared server can read an export: folder 0755 and files 0644 under umask 022,
+    0750 and 0640 under 027 (not the 0700 of a private temporary folder)."""
+    import os
+
+    for mask, folder_mode, file_mode in ((0o022, 0o755, 0o644), (0o027, 0o750, 0o640)):
+        out = tmp_path / f"export-{mask:o}"
+        old = os.umask(mask)
+        try:
+            result = run("export", trained["pretrain"], out)
+        finally:
+            os.umask(old)
+        assert result.exit_code == 0, result.output
+        assert out.stat().st_mode & 0o777 == folder_mode
+        assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == dict.fromkeys(
+            ("model.safetensors", "config.json", "README.md"), file_mode
+        )

@@ -602,3 +602,36 @@ def test_oversized_files_are_refused_before_reading(tiny, tmp_path, monkeypatch)
     torch.save({"params": official_pretrain((8, 16, 16))}, tmp_path / "big.pth")
     monkeypatch.setattr(files, "MAX_BYTES", 1000)
     refused(run("import", tmp_path / "big.pth", PIPELINE, *sets(tiny)), "mtl imports weights files up to")
+
+
+def test_an_import_into_a_folder_in_use_is_refused(tiny, tmp_path):
+    """A stage (or another import) holding the pretrain folder: the import stops in one line naming
+    that process, and writes nothing."""
+    import subprocess
+    import sys
+
+    torch.save({"params": official_pretrain(widths=(8, 16, 16))}, tmp_path / "max_acc.pth")
+    folder = tmp_path / "ckpts" / "tiny" / "pretrain"
+    folder.mkdir(parents=True)
+    holder = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, b'%d\\n' % os.getpid())\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(folder / ".mtl.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline() == "held\n"
+        result = run(
+            "import", tmp_path / "max_acc.pth", PIPELINE, *sets(tiny), "--checkpoints", tmp_path / "ckpts"
+        )
+        refused(result, "is in use by another mtl run", f"(process {proc.pid})")
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert not (folder / "best.pt").exists()

@@ -61,7 +61,7 @@ def report(checkpoints: str, out: str | None, plot: str | None) -> None:
 )
 @click.option(
     "--steps",
-    type=click.IntRange(min=0),
+    type=int,
     help="Inner-loop steps, at most 10,000 [the checkpoint's test setting].",
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
@@ -77,7 +77,9 @@ def adapt(
 ) -> None:
     """Few-shot classification of your own images with a meta-trained model."""
     from mtl.adapt import adapt as run_adapt
+    from mtl.classifier import check_steps
 
+    check_steps(steps)  # before any file is read
     started = time.perf_counter()
     result = run_adapt(checkpoint, support, query, out=out, save=save, steps=steps, device=device)
     done(_summary("adapt", result), started, False)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mtl import checkpoint
-from mtl.monitor import timer
+from mtl.timing import timer
 from mtl.training import resume
 from mtl.training.run import Run
 

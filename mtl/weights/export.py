@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 import warnings
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from mtl import __version__, checkpoint
+from mtl import __version__, atomic, checkpoint
 from mtl.config import Config, from_dict
 from mtl.data.augment import Preprocess
 from mtl.errors import MtlError
@@ -152,15 +153,19 @@ def export(checkpoint_path: str | Path, out: str | Path, *, force: bool = False)
 
 def _write_folder(out: Path, flat: dict, metadata: dict, info: dict, force: bool) -> None:
     """Build the folder beside ``out``, then move it into place: ``out`` is never half written."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        os.chmod(tmp, 0o777 & ~atomic.current_umask())  # mkdtemp's 0700 would hide it from colleagues
     except OSError as exc:
         raise MtlError(f"cannot write {out}: {exc.strerror or exc}") from None
+    kept = "the earlier export is kept" if out.exists() else "nothing was written"
     try:
         save_file(flat, str(tmp / EXPORT_WEIGHTS), metadata=metadata)
+        os.chmod(tmp / EXPORT_WEIGHTS, 0o666 & ~atomic.current_umask())  # safetensors writes it 0600
         (tmp / "config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(card.model_card(info), encoding="utf-8")
         old = None
@@ -170,9 +175,10 @@ def _write_folder(out: Path, flat: dict, metadata: dict, info: dict, force: bool
         tmp.rename(out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise MtlError(f"cannot write {out}: {exc.strerror or exc}") from None
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise MtlError(f"cannot write {out}: {reason}; {kept}") from None
 
 
 def _info(payload: dict[str, Any], groups: list[str], count: int) -> dict[str, Any]:

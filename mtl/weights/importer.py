@@ -25,7 +25,7 @@ from pathlib import Path
 
 from torch import nn
 
-from mtl import atomic, checkpoint, methods
+from mtl import atomic, checkpoint, methods, run_lock
 from mtl.config import Config
 from mtl.errors import MtlError
 from mtl.models.backbone import build_backbone
@@ -109,9 +109,15 @@ def _payload(stage: str, cfg: Config, encoder: nn.Module, conv: Converted, lines
 
 
 def _write(out: Path, cfg: Config, payload: dict) -> None:
+    """Write ``best.pt`` and ``config.yaml`` holding the run folder's lock: a stage running into it
+    (or another import) is refused in one line naming its process, not overwritten halfway."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MtlError(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
-    checkpoint.save(out, payload)
-    atomic.write_text(out.parent / "config.yaml", cfg.to_yaml())
+    lock = run_lock.acquire(out.parent)
+    try:
+        checkpoint.save(out, payload)
+        atomic.write_text(out.parent / "config.yaml", cfg.to_yaml())
+    finally:
+        lock.release()

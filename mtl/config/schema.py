@@ -1,39 +1,48 @@
-"""Pipeline configuration: YAML files with ``extends:``, ``--set key=value`` overrides, strict validation.
-
-A pipeline file is a nested mapping whose keys mirror the dataclasses below. Every key is checked: an
-unknown key, a value of the wrong type or a value outside its allowed range raises :class:`MtlError`
-with the dotted key name (``meta.shot: expected int, got 'five'``). The resolved config (defaults filled
-in, overrides applied) is what every stage receives and what it saves beside its outputs.
-"""
+"""The pipeline schema: one dataclass per section of a pipeline file, each field with its default, range
+and the line of documentation ``mtl config`` and the README's key table show."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mtl import pipeline_file
-from mtl.errors import MtlError
-from mtl.validation import build, folder_name, option, size_text
+from mtl.config.limits import (
+    MAX_BATCH,
+    MAX_EPISODES,
+    MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
+    MAX_LR,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TASKS,
+    MAX_UPDATES,
+    MAX_WIDTH,
+)
+from mtl.config.method_settings import MAMLConfig, MatchingNetConfig, ProtoNetConfig, SiameseConfig
+from mtl.validation import option
 
-# Limits of the settings (README: reliability). Each is far beyond any real run and refuses what would
-# need absurd memory or time, or what the libraries cannot take (numpy seeds are 32-bit).
-MAX_SEED = 2**32 - 1
-MAX_EPISODES = 100_000  # fixed evaluation episodes (the papers: 600; 2,000 resolve 1-point differences)
-MAX_STEPS = 10_000  # gradient steps of an inner loop (the paper: 100), and mtl adapt --steps
-MAX_EPOCHS = 10_000
-MAX_UPDATES = 1_000_000  # meta-updates per epoch
-MAX_TASKS = 10_000  # tasks per meta-batch (normal or extra)
-MAX_BATCH = 1 << 20  # images per batch
-MAX_IMAGE_SIZE = 1024  # pixels a side (the papers: 84; ImageNet models: 224)
-MAX_WIDTH = 8192  # channels of a ResNet-12 stage, or hidden units of a head
-MAX_LR = 100.0  # inner-loop step sizes (the paper: 0.01); outer rates are watched by the NaN check
-MAX_CLASSES = 100_000  # glyphs classes, and images per glyphs class
-MAX_GLYPHS_BYTES = 16 * 2**30  # the generated glyphs dataset, all splits, in memory and on disk
-MAX_NAME = 100  # characters of a run name (one folder name)
+__all__ = [
+    "BN_MODES",
+    "GlyphsConfig",
+    "DataConfig",
+    "BackboneConfig",
+    "AugmentConfig",
+    "PretrainConfig",
+    "HardTaskConfig",
+    "MetaConfig",
+    "TestConfig",
+    "AblationConfig",
+    "ProtoNetConfig",
+    "MAMLConfig",
+    "MatchingNetConfig",
+    "SiameseConfig",
+    "CompareConfig",
+    "PaperConfig",
+    "Config",
+]
 
 
 def _seed(doc: str = "") -> Any:
@@ -213,53 +222,6 @@ class AblationConfig:
 
 
 @dataclass
-class ProtoNetConfig:
-    lr: float = option(
-        1e-3, above=0.0, doc="Adam lr of the encoder (decayed like the meta-LRs: meta.step_size)"
-    )
-    train_way: int | None = option(None, min=2, doc="classes per training task (default: meta.way)")
-    pretrained: bool = option(
-        False, doc="start from the pretrain stage's encoder; false: a random one (the paper)"
-    )
-
-
-@dataclass
-class MAMLConfig:
-    inner_steps: int = option(
-        5, min=0, max=MAX_STEPS, doc="gradient steps on each support set in meta-training (the paper: 5)"
-    )
-    test_inner_steps: int = option(
-        10, min=0, max=MAX_STEPS, doc="the same at validation and test (the paper: 10)"
-    )
-    inner_lr: float = option(
-        0.01, min=0.0, max=MAX_LR, doc="α, the inner step size (the paper: 0.01 on miniImageNet)"
-    )
-    first_order: bool = option(False, doc="drop the second derivatives (first-order MAML)")
-    lr: float = option(1e-3, above=0.0, doc="β, Adam's lr of the initialisation (decayed like the meta-LRs)")
-    pretrained: bool = option(
-        False, doc="start the encoder from the pretrain stage; false: random (the paper)"
-    )
-
-
-@dataclass
-class MatchingNetConfig:
-    lr: float = option(1e-3, above=0.0, doc="Adam lr (decayed like the meta-LRs)")
-    fce: bool = option(False, doc="full-context embeddings: support bi-LSTM, attention LSTM for queries")
-    fce_steps: int = option(5, min=1, max=MAX_STEPS, doc="processing steps K of the attention LSTM")
-    pretrained: bool = option(
-        False, doc="start the encoder from the pretrain stage; false: random (the paper)"
-    )
-
-
-@dataclass
-class SiameseConfig:
-    lr: float = option(1e-3, above=0.0, doc="Adam lr (decayed like the meta-LRs)")
-    pretrained: bool = option(
-        False, doc="start the encoder from the pretrain stage; false: random (the paper)"
-    )
-
-
-@dataclass
 class CompareConfig:
     episodes: int = option(2000, min=1, max=MAX_EPISODES, doc="shared test episodes of mtl compare")
     methods: list[str] | None = option(None, doc="rows of mtl compare (default: every method's variants)")
@@ -314,71 +276,3 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a pipeline file (following ``extends:``), apply ``key=value`` overrides, validate."""
-    known = [f.name for f in dataclasses.fields(Config)]
-    return from_dict(pipeline_file.read(path, overrides, known))
-
-
-def from_dict(raw: dict) -> Config:
-    """Build and validate a :class:`Config` from a nested mapping (e.g. the one saved in a checkpoint)."""
-    cfg = build(Config, raw, renamed=RENAMED)
-    _cross_check(cfg)
-    return cfg
-
-
-def _cross_check(cfg: Config) -> None:
-    """Constraints that involve more than one key, and the run names."""
-    folder_name("name", cfg.name, MAX_NAME)
-    if cfg.pretrain.name is not None:
-        folder_name("pretrain.name", cfg.pretrain.name, MAX_NAME)
-    _check_glyphs_size(cfg.data)
-    low, high = (cfg.pretrain.augment.crop_scale + [None, None])[:2]
-    if len(cfg.pretrain.augment.crop_scale) != 2 or not 0 < low <= high <= 1:
-        raise MtlError("pretrain.augment.crop_scale: expected [low, high] with 0 < low <= high <= 1")
-    for key in ("mean", "std"):
-        stats = getattr(cfg.data, key)
-        if stats is not None and len(stats) != cfg.data.channels:
-            raise MtlError(
-                f"data.{key}: expected {cfg.data.channels} values (data.channels), got {len(stats)}"
-            )
-    if cfg.data.std is not None and min(cfg.data.std) <= 0:
-        raise MtlError("data.std: values must be > 0")
-    if cfg.data.resize is not None and cfg.data.resize < cfg.data.image_size:
-        raise MtlError(
-            f"data.resize: {cfg.data.resize} is smaller than data.image_size {cfg.data.image_size} "
-            "(images are resized, then centre-cropped to image_size)"
-        )
-    if cfg.meta.lr_floor > 1:
-        raise MtlError(f"meta.lr_floor: a fraction of the starting LR, at most 1, got {cfg.meta.lr_floor}")
-
-
-# Keys of earlier versions, and what replaced them.
-RENAMED = {
-    "meta.episodes_per_epoch": "meta.updates_per_epoch (meta-updates per epoch, of meta.meta_batch tasks)",
-    "meta.hard_tasks.capacity": "meta.hard_tasks.window (the pool holds the failures of that many recent "
-    "meta-batches)",
-}
-
-
-def _check_glyphs_size(data: DataConfig) -> None:
-    """The generated glyphs dataset is held in memory whole: refuse a size no machine holds, saying
-    how much it would need; then counts that would take days to draw."""
-    if data.dataset != "glyphs":
-        return
-    g, side = data.glyphs, data.image_size
-    need = g.classes * g.images_per_class * side * side * data.channels
-    if need > MAX_GLYPHS_BYTES:
-        raise MtlError(
-            f"data.glyphs: {g.classes:,} classes x {g.images_per_class:,} images of {side}x{side}x"
-            f"{data.channels} would need {size_text(need)} of memory, over the {size_text(MAX_GLYPHS_BYTES)} "
-            "limit; lower data.glyphs.classes, data.glyphs.images_per_class or data.image_size"
-        )
-    for key in ("classes", "images_per_class"):
-        if (value := getattr(g, key)) > MAX_CLASSES:
-            raise MtlError(f"data.glyphs.{key}: must be <= {MAX_CLASSES:,}, got {value:,}")
