@@ -54,7 +54,7 @@ bench: $(STAMP)
 
 # On a machine with one CUDA GPU: tests, full-size bench, a pipeline slice, projections (gpu-check/).
 gpu-check: $(STAMP)
-	$(BIN)/python -m mtl.gpu_check gpu-check
+	$(BIN)/python -m mtl.bench.gpu_check gpu-check
 
 test: $(STAMP)
 	$(BIN)/pytest $(ARGS)

@@ -8,7 +8,7 @@ needs are attributes of the package::
     mtl.pretrain(cfg, "checkpoints"); mtl.metatrain(cfg, "checkpoints"); mtl.metatest(cfg, "checkpoints")
     clf = mtl.Classifier.adapt("checkpoints/glyphs-1shot/metatrain/best.pt", images, labels)
     probs = clf.predict(more_images)                            # (m, way)
-    net = mtl.build_backbone("resnet12"); mtl.ss.attach(net)   # SS on every convolution
+    net = mtl.build_backbone("resnet12"); mtl.models.ss.attach(net)   # SS on every convolution
 """
 
 __version__ = "0.2.0"
@@ -16,19 +16,19 @@ __version__ = "0.2.0"
 from mtl import models as _models  # noqa: E402,F401  (registers the timm backbones)
 
 # name -> (module, attribute): imported on first use, so `import mtl` stays light. (Folder-based
-# adapt and predict are mtl.adapt.adapt and mtl.predict.predict: a submodule's name is taken.)
+# adapt and predict are mtl.inference.adapt.adapt and mtl.inference.predict.predict.)
 _API = {
     "load_config": ("mtl.config", "load"),
     "Config": ("mtl.config", "Config"),
     "build_backbone": ("mtl.models.backbone", "build_backbone"),
-    "ss": ("mtl.ss", None),
+    "ss": ("mtl.models.ss", None),
     "methods": ("mtl.methods", None),
     "pretrain": ("mtl.stages.pretrain", "pretrain"),
     "metatrain": ("mtl.stages.metatrain", "metatrain"),
     "metatest": ("mtl.stages.metatest", "metatest"),
     "ablate": ("mtl.stages.ablate", "ablate"),
     "compare": ("mtl.stages.compare", "compare"),
-    "Classifier": ("mtl.classifier", "Classifier"),
+    "Classifier": ("mtl.inference.classifier", "Classifier"),
     "load_encoder": ("mtl.weights", "load_encoder"),
 }
 __all__ = ["__version__", *_API]

@@ -16,14 +16,16 @@ from click.testing import CliRunner
 from conftest import TINY
 from fakes import write_image
 
-from mtl import checkpoint, config, ss
-from mtl.adapt import adapt
+from mtl import config
 from mtl.cli import main
 from mtl.data.augment import Preprocess
 from mtl.data.images import to_pixels
 from mtl.data.prepare import prepare
 from mtl.errors import MtlError
+from mtl.inference.adapt import adapt
+from mtl.models import ss
 from mtl.models.backbone import build_backbone
+from mtl.runtime import checkpoint
 from mtl.stages.metatrain import metatrain
 
 PIPELINE = str(Path(__file__).resolve().parents[1] / "pipelines" / "glyphs-1shot.yaml")
@@ -350,7 +352,7 @@ def test_adapt_save_then_predict_gives_the_same_predictions(model, tmp_path):
     out.parent.mkdir()
     result = invoke("predict", saved, query, "--out", out)
     assert result.exit_code == 0, result.output
-    from mtl.predict import predict
+    from mtl.inference.predict import predict
 
     got = predict(saved, [query], quiet=True)
     assert [p["image"] for p in got["predictions"]] == [p["image"] for p in adapted["predictions"]]

@@ -25,12 +25,12 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     import mtl
 
     assert sum(p.requires_grad for p in scope["net"].parameters()) == len(
-        list(mtl.ss.parameters(scope["net"]))
+        list(mtl.models.ss.parameters(scope["net"]))
     )
 
     # the metatrain checkpoint's encoder: SS included, eval mode, (B, 3, 32, 32) -> (B, 256)
     encoder = scope["encoder"]
-    assert not encoder.training and len(list(mtl.ss.ss_modules(encoder))) > 0
+    assert not encoder.training and len(list(mtl.models.ss.ss_modules(encoder))) > 0
     with torch.no_grad():
         assert encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 256)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtl.base_learner import adapt, init_theta, logits, support_grad
+from mtl.models.base_learner import adapt, init_theta, logits, support_grad
 
 WAY, SHOT, QUERY, DIM = 5, 3, 4, 16
 

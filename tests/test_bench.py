@@ -9,9 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mtl import device as devices
-from mtl.bench import Setup, run_bench
+from mtl.bench.benchmark import Setup, run_bench
 from mtl.cli import main
+from mtl.runtime import device as devices
 
 TINY = Setup(
     widths=(4, 4, 8, 8), image_size=16, classes=10, images_per_class=20, test_episodes=30,
@@ -86,7 +86,7 @@ def test_bench_reports_floors_and_the_paper_protocol(bench):
 
 
 def test_bench_table_leads_with_the_paper_protocol_and_the_floors(bench):
-    from mtl.report import bench_table
+    from mtl.results.report import bench_table
 
     lines = bench_table(bench[1])
     first_table = next(i for i, line in enumerate(lines) if line.startswith("| "))

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from mtl import checkpoint
 from mtl.errors import MtlError
+from mtl.runtime import checkpoint
 
 
 def test_round_trip_is_weights_only_and_atomic(tmp_path):

@@ -11,8 +11,8 @@ from mtl import config, methods
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, fixed_episodes
 from mtl.data.store import ImageStore
-from mtl.evaluate import finetune
 from mtl.methods import meta_update
+from mtl.methods.episodic import finetune
 from mtl.models.backbone import build_backbone
 
 DEVICES = [

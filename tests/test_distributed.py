@@ -14,11 +14,11 @@ import torch
 from conftest import TINY, wait_for_mid_epoch_checkpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtl import checkpoint, distributed
-from mtl.distributed import DistBatchNorm2d, World, sync_batch_norm
 from mtl.models.backbone import build_backbone
 from mtl.models.norm import has_fixed_scale
-from mtl.run_lock import LOCK_NAME
+from mtl.runtime import checkpoint, distributed
+from mtl.runtime.distributed import DistBatchNorm2d, World, sync_batch_norm
+from mtl.runtime.run_lock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 # fp32 so that the comparison is about the distribution, not bf16 rounding; HT on, 3 tasks over 2 ranks.

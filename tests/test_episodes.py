@@ -144,7 +144,7 @@ def test_episode_targets_match_split_order():
 
 
 def test_episode_images_encode_only_what_the_episodes_use_with_the_same_result(tmp_path):
-    from mtl.evaluate import extract_features, nearest_centroid
+    from mtl.methods.episodic import extract_features, nearest_centroid
 
     labels = _labels(num_classes=12, per_class=30)
     images = np.random.default_rng(1).integers(0, 256, (len(labels), 4, 4, 3), dtype=np.uint8)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from mtl.data.episodes import fixed_episodes
 from mtl.errors import MtlError
-from mtl.evaluate import extract_features, finetune, mean_ci, nearest_centroid, raw_pixels
+from mtl.methods.episodic import extract_features, finetune, mean_ci, nearest_centroid, raw_pixels
 
 WAY, SHOT, QUERY = 5, 3, 6
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_bench import TINY
 
-from mtl.gpu_check import Slice, main, run
+from mtl.bench.gpu_check import Slice, main, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU path")
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_0(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "mtl.gpu_check", str(tmp_path / "out")], capture_output=True, text=True
+        [sys.executable, "-m", "mtl.bench.gpu_check", str(tmp_path / "out")], capture_output=True, text=True
     )
     assert done.returncode == 0
     assert done.stdout.strip().splitlines() == [

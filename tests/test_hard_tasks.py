@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from mtl import checkpoint, config
+from mtl import config
 from mtl.data.episodes import EpisodeSampler
 from mtl.hard_tasks import HardTasks
 from mtl.hard_tasks.pool import HardTaskPool, failure_classes, per_class_scores
+from mtl.runtime import checkpoint
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
 

@@ -128,7 +128,7 @@ def test_tasks_are_batched_and_equal_one_at_a_time(setup):
 
 
 def test_maml_runs_through_metatrain_and_metatest(setup, tmp_path):
-    from mtl import checkpoint
+    from mtl.runtime import checkpoint
     from mtl.stages.metatest import metatest
     from mtl.stages.metatrain import metatrain
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mtl import checkpoint, config, methods
+from mtl import config, methods
 from mtl.cli import main
 from mtl.errors import MtlError
 from mtl.methods import Method
 from mtl.methods.nearest_centroid import prototype_logits
 from mtl.models.backbone import build_backbone
+from mtl.runtime import checkpoint
 from mtl.stages.compare import compare
 from mtl.stages.metatest import metatest
 from mtl.stages.metatrain import metatrain

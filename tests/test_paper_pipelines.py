@@ -112,7 +112,8 @@ def test_no_optimised_parameter_is_cancelled_by_a_following_norm(layout, name):
     every SS shift it leaves out gets none: a normalisation with batch statistics cancels it."""
     import torch
 
-    from mtl import methods, ss
+    from mtl import methods
+    from mtl.models import ss
     from mtl.models.backbone import build_backbone
 
     backbone, size, bn = layout
@@ -155,7 +156,8 @@ def test_resnet25_ss_layout_has_the_official_parameter_count():
                                                kernel_size=1, stride=stride, bias=False), ...)
 
     with cfg = [160, 320, 640], iChannels = 80 and four BasicBlockMtl per stage."""
-    from mtl import methods, ss
+    from mtl import methods
+    from mtl.models import ss
     from mtl.models.backbone import build_backbone
 
     weights, biases, inplanes = [(80, 3)], [80], 80  # the stem

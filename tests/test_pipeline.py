@@ -10,8 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mtl import checkpoint, config, ss
+from mtl import config
 from mtl.cli import main
+from mtl.models import ss
+from mtl.runtime import checkpoint
 from mtl.stages.metatest import FT, MTL, NC_FEATURES, NC_PIXELS, metatest
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain

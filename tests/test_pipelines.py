@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from mtl import config
 from mtl.cli import main
-from mtl.pipeline_file import DEFAULT, resolve, shipped
+from mtl.config.pipeline_file import DEFAULT, resolve, shipped
 
 REPO_PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mtl import config
-from mtl import device as devices
+from mtl.runtime import device as devices
 from mtl.stages.metatest import metatest
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain

@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtl import reference, ss
+from mtl.bench import reference
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, episode_targets, fixed_episodes
 from mtl.data.sources import load_splits
-from mtl.evaluate import extract_features, finetune
 from mtl.hard_tasks import HardTasks
+from mtl.methods.episodic import extract_features, finetune
 from mtl.methods.mtl import MTL, task_outputs
+from mtl.models import ss
 from mtl.models.backbone import build_backbone
 
 

@@ -19,10 +19,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import TINY
 
-from mtl import atomic, config
+from mtl import config
 from mtl.cli import main
 from mtl.errors import MtlError
-from mtl.monitor import Monitor
+from mtl.runtime import atomic
+from mtl.runtime.monitor import Monitor
 
 PIPELINE = "pipelines/glyphs-1shot.yaml"
 SECRET = "SECRET-CONTENT-42"  # planted in refused files: no message may quote it
@@ -289,7 +290,7 @@ def test_the_last_stream_goes_only_once_the_new_one_exists(tmp_path, monkeypatch
     def full(**kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("mtl.monitor.SummaryWriter", full)
+    monkeypatch.setattr("mtl.runtime.monitor.SummaryWriter", full)
     with pytest.raises(
         MtlError, match=r"^cannot write TensorBoard events to .*/tb: No space left on device$"
     ):

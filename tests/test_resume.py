@@ -14,8 +14,9 @@ import pytest
 import torch
 from conftest import TINY, wait_for_mid_epoch_checkpoint
 
-from mtl import checkpoint, config
+from mtl import config
 from mtl.errors import MtlError
+from mtl.runtime import checkpoint
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
 

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from conftest import TINY, wait_for_mid_epoch_checkpoint
 
 from mtl.cli import main
-from mtl.run_lock import LOCK_NAME, acquire
+from mtl.runtime.run_lock import LOCK_NAME, acquire
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = "pipelines/glyphs-1shot.yaml"
@@ -187,8 +187,8 @@ def test_the_lock_is_per_process_and_reentrant_within_one(tmp_path):
     inner = acquire(folder)
     assert inner is outer and (folder / LOCK_NAME).read_text() == f"{os.getpid()}\n"
     other = subprocess.run(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from mtl.run_lock import acquire; "
-         "acquire(Path(sys.argv[1]))", str(folder)],
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from mtl.runtime.run_lock import acquire; acquire(Path(sys.argv[1]))", str(folder)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert other.returncode != 0 and f"is in use by another mtl run (process {os.getpid()})" in other.stderr

@@ -6,8 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Conv2dSame
 
-from mtl import ss
 from mtl.errors import MtlError
+from mtl.models import ss
 from mtl.models.backbone import build_backbone
 
 

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 from mtl import config
-from mtl.monitor import Monitor
+from mtl.runtime.monitor import Monitor
 from mtl.stages.metatest import metatest
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain

@@ -16,10 +16,11 @@ from safetensors import safe_open
 from weights_fakes import official_pretrain
 
 import mtl
-from mtl import checkpoint, config, methods
-from mtl.classifier import Classifier
+from mtl import config, methods
 from mtl.cli import main
 from mtl.data.sources import load_splits
+from mtl.inference.classifier import Classifier
+from mtl.runtime import checkpoint
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
 from mtl.weights import importer

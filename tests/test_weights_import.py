@@ -26,8 +26,10 @@ from weights_fakes import (
     write_py2_npy,
 )
 
-from mtl import base_learner, checkpoint, config, methods, ss
+from mtl import config, methods
 from mtl.cli import main
+from mtl.models import base_learner, ss
+from mtl.runtime import checkpoint
 from mtl.weights import batchnorm, files, importer, official, resnet12, tensorflow
 from mtl.weights.files import Source
 

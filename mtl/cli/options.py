@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import click
 
+from mtl.config.pipeline_file import DEFAULT
 from mtl.errors import MtlError
-from mtl.pipeline_file import DEFAULT
 
 __all__ = ["checkpoints", "done", "overrides", "pipeline", "printable", "quiet", "user_errors"]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from mtl.checkpoint import MissingCheckpoint
 from mtl.cli.options import PIPELINE_HELP, checkpoints, done, overrides, pipeline, quiet, user_errors
 from mtl.errors import MtlError
+from mtl.runtime.checkpoint import MissingCheckpoint
 
 __all__ = ["STAGES", "compare_command", "pipelines_command", "show_config", "stage_command"]
 
@@ -38,7 +38,8 @@ def stage_command(name: str) -> click.Command:
 
     @user_errors
     def command(pipeline: str, overrides: tuple[str, ...], checkpoints: str, quiet: bool, **fresh) -> None:
-        from mtl import checkpoint, config
+        from mtl import config
+        from mtl.runtime import checkpoint
         from mtl.stages import ablate, metatest, metatrain, pretrain
 
         stages = {
@@ -81,7 +82,8 @@ def compare_command(
 ):
     """Every method on the same test episodes of PIPELINE: accuracy ± CI, training time, published
     number."""
-    from mtl import checkpoint, config, methods
+    from mtl import config, methods
+    from mtl.runtime import checkpoint
     from mtl.stages.compare import compare
 
     if list_rows:
@@ -113,7 +115,8 @@ def show_config(pipeline: str, overrides: tuple[str, ...], as_json: bool) -> Non
     where the meta-LRs drop, pretraining steps and images per epoch."""
     import json
 
-    from mtl import config, recipe
+    from mtl import config
+    from mtl.config import recipe
 
     cfg = config.load(pipeline, overrides)
     if as_json:
@@ -131,7 +134,7 @@ show_config.help += PIPELINE_HELP
 def pipelines_command(paths: bool) -> None:
     """List the pipelines that ship with mtl, one line each; give a name where a command takes a
     PIPELINE (`mtl pretrain glyphs-5shot`), from any folder."""
-    from mtl.pipeline_file import describe, shipped
+    from mtl.config.pipeline_file import describe, shipped
 
     found = shipped()
     width = max(map(len, found), default=0)

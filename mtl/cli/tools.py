@@ -26,9 +26,9 @@ def report(checkpoints: str, out: str | None, plot: str | None) -> None:
     with --plot, draw every run's figures."""
     from pathlib import Path
 
-    from mtl.atomic import atomic_write
     from mtl.errors import MtlError
-    from mtl.report import collect
+    from mtl.results.report import collect
+    from mtl.runtime.atomic import atomic_write
 
     started = time.perf_counter()
     try:
@@ -43,7 +43,7 @@ def report(checkpoints: str, out: str | None, plot: str | None) -> None:
             with atomic_write(Path(out), "w", encoding="utf-8") as f:
                 f.write(table + "\n")
     if plot is not None:
-        from mtl.plots import plot_all
+        from mtl.results.plots import plot_all
 
         figures = plot_all(checkpoints, plot)
         done(f"report: wrote {len(figures)} figures to {plot}", started, False)
@@ -76,8 +76,8 @@ def adapt(
     device: str,
 ) -> None:
     """Few-shot classification of your own images with a meta-trained model."""
-    from mtl.adapt import adapt as run_adapt
-    from mtl.classifier import check_steps
+    from mtl.inference.adapt import adapt as run_adapt
+    from mtl.inference.classifier import check_steps
 
     check_steps(steps)  # before any file is read
     started = time.perf_counter()
@@ -94,7 +94,7 @@ def adapt(
 def predict(classifier: str, images: tuple[str, ...], out: str | None, device: str) -> None:
     """Classify IMAGES (files, or folders: flat, or class folders for a labelled check with a
     confusion matrix) with CLASSIFIER, the file `mtl adapt --save` wrote."""
-    from mtl.predict import predict as run_predict
+    from mtl.inference.predict import predict as run_predict
 
     started = time.perf_counter()
     result = run_predict(classifier, list(images), out=out, device=device)
@@ -123,7 +123,7 @@ def bench(quick: bool, out: str, device: str, precision: str) -> None:
     """Time mtl's fast paths against per-episode / per-task reference code, in this process."""
     from dataclasses import replace
 
-    from mtl.bench import FULL, QUICK, run_bench
+    from mtl.bench.benchmark import FULL, QUICK, run_bench
 
     started = time.perf_counter()
     setup = replace(QUICK if quick else FULL, precision=precision)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mtl import pipeline_file
+from mtl.config import pipeline_file
 from mtl.config.limits import *  # noqa: F403  (the limits are part of the config's public face)
 from mtl.config.limits import check
 from mtl.config.method_settings import *  # noqa: F403
 from mtl.config.schema import *  # noqa: F403
 from mtl.config.schema import Config
-from mtl.validation import build
+from mtl.config.validation import build
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

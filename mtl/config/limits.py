@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mtl.config.validation import folder_name, size_text
 from mtl.errors import MtlError
-from mtl.validation import folder_name, size_text
 
 __all__ = [
     "MAX_SEED",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtl.config.limits import MAX_LR, MAX_STEPS
-from mtl.validation import option
+from mtl.config.validation import option
 
 __all__ = ["MAMLConfig", "MatchingNetConfig", "ProtoNetConfig", "SiameseConfig"]
 

@@ -22,7 +22,7 @@ from mtl.config.limits import (
     MAX_WIDTH,
 )
 from mtl.config.method_settings import MAMLConfig, MatchingNetConfig, ProtoNetConfig, SiameseConfig
-from mtl.validation import option
+from mtl.config.validation import option
 
 __all__ = [
     "BN_MODES",
@@ -129,7 +129,7 @@ class PretrainConfig:
     )
 
 
-# Batch-norm modes of meta-training (mtl.ss.attach).
+# Batch-norm modes of meta-training (mtl.models.ss.attach).
 BN_MODES = ("frozen", "affine", "batch")
 
 

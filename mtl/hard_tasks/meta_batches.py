@@ -17,7 +17,7 @@ from mtl.data.episodes import EpisodeSampler
 from mtl.data.prepared import Split
 from mtl.data.store import ImageStore
 from mtl.hard_tasks.pool import HardTaskPool, per_class_scores
-from mtl.monitor import Monitor
+from mtl.runtime.monitor import Monitor
 
 
 class HardTasks:

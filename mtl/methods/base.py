@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtl import checkpoint
-from mtl import device as devices
 from mtl.config import Config
 from mtl.data.episodes import ImageRows, episode_targets
 from mtl.data.store import ImageStore
-from mtl.evaluate import episodic
-from mtl.monitor import Monitor
+from mtl.methods.episodic import episodic
+from mtl.runtime import checkpoint
+from mtl.runtime import device as devices
+from mtl.runtime.monitor import Monitor
 
 __all__ = ["Encode", "Method", "meta_update"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtl import base_learner
 from mtl.config import Config
-from mtl.evaluate import finetune
 from mtl.methods.base import Method
+from mtl.methods.episodic import finetune
+from mtl.models import base_learner
 
 __all__ = ["FineTune"]
 

@@ -21,15 +21,15 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mtl import checkpoint
-from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import ImageRows, episode_targets
 from mtl.data.store import ImageStore
 from mtl.errors import MtlError
 from mtl.methods.base import Encode, Method
-from mtl.monitor import progress
+from mtl.runtime import checkpoint
+from mtl.runtime import device as devices
+from mtl.runtime.monitor import progress
 
 __all__ = ["MAML", "TaskBatchNorm2d", "adapt", "task_batch_norm_"]
 

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtl import checkpoint
 from mtl.config import Config
 from mtl.methods.base import Method
+from mtl.runtime import checkpoint
 
 __all__ = ["MatchingNet", "attention_logits"]
 

@@ -1,14 +1,15 @@
 """MTL (Sun et al. 2019): the pretrained encoder frozen with scaling/shift (SS) weights on every
 convolution, and a linear base-learner θ = (W, b) adapted on each support set by gradient steps; SS
 and θ's initialisation are meta-learned through that inner loop (closed-form inner gradient, second
-order by default; :mod:`mtl.base_learner`). Hard-task meta-batches are the metatrain stage's, for any
+order by default; :mod:`mtl.models.base_learner`). Hard-task meta-batches are the metatrain stage's, for any
 method; the paper uses them with this one.
 
-Batch norm (``meta.bn``, :func:`mtl.ss.attach`): ``frozen`` at the pretrained statistics (mtl's default;
-every image is encoded once at evaluation); ``affine``, the official PyTorch code's (affine weights
-trained, batch statistics in meta-training, running statistics at evaluation); ``batch``, the official
-TF code's (batch statistics in every phase: at evaluation each episode's support set and its query set
-are encoded on their own, so a query's features depend on the other queries of its episode).
+Batch norm (``meta.bn``, :func:`mtl.models.ss.attach`): ``frozen`` at the pretrained statistics
+(mtl's default; every image is encoded once at evaluation); ``affine``, the official PyTorch code's
+(affine weights trained, batch statistics in meta-training, running statistics at evaluation);
+``batch``, the official TF code's (batch statistics in every phase: at evaluation each episode's
+support set and its query set are encoded on their own, so a query's features depend on the other
+queries of its episode).
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl import base_learner, checkpoint, ss
-from mtl import device as devices
 from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import ImageRows, episode_targets
 from mtl.data.store import ImageStore
-from mtl.evaluate import finetune
 from mtl.methods.base import Encode, Method
-from mtl.monitor import Monitor, progress
+from mtl.methods.episodic import finetune
+from mtl.models import base_learner, ss
+from mtl.runtime import checkpoint
+from mtl.runtime import device as devices
+from mtl.runtime.monitor import Monitor, progress
 
 __all__ = ["MTL", "task_outputs"]
 

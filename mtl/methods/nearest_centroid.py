@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from mtl.data.episodes import ImageRows
-from mtl.evaluate import nearest_centroid, raw_pixels
 from mtl.methods.base import Encode, Method
+from mtl.methods.episodic import nearest_centroid, raw_pixels
 
 __all__ = ["NearestCentroid", "PixelCentroid", "prototype_logits"]
 

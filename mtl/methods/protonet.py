@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from mtl.config import Config
-from mtl.evaluate import nearest_centroid
 from mtl.methods.base import Method
+from mtl.methods.episodic import nearest_centroid
 from mtl.methods.nearest_centroid import prototype_logits
 
 __all__ = ["ProtoNet"]

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtl import checkpoint
 from mtl.config import Config
 from mtl.data.episodes import episode_targets
 from mtl.methods.base import Method
+from mtl.runtime import checkpoint
 
 __all__ = ["Siamese"]
 

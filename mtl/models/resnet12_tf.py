@@ -16,7 +16,8 @@ Compared with ``resnet12_paper`` (:mod:`mtl.models.resnet`, the MetaOptNet-style
 * the third convolution is followed by BN *and* LeakyReLU(0.1), and nothing but the max-pool follows the
   residual sum (no activation after it);
 * the shortcut is a bare 1x1 convolution (no bias, no BN), and meta-training gives it no SS weights (TF's
-  ``construct_residual_block_ss_weights`` has none): it is marked ``ss_exempt`` for :func:`mtl.ss.attach`;
+  ``construct_residual_block_ss_weights`` has none): it is marked ``ss_exempt`` for
+  :func:`mtl.models.ss.attach`;
 * dropout with keep probability 0.9 (p = 0.1, TF's ``pretrain_dropout_keep``) follows each block's pool, in
   pretraining only (meta-training keeps everything): ``block_drop_rate``, which
   :func:`mtl.models.backbone.build_backbone` sets to 0 unless it builds for pretraining;
@@ -53,7 +54,8 @@ class TFResnet12Block(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int, drop_rate: float = 0.1) -> None:
         super().__init__()
-        # Registration order is forward order: mtl.ss folds each frozen BN into the conv registered before it.
+        # Registration order is forward order: mtl.models.ss folds each frozen BN into the conv
+        # registered before it.
         self.conv1 = nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=True)
         self.bn1 = ShiftBatchNorm2d(out_chs, eps=_TF_BN_EPS)
         self.act1 = nn.LeakyReLU(_LEAKY_SLOPE, inplace=True)

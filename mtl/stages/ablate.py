@@ -23,9 +23,10 @@ import json
 import time
 from pathlib import Path
 
-from mtl import checkpoint, methods
+from mtl import methods
 from mtl.config import Config
 from mtl.errors import MtlError
+from mtl.runtime import checkpoint
 from mtl.stages.metatest import Scorer, publish, test_episodes
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain

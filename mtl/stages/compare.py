@@ -13,10 +13,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mtl import checkpoint, methods, pipeline_file
-from mtl.config import Config, from_dict
+from mtl import methods
+from mtl.config import Config, from_dict, pipeline_file
 from mtl.errors import MtlError
-from mtl.published import published
+from mtl.results.published import published
+from mtl.runtime import checkpoint
 from mtl.stages.metatest import Scorer, publish, test_episodes
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain

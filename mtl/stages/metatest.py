@@ -13,15 +13,16 @@ from pathlib import Path
 
 import torch
 
-from mtl import checkpoint, methods
-from mtl.checkpoint import MissingCheckpoint
+from mtl import methods
 from mtl.config import Config
 from mtl.data.episodes import ImageRows
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
-from mtl.evaluate import mean_ci
 from mtl.methods import Method
-from mtl.report import results_table
+from mtl.methods.episodic import mean_ci
+from mtl.results.report import results_table
+from mtl.runtime import checkpoint
+from mtl.runtime.checkpoint import MissingCheckpoint
 from mtl.training.run import Run
 
 MTL = methods.get("mtl").label

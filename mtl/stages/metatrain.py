@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtl import device as devices
 from mtl import methods
 from mtl.config import Config
 from mtl.data.augment import TrainAugment
 from mtl.data.episodes import EpisodeSampler, ImageRows, check_episode_shape
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
-from mtl.evaluate import mean_ci
 from mtl.hard_tasks import HardTasks
 from mtl.methods import Method, meta_update
+from mtl.methods.episodic import mean_ci
+from mtl.runtime import device as devices
 from mtl.training.loop import Training
 from mtl.training.run import Run
 from mtl.training.schedule import meta_factor

@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mtl import checkpoint
-from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import TrainAugment
 from mtl.data.sources import load_splits
-from mtl.distributed import sync_batch_norm
 from mtl.errors import MtlError
-from mtl.evaluate import mean_ci, nearest_centroid
+from mtl.methods.episodic import mean_ci, nearest_centroid
+from mtl.runtime import checkpoint
+from mtl.runtime import device as devices
+from mtl.runtime.distributed import sync_batch_norm
 from mtl.training import keys
 from mtl.training.loop import Training
 from mtl.training.run import Run

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from mtl import checkpoint
-from mtl.timing import timer
+from mtl.runtime import checkpoint
+from mtl.runtime.timing import timer
 from mtl.training import resume
 from mtl.training.run import Run
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtl import checkpoint
-from mtl.distributed import World
 from mtl.errors import MtlError
+from mtl.runtime import checkpoint
+from mtl.runtime.distributed import World
 from mtl.training.keys import NOT_TRAINING
 
 

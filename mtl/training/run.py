@@ -12,18 +12,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl import atomic, checkpoint, distributed, run_lock
-from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import ImageRows, check_episode_shape, episode_images, fixed_episodes
 from mtl.data.prepared import Split
 from mtl.data.store import ImageStore
-from mtl.distributed import World
 from mtl.errors import MtlError
-from mtl.evaluate import extract_features
+from mtl.methods.episodic import extract_features
 from mtl.models.backbone import build_backbone
-from mtl.monitor import Monitor, show_bars
+from mtl.runtime import atomic, checkpoint, distributed, run_lock
+from mtl.runtime import device as devices
+from mtl.runtime.distributed import World
+from mtl.runtime.monitor import Monitor, show_bars
 from mtl.training.keys import MODEL_KEYS
 
 
@@ -53,7 +53,7 @@ class Run:
     ) -> Run:
         """``folder`` (default: the stage's name) is where outputs go, under ``<checkpoints>/<name>/``.
 
-        Before any work the folder is locked for this process (:mod:`mtl.run_lock`; a second run into
+        Before any work the folder is locked for this process (:mod:`mtl.runtime.run_lock`; a second run into
         it stops with one line) and the TensorBoard folder is checked. :meth:`close` (or ``with``)
         releases the folder.
         """

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mtl import device as devices
 from mtl.config import Config
 from mtl.data.augment import Preprocess
 from mtl.data.sources import load_splits
+from mtl.runtime import device as devices
 
 __all__ = ["IMAGES", "recalibrate"]
 

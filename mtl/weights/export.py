@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 
-from mtl import __version__, atomic, checkpoint
+from mtl import __version__
 from mtl.config import Config, from_dict
 from mtl.data.augment import Preprocess
 from mtl.errors import MtlError
 from mtl.models.backbone import build_backbone
+from mtl.runtime import atomic, checkpoint
 from mtl.weights import card, files
 from mtl.weights.files import EXPORT_WEIGHTS, Source
 
@@ -50,7 +51,7 @@ def read_payload(path: str | Path) -> dict[str, Any]:
         if not is_export(source):
             raise MtlError(f"{source.label} is a safetensors file but not an mtl export (no 'mtl' metadata)")
         return from_source(source)
-    try:  # peek at the stage, then load through mtl.checkpoint's checks
+    try:  # peek at the stage, then load through mtl.runtime.checkpoint's checks
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             head = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))

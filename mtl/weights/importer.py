@@ -25,10 +25,11 @@ from pathlib import Path
 
 from torch import nn
 
-from mtl import atomic, checkpoint, methods, run_lock
+from mtl import methods
 from mtl.config import Config
 from mtl.errors import MtlError
 from mtl.models.backbone import build_backbone
+from mtl.runtime import atomic, checkpoint, run_lock
 from mtl.weights import batchnorm, files, layouts
 from mtl.weights.convert import Converted, Layout, check_tensors
 

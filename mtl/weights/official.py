@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from mtl import ss
 from mtl.config import Config
 from mtl.errors import MtlError
 from mtl.methods import Method
+from mtl.models import ss
 from mtl.weights.convert import (
     Converted,
     Layout,
@@ -160,9 +160,9 @@ def _set_ss_theta(
     label: str,
 ) -> list[str]:
     """Copy ``mtl_weight`` (C_out, C_in, 1, 1) / ``mtl_bias`` (C_out,) into the SS convolutions the MTL
-    method attached (whatever layout :func:`mtl.ss.ss_modules` exposes) and θ into ``method.W`` (way, D),
-    ``method.b`` (way,). A convolution the file gives no shift has no bias in the official network:
-    a zero shift is the same maths."""
+    method attached (whatever layout :func:`mtl.models.ss.ss_modules` exposes) and θ into
+    ``method.W`` (way, D), ``method.b`` (way,). A convolution the file gives no shift has no bias in
+    the official network: a zero shift is the same maths."""
     modules = dict(ss.ss_modules(method.encoder))
     missing = sorted(set(modules) - set(scales))
     extra = sorted(set(scales) - set(modules))

@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtl import checkpoint, config, methods
-from mtl import device as devices
+from mtl import config, methods
 from mtl.data.augment import Preprocess
 from mtl.data.images import BadImage, to_pixels
 from mtl.errors import MtlError
-from mtl.evaluate import extract_features
 from mtl.methods import Method
+from mtl.methods.episodic import extract_features
 from mtl.models.backbone import build_backbone
+from mtl.runtime import checkpoint
+from mtl.runtime import device as devices
 
 __all__ = ["STAGE", "Classifier", "build_method", "embed", "load_trained"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtl.adapt import query_files
-from mtl.classifier import Classifier
 from mtl.errors import MtlError
-from mtl.predictions import Predictions, check_out
+from mtl.inference.adapt import query_files
+from mtl.inference.classifier import Classifier
+from mtl.inference.predictions import Predictions, check_out
 
 __all__ = ["predict"]
 
@@ -28,7 +28,7 @@ def predict(
 ) -> dict:
     """Classify ``images`` (files or folders); print a table and optionally write a CSV.
 
-    Returns ``{"classes", "predictions", "accuracy", "written"}`` as :func:`mtl.adapt.adapt` does
+    Returns ``{"classes", "predictions", "accuracy", "written"}`` as :func:`mtl.inference.adapt.adapt` does
     (``written``: the files it wrote).
     """
     if not images:

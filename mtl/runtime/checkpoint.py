@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from mtl import __version__
-from mtl.atomic import atomic_write
 from mtl.errors import MtlError
+from mtl.runtime.atomic import atomic_write
 
 FORMAT = 1
 # What a user runs to produce each stage's checkpoint.

@@ -29,7 +29,7 @@ MAX_VALUES = 100_000  # after aliases are expanded: a "billion laughs" document 
 def _shipped_dir() -> Path:
     """The repository's ``pipelines/`` (a source checkout or editable install), else the copy a
     wheel installs under ``<prefix>/share/mtl/pipelines``."""
-    here = Path(__file__).resolve().parents[1] / "pipelines"
+    here = Path(__file__).resolve().parents[2] / "pipelines"  # mtl/config/ -> the checkout
     return here if here.is_dir() else Path(sys.prefix) / "share" / "mtl" / "pipelines"
 
 

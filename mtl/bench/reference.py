@@ -2,7 +2,7 @@
 
 These follow the structure of the official code: the encoder runs once per episode on that episode's
 images, and the inner loop calls ``torch.autograd.grad`` on the support cross-entropy at every step.
-They compute exactly the quantities of the fast paths (:func:`mtl.evaluate.finetune`, metatrain's
+They compute exactly the quantities of the fast paths (:func:`mtl.methods.episodic.finetune`, metatrain's
 batched closed-form inner loop), so tests compare the two for equality and ``mtl bench`` times both.
 Nothing in the stages uses them.
 """
@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtl import ss
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import episode_targets
+from mtl.models import ss
 
 __all__ = ["adapt_autograd", "episode_accuracy", "meta_loss", "plain_encode", "plain_ss_encoder"]
 

@@ -22,9 +22,9 @@ matplotlib.use("Agg")  # files only: no display, works headless and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from mtl.atomic import atomic_write  # noqa: E402
 from mtl.errors import MtlError  # noqa: E402
-from mtl.report import read_results  # noqa: E402
+from mtl.results.report import read_results  # noqa: E402
+from mtl.runtime.atomic import atomic_write  # noqa: E402
 
 __all__ = ["plot_all"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from mtl.atomic import atomic_write
 from mtl.errors import MtlError
+from mtl.runtime.atomic import atomic_write
 
 __all__ = ["CONFUSION", "Predictions", "check_out"]
 

@@ -19,7 +19,7 @@ from mtl.data.episodes import EpisodeSampler, episode_targets
 from mtl.methods import meta_update
 from mtl.methods.maml import MAML
 from mtl.models.backbone import build_backbone
-from mtl.timing import PeakMemory, timed
+from mtl.runtime.timing import PeakMemory, timed
 
 __all__ = ["bench_maml"]
 

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtl import base_learner
 from mtl.data.episodes import episode_targets
 from mtl.errors import MtlError
-from mtl.monitor import progress
+from mtl.models import base_learner
+from mtl.runtime.monitor import progress
 
 __all__ = ["episodic", "extract_features", "finetune", "mean_ci", "nearest_centroid", "raw_pixels"]
 
@@ -151,7 +151,7 @@ def finetune(
         episodes: ``(E, way, shot + query)`` indices into ``features``.
         shot: support images per class.
         W0: ``(way, D)``; b0: ``(way,)`` — the (meta-learned) initialisation, shared by all episodes.
-        steps, lr: inner-loop gradient steps and learning rate (see :func:`mtl.base_learner.adapt`).
+        steps, lr: inner-loop gradient steps and learning rate (see :func:`mtl.models.base_learner.adapt`).
         chunk: maximum episodes adapted at once.
 
     Returns:

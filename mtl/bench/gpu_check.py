@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
-from mtl import atomic, config, recipe
-from mtl.bench import FULL, Setup, run_bench
-from mtl.pipeline_file import shipped
+from mtl import config
+from mtl.bench.benchmark import FULL, Setup, run_bench
+from mtl.config import recipe
+from mtl.config.pipeline_file import shipped
+from mtl.runtime import atomic
 
 __all__ = ["FULL_SLICE", "Slice", "main", "run"]
 
@@ -275,7 +277,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mtl.gpu_check [OUT]``: the check on the GPU, or one line and 0 without one."""
+    """``python -m mtl.bench.gpu_check [OUT]``: the check on the GPU, or one line and 0 without one."""
     args = sys.argv[1:] if argv is None else argv
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA GPU on this machine; nothing to check (exit 0)")

@@ -22,14 +22,16 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from mtl import config, reference, ss
-from mtl import device as devices
+from mtl import config
+from mtl.bench import reference
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, episode_images, fixed_episodes
-from mtl.evaluate import extract_features, finetune
 from mtl.methods import meta_update
+from mtl.methods.episodic import extract_features, finetune
 from mtl.methods.mtl import MTL
-from mtl.timing import timed, timed_pair
+from mtl.models import ss
+from mtl.runtime import device as devices
+from mtl.runtime.timing import timed, timed_pair
 
 __all__ = ["PAPER_IMAGES_PER_CLASS", "bench_floors", "bench_paper_protocol", "encode_fn"]
 

@@ -22,7 +22,7 @@ numbers of images are fine (a class with more images weighs more, as in any plai
 
 The query folder is either flat (unlabelled) or holds class folders named like support classes
 (labelled: accuracy and the confusion matrix are reported). ``save`` writes the fitted classifier
-(:mod:`mtl.classifier`) for ``mtl predict``.
+(:mod:`mtl.inference.classifier`) for ``mtl predict``.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from mtl.classifier import Classifier, embed, load_trained
 from mtl.data.formats.common import class_dirs, image_files
 from mtl.errors import MtlError
-from mtl.predictions import Predictions, check_out
+from mtl.inference.classifier import Classifier, embed, load_trained
+from mtl.inference.predictions import Predictions, check_out
 
 __all__ = ["adapt", "query_files"]
 

@@ -4,9 +4,9 @@ Everything runs in one process on one device, on glyphs images rendered in memor
 initialised ResNet-12 with SS (speed does not depend on the weights; equality checks do not either):
 
 1. meta-test episodes/s: cached features + batched closed-form inner loops (what metatest runs,
-   feature extraction included) vs :func:`mtl.reference.episode_accuracy` per episode;
+   feature extraction included) vs :func:`mtl.bench.reference.episode_accuracy` per episode;
 2. meta-train tasks/s: :func:`mtl.methods.meta_update` of MTL on a whole meta-batch vs
-   :func:`mtl.reference.meta_loss` per task, both second order, both with the Adam step;
+   :func:`mtl.bench.reference.meta_loss` per task, both second order, both with the Adam step;
 3. pretrain images/s: :func:`mtl.stages.pretrain.train_step` fed by the stage's on-device uint8
    gather and batched augmentation vs the same step on a fixed synthetic batch;
 4. the peak memory of each path; 5. meta-train scaling with inner steps and with way × shot.
@@ -26,22 +26,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl import atomic, reference, ss
-from mtl import device as devices
-from mtl.bench_floor import bench_floors, bench_paper_protocol, encode_fn
-from mtl.bench_maml import bench_maml
+from mtl.bench import reference
+from mtl.bench.floors import bench_floors, bench_paper_protocol, encode_fn
+from mtl.bench.maml import bench_maml
 from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess, TrainAugment
 from mtl.data.episodes import EpisodeSampler, fixed_episodes
 from mtl.data.glyphs import render_class
 from mtl.errors import MtlError
-from mtl.evaluate import extract_features, finetune
 from mtl.methods import meta_update
+from mtl.methods.episodic import extract_features, finetune
 from mtl.methods.mtl import MTL
+from mtl.models import ss
 from mtl.models.backbone import build_backbone
-from mtl.report import bench_table
+from mtl.results.report import bench_table
+from mtl.runtime import atomic
+from mtl.runtime import device as devices
+from mtl.runtime.timing import PeakMemory, timed
 from mtl.stages.pretrain import train_step
-from mtl.timing import PeakMemory, timed
 
 __all__ = ["FULL", "QUICK", "Setup", "run_bench"]
 

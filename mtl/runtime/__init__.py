@@ -1,0 +1,2 @@
+"""What every run leans on: the device, torchrun, atomic writes, checkpoints, the run lock,
+TensorBoard and progress, timing."""
