@@ -12,6 +12,8 @@ import torch
 
 from mtl import config
 
+PIPELINE = "pipelines/glyphs-1shot.yaml"
+
 torch.set_num_threads(2)
 
 TINY = [
@@ -58,3 +60,18 @@ def wait_for_mid_epoch_checkpoint(proc: subprocess.Popen, last: Path) -> None:
                 break
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be interrupted"
+
+
+def finished_run(root: Path) -> tuple[list[str], Path]:
+    """A tiny run of all three stages under ``root``, through the command line: the ``--set``
+    arguments that made it, and its checkpoints folder (tests that damage it work on a copy)."""
+    from click.testing import CliRunner
+
+    from mtl.cli import main
+
+    sets = [a for o in [*TINY, f"data.root={root / 'data'}"] for a in ("--set", o)]
+    ckpts = root / "ckpts"
+    for stage in ("pretrain", "metatrain", "metatest"):
+        result = CliRunner().invoke(main, [stage, PIPELINE, *sets, "--checkpoints", str(ckpts)])
+        assert result.exit_code == 0, result.output
+    return sets, ckpts

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import TINY
+from conftest import finished_run
 
 from mtl.cli import main
 
@@ -21,11 +21,7 @@ PIPELINE = "pipelines/glyphs-1shot.yaml"
 def done(tmp_path_factory):
     """A finished tiny run (all three stages) whose files every case must leave alone."""
     root = tmp_path_factory.mktemp("bad")
-    sets = [a for o in [*TINY, f"data.root={root / 'data'}"] for a in ("--set", o)]
-    ckpts = root / "ckpts"
-    for stage in ("pretrain", "metatrain", "metatest"):
-        result = CliRunner().invoke(main, [stage, PIPELINE, *sets, "--checkpoints", str(ckpts)])
-        assert result.exit_code == 0, result.output
+    sets, ckpts = finished_run(root)
     return root, sets, ckpts
 
 

@@ -13,22 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import TINY
-from test_reliability import PIPELINE, SECRET, adapt_task, cli, refused, snapshot, stage
-
-from mtl.cli import main
+from conftest import finished_run
+from test_reliability import SECRET, adapt_task, cli, refused, snapshot, stage
 
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
     """A finished tiny run (all three stages) and the ``--set`` arguments that made it."""
     root = tmp_path_factory.mktemp("hand-made")
-    sets = [a for o in [*TINY, f"data.root={root / 'data'}"] for a in ("--set", o)]
-    ckpts = root / "ckpts"
-    for name in ("pretrain", "metatrain", "metatest"):
-        result = CliRunner().invoke(main, [name, PIPELINE, *sets, "--checkpoints", str(ckpts)])
-        assert result.exit_code == 0, result.output
+    sets, ckpts = finished_run(root)
     return sets, ckpts
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import TINY
+from conftest import finished_run
 
 from mtl import config
 from mtl.cli import main
@@ -33,11 +33,7 @@ SECRET = "SECRET-CONTENT-42"  # planted in refused files: no message may quote i
 def done(tmp_path_factory):
     """A finished tiny run (all three stages) and the ``--set`` arguments that made it."""
     root = tmp_path_factory.mktemp("reliable")
-    sets = [a for o in [*TINY, f"data.root={root / 'data'}"] for a in ("--set", o)]
-    ckpts = root / "ckpts"
-    for stage in ("pretrain", "metatrain", "metatest"):
-        result = CliRunner().invoke(main, [stage, PIPELINE, *sets, "--checkpoints", str(ckpts)])
-        assert result.exit_code == 0, result.output
+    sets, ckpts = finished_run(root)
     return root, sets, ckpts
 
 

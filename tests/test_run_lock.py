@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import TINY, wait_for_mid_epoch_checkpoint
+from conftest import finished_run, wait_for_mid_epoch_checkpoint
 
 from mtl.cli import main
 from mtl.runtime.run_lock import LOCK_NAME, acquire
@@ -44,11 +44,7 @@ sys.stdin.read()
 def finished(tmp_path_factory):
     """A finished tiny pretrain + metatrain + metatest, and the ``--set`` arguments that made it."""
     root = tmp_path_factory.mktemp("lock")
-    sets = [a for o in [*TINY, f"data.root={root / 'data'}"] for a in ("--set", o)]
-    ckpts = root / "ckpts"
-    for stage in ("pretrain", "metatrain", "metatest"):
-        result = CliRunner().invoke(main, [stage, PIPELINE, *sets, "--checkpoints", str(ckpts)])
-        assert result.exit_code == 0, result.output
+    sets, ckpts = finished_run(root)
     return sets, ckpts
 
 
