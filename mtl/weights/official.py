@@ -193,7 +193,8 @@ def _set_ss_theta(
     method.W.copy_(W)
     method.b.copy_(b)
     shifts = sum(s is not None for _, s in scales.values())
-    return [f"set: SS of {len(modules)} convolutions ({len(modules)} scales, {shifts} shift) and θ"]
+    plural = "" if shifts == 1 else "s"
+    return [f"set: SS of {len(modules)} convolutions ({len(modules)} scales, {shifts} shift{plural}) and θ"]
 
 
 PRETRAIN = Layout(
