@@ -75,3 +75,19 @@ def finished_run(root: Path) -> tuple[list[str], Path]:
         result = CliRunner().invoke(main, [stage, PIPELINE, *sets, "--checkpoints", str(ckpts)])
         assert result.exit_code == 0, result.output
     return sets, ckpts
+
+
+@pytest.fixture(scope="module")
+def finished_tiny(tmp_path_factory) -> tuple[list[str], Path]:
+    """:func:`finished_run` once per test module: ``(sets, checkpoints folder)``, not to be damaged."""
+    return finished_run(tmp_path_factory.mktemp("finished"))
+
+
+@pytest.fixture
+def tiny_copy(finished_tiny, tmp_path) -> tuple[list[str], Path]:
+    """A copy of :func:`finished_tiny` that a test may damage: ``(sets, checkpoints folder)``."""
+    import shutil
+
+    sets, ckpts = finished_tiny
+    shutil.copytree(ckpts, tmp_path / "ckpts")
+    return sets, tmp_path / "ckpts"

@@ -8,30 +8,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import finished_run
 from test_reliability import SECRET, adapt_task, cli, refused, snapshot, stage
-
-
-@pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    """A finished tiny run (all three stages) and the ``--set`` arguments that made it."""
-    root = tmp_path_factory.mktemp("hand-made")
-    sets, ckpts = finished_run(root)
-    return sets, ckpts
-
-
-@pytest.fixture
-def run(done, tmp_path):
-    """A copy of the finished run that a test may damage: ``(sets, checkpoints folder)``."""
-    sets, ckpts = done
-    shutil.copytree(ckpts, tmp_path / "ckpts")
-    return sets, tmp_path / "ckpts"
-
 
 # ------------------------------------------------------------------------------------ checkpoints
 
@@ -103,8 +84,8 @@ HAND_MADE = {
 
 
 @pytest.mark.parametrize("case", list(HAND_MADE))
-def test_metatest_checks_every_checkpoint_before_writing_anything(run, case):
-    sets, ckpts = run
+def test_metatest_checks_every_checkpoint_before_writing_anything(tiny_copy, case):
+    sets, ckpts = tiny_copy
     which, change, message = HAND_MADE[case]
     edit_checkpoint(ckpts / "tiny" / which / "best.pt", change)
     before = snapshot(ckpts)
@@ -121,17 +102,17 @@ ADAPT = {
 
 
 @pytest.mark.parametrize("case", list(ADAPT))
-def test_adapt_refuses_the_same_checkpoints_in_one_line(run, tmp_path, case):
-    _, ckpts = run
+def test_adapt_refuses_the_same_checkpoints_in_one_line(tiny_copy, tmp_path, case):
+    _, ckpts = tiny_copy
     best = ckpts / "tiny" / "metatrain" / "best.pt"
     edit_checkpoint(best, HAND_MADE[case][1])
     refused(*cli("adapt", "--checkpoint", best, *adapt_task(tmp_path)), ADAPT[case])
 
 
-def test_a_checkpoint_without_its_metric_is_still_scored(run):
+def test_a_checkpoint_without_its_metric_is_still_scored(tiny_copy):
     """The metric only chooses a note after the table; its absence is no reason to fail (or to fail
     after results.json is written, as it once did)."""
-    sets, ckpts = run
+    sets, ckpts = tiny_copy
     edit_checkpoint(ckpts / "tiny" / "metatrain" / "best.pt", lambda c: c.pop("metric"))
     code, output = stage("metatest", sets, ckpts)
     assert code == 0 and "Traceback" not in output, output
@@ -166,8 +147,8 @@ BAD_RESULTS = {
 
 @pytest.mark.parametrize("plot", [False, True])
 @pytest.mark.parametrize("case", list(BAD_RESULTS))
-def test_report_refuses_a_results_file_of_the_wrong_shape_without_quoting_it(run, tmp_path, case, plot):
-    _, ckpts = run
+def test_report_refuses_a_results_file_of_the_wrong_shape_without_quoting_it(tiny_copy, tmp_path, case, plot):
+    _, ckpts = tiny_copy
     text, message = BAD_RESULTS[case]
     (ckpts / "tiny" / "metatest" / "results.json").write_text(text, encoding="utf-8")
     before = snapshot(ckpts)
@@ -180,8 +161,8 @@ def test_report_refuses_a_results_file_of_the_wrong_shape_without_quoting_it(run
 @pytest.mark.parametrize(
     "text", [f'{{"classes": "{SECRET}"}}', SECRET, '{"classes": {"a": {"chosen": "x"}}}']
 )
-def test_report_plot_refuses_a_hard_task_summary_of_the_wrong_shape(run, tmp_path, text):
-    _, ckpts = run
+def test_report_plot_refuses_a_hard_task_summary_of_the_wrong_shape(tiny_copy, tmp_path, text):
+    _, ckpts = tiny_copy
     (ckpts / "tiny" / "metatrain" / "hard_tasks.json").write_text(text)
     line = refused(
         *cli("report", ckpts, "--plot", tmp_path / "f"), r"hard_tasks\.json is not a hard-task summary"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import finished_run, wait_for_mid_epoch_checkpoint
+from conftest import wait_for_mid_epoch_checkpoint
 
 from mtl.cli import main
 from mtl.runtime.run_lock import LOCK_NAME, acquire
@@ -38,21 +37,6 @@ os.write(fd, b"%d\\n" % os.getpid())
 print("held", flush=True)
 sys.stdin.read()
 """
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished tiny pretrain + metatrain + metatest, and the ``--set`` arguments that made it."""
-    root = tmp_path_factory.mktemp("lock")
-    sets, ckpts = finished_run(root)
-    return sets, ckpts
-
-
-@pytest.fixture
-def run(finished, tmp_path):
-    sets, ckpts = finished
-    shutil.copytree(ckpts, tmp_path / "ckpts")
-    return sets, tmp_path / "ckpts"
 
 
 @contextmanager
@@ -118,8 +102,8 @@ def wait_mid_run(proc: subprocess.Popen, out: Path) -> None:
         ("metatest", "metatest", []),
     ],
 )
-def test_a_run_into_a_folder_in_use_stops_naming_the_holder(run, stage, folder, extra):
-    sets, ckpts = run
+def test_a_run_into_a_folder_in_use_stops_naming_the_holder(tiny_copy, stage, folder, extra):
+    sets, ckpts = tiny_copy
     out = ckpts / "tiny" / folder
     with held(out) as holder:
         before = snapshot(ckpts)
@@ -129,9 +113,9 @@ def test_a_run_into_a_folder_in_use_stops_naming_the_holder(run, stage, folder, 
         assert snapshot(ckpts) == before
 
 
-def test_two_metatrain_runs_with_different_settings_into_one_folder(run):
+def test_two_metatrain_runs_with_different_settings_into_one_folder(tiny_copy):
     """The second refuses before it writes anything; the first's files are all its own."""
-    sets, ckpts = run
+    sets, ckpts = tiny_copy
     out = ckpts / "tiny" / "metatrain"
     first = start("metatrain", [*sets, *(a for o in LONG for a in ("--set", o))], ckpts, "--fresh")
     try:
@@ -150,9 +134,9 @@ def test_two_metatrain_runs_with_different_settings_into_one_folder(run):
     assert not (out / LOCK_NAME).exists()
 
 
-def test_the_lock_of_a_killed_run_is_taken_over_with_a_note(run):
+def test_the_lock_of_a_killed_run_is_taken_over_with_a_note(tiny_copy):
     """SIGKILL gives a run no chance to clean up: the kernel drops its lock, its lock file stays."""
-    sets, ckpts = run
+    sets, ckpts = tiny_copy
     out = ckpts / "tiny" / "metatrain"
     long = [*sets, *(a for o in LONG for a in ("--set", o))]
     killed = start("metatrain", long, ckpts, "--fresh")
@@ -171,8 +155,8 @@ def test_the_lock_of_a_killed_run_is_taken_over_with_a_note(run):
     assert not (out / LOCK_NAME).exists()
 
 
-def test_every_stage_releases_its_folder(finished):
-    _, ckpts = finished
+def test_every_stage_releases_its_folder(finished_tiny):
+    _, ckpts = finished_tiny
     assert not list(ckpts.rglob(LOCK_NAME))
 
 
@@ -194,9 +178,9 @@ def test_the_lock_is_per_process_and_reentrant_within_one(tmp_path):
     assert not (tmp_path / "run").exists()  # the folders made for the lock go with it
 
 
-def test_a_folder_made_for_the_lock_goes_when_the_run_fails(run):
+def test_a_folder_made_for_the_lock_goes_when_the_run_fails(tiny_copy):
     """A stage that fails its checks (here: no metatrain of that name) leaves no folder behind."""
-    sets, ckpts = run
+    sets, ckpts = tiny_copy
     code, output = invoke("metatest", PIPELINE, *sets, "--set", "name=other", "--checkpoints", ckpts)
     assert code == 2 and "no metatrain checkpoint" in output, output
     assert not (ckpts / "other").exists()

@@ -10,11 +10,9 @@ broadcast over the kernel's spatial extent; it starts at 1. ``Φ_S2`` (:attr:`SS
 per output channel, shape ``(C_out,)``; it starts at 0. At initialisation the network therefore computes
 exactly what it computed before :func:`attach`.
 
-A network declares its SS layout on its convolutions, as the official code of each recipe has it:
-``conv.ss_exempt = True`` keeps a convolution out of SS (``resnet12_tf``'s 1x1 shortcuts, which the
-official TF code neither scales nor shifts): :func:`attach` leaves it a plain ``nn.Conv2d``, frozen like
-every other pretrained parameter; ``conv.ss_shift = False`` gives it a scale but no shift
-(``resnet25``: the official PyTorch code shifts only its stem, the one convolution with a bias).
+A network declares its SS layout on its convolutions, as each recipe's official code has it:
+``conv.ss_exempt = True`` leaves a convolution plain and frozen (``resnet12_tf``'s 1x1 shortcuts);
+``conv.ss_shift = False`` gives it a scale but no shift (``resnet25`` shifts only its stem).
 
 A batch norm that normalises with batch statistics cancels the shift of the conv before it (a zero
 gradient, rounding noise in float32, full-size steps under Adam): with ``bn="affine"`` or ``"batch"``
@@ -23,8 +21,8 @@ such shifts are kept (one checkpoint layout in every mode) but not trained.
 Usage::
 
     backbone.load_state_dict(pretrained)  # a plain (un-attached) checkpoint
-    ss.attach(backbone)                   # in place; everything except SS is now frozen
-    opt = torch.optim.Adam(ss.parameters(backbone), lr=1e-4)
+    ss.attach(backbone)  # in place; everything except SS is now frozen
+    opt = torch.optim.Adam(ss.parameters(backbone, trainable=True), lr=1e-4)
 
 Batch norm comes in three modes (``bn``): ``"frozen"`` (default) freezes it at the pretrained running
 statistics and folds it into the convolution before it; ``"affine"`` (``train_bn=True``) makes its affine
