@@ -11,6 +11,7 @@ process computes on the whole batch, up to float rounding. A batch norm without 
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -100,8 +101,16 @@ def world(device: str = "auto") -> World:
         if cuda:
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if cuda else "gloo")
+        # Left to the interpreter's exit, a gloo group's worker threads can end the process in
+        # std::terminate (SIGABRT) after the run has finished: leave the group while Python is whole.
+        atexit.register(_leave)
         _WORLD = World(dist.get_rank(), dist.get_world_size(), local)
     return _WORLD
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _AllReduceSum(torch.autograd.Function):
