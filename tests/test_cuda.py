@@ -12,7 +12,7 @@ from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, fixed_episodes
 from mtl.data.store import ImageStore
 from mtl.methods import meta_update
-from mtl.methods.episodic import finetune
+from mtl.methods.episodic import finetune_theta
 from mtl.models.backbone import build_backbone
 
 DEVICES = [
@@ -72,8 +72,8 @@ def test_batched_meta_test_matches_the_cpu(dev):
     labels = np.repeat(np.arange(6), 10)
     episodes = torch.from_numpy(fixed_episodes(labels, 3, 1, 3, 40, seed=0))
     W0, b0 = torch.zeros(3, 8), torch.zeros(3)
-    got = finetune(feats.to(dev), episodes.to(dev), 1, W0.to(dev), b0.to(dev), steps=20, lr=0.5)
-    want = finetune(feats, episodes, 1, W0, b0, steps=20, lr=0.5)
+    got = finetune_theta(feats.to(dev), episodes.to(dev), 1, W0.to(dev), b0.to(dev), steps=20, lr=0.5)
+    want = finetune_theta(feats, episodes, 1, W0, b0, steps=20, lr=0.5)
     assert torch.equal(got.cpu(), want)
 
 

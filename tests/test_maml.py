@@ -45,7 +45,8 @@ def per_task_reference(maml: MAML, x_s, y_s, x_q, *, steps, lr, first_order):
 @pytest.mark.parametrize("first_order", [False, True])
 def test_batched_meta_gradient_equals_per_task_autograd(setup, first_order):
     cfg, run, images, tasks = setup
-    cfg = dataclasses.replace(cfg, maml=dataclasses.replace(cfg.maml, first_order=first_order))
+    maml = dataclasses.replace(cfg.maml, first_order=first_order)
+    cfg = dataclasses.replace(cfg, sections={**cfg.sections, "maml": maml})
     s = cfg.maml
 
     fast = _method(cfg, run)

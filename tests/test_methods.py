@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from mtl import config, methods
 from mtl.cli import main
 from mtl.errors import MtlError
-from mtl.methods import Method
+from mtl.methods import FeatureMethod
 from mtl.methods.nearest_centroid import prototype_logits
 from mtl.models.backbone import build_backbone
 from mtl.runtime import checkpoint
@@ -70,7 +70,7 @@ def test_unknown_method_and_misplaced_baselines_are_one_line_errors(tiny_overrid
     )
 
 
-class Centroids(Method):
+class Centroids(FeatureMethod):
     """A method from outside the package: nearest centroid on an encoder trained episodically."""
 
     name, label = "test-centroids", "test: centroids of a trained encoder"

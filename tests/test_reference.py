@@ -12,7 +12,7 @@ from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, episode_targets, fixed_episodes
 from mtl.data.sources import load_splits
 from mtl.hard_tasks import HardTasks
-from mtl.methods.episodic import extract_features, finetune
+from mtl.methods.episodic import extract_features, finetune_theta
 from mtl.methods.mtl import MTL, task_outputs
 from mtl.models import ss
 from mtl.models.backbone import build_backbone
@@ -43,7 +43,7 @@ def test_cached_batched_evaluation_equals_per_episode_reference(tiny_cfg, split)
     g = torch.Generator().manual_seed(1)
     W0, b0 = 0.1 * torch.randn(3, encoder.num_features, generator=g), 0.1 * torch.randn(3, generator=g)
     feats = extract_features(encode, train.images, batch_size=64)
-    fast = finetune(feats, episodes, 1, W0, b0, steps=25, lr=0.5)
+    fast = finetune_theta(feats, episodes, 1, W0, b0, steps=25, lr=0.5)
     slow = torch.stack(
         [reference.episode_accuracy(encode, images, ep, 1, W0, b0, steps=25, lr=0.5) for ep in episodes]
     )

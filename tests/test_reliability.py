@@ -6,13 +6,11 @@ results and pipeline files: test_hand_made_inputs.py.)"""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import re
 import shutil
 import stat
-import typing
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from conftest import finished_run
 
 from mtl import config
 from mtl.cli import main
+from mtl.config import key_reference
 from mtl.errors import MtlError
 from mtl.runtime import atomic
 from mtl.runtime.monitor import Monitor
@@ -221,17 +220,10 @@ def test_atomic_writes_take_the_umask_of_the_moment(tmp_path):
 # ------------------------------------------------------------------------------- numbers
 
 
-def float_keys(cls: type = config.Config, prefix: str = "") -> list[tuple[str, bool]]:
-    """``(dotted key, is a list)`` of every float setting, however deep."""
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
-            keys += float_keys(kind, f"{prefix}{f.name}.")
-        elif "float" in str(kind):
-            keys.append((f"{prefix}{f.name}", "list" in str(kind)))
-    return keys
+def float_keys() -> list[tuple[str, bool]]:
+    """``(dotted key, is a list)`` of every float setting, however deep, the methods' sections too."""
+    groups = key_reference.key_groups()
+    return [(k.name, "list" in k.kind) for _, group in groups for k in group if "float" in k.kind]
 
 
 def test_there_are_float_settings_to_check():

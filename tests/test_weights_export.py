@@ -20,10 +20,10 @@ from mtl import config, methods
 from mtl.cli import main
 from mtl.data.sources import load_splits
 from mtl.inference.classifier import Classifier
+from mtl.models.backbone import backbone_for
 from mtl.runtime import checkpoint
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
-from mtl.weights import importer
 
 PIPELINE = str(Path(__file__).resolve().parents[1] / "pipelines" / "glyphs-1shot.yaml")
 
@@ -131,7 +131,7 @@ def test_export_then_import_is_bit_for_bit(trained, stage, tmp_path):
 
 
 def _reference_encoder(cfg, ckpt: dict) -> torch.nn.Module:
-    encoder = importer.backbone(cfg)
+    encoder = backbone_for(cfg)
     if ckpt["stage"] == "pretrain":
         encoder.load_state_dict(ckpt["encoder"])
         return encoder.eval()

@@ -29,8 +29,9 @@ from weights_fakes import (
 from mtl import config, methods
 from mtl.cli import main
 from mtl.models import base_learner, ss
+from mtl.models.backbone import backbone_for
 from mtl.runtime import checkpoint
-from mtl.weights import batchnorm, files, importer, official, resnet12, tensorflow
+from mtl.weights import batchnorm, files, official, resnet12, tensorflow
 from mtl.weights.files import Source
 
 PIPELINE = str(Path(__file__).resolve().parents[1] / "pipelines" / "glyphs-1shot.yaml")
@@ -87,7 +88,7 @@ def test_official_pretrain_stem_bias_is_folded_exactly():
         )
     )
     cfg = config.load("miniimagenet-1shot-resnet25")
-    net = importer.backbone(cfg).double().eval()
+    net = backbone_for(cfg).double().eval()
     source = Source("max_acc.pth", "torch", {"params": sd})
     assert official.PRETRAIN.recognise(source, cfg)
     conv = official.PRETRAIN.convert(source, cfg, net.state_dict())
@@ -118,7 +119,7 @@ def test_official_pretrain_then_metatrain_and_metatest(tiny, tmp_path):
     cfg = config.load(PIPELINE, tiny)
     assert ckpt["config"] == cfg.to_dict() and ckpt["class_names"] == [] and ckpt["head"] == {}
     assert ckpt["metric"]["epoch"] == -1 and ckpt["imported"]["layout"] == "mtl-pytorch-pretrain"
-    assert set(ckpt["encoder"]) == set(importer.backbone(cfg).state_dict())
+    assert set(ckpt["encoder"]) == set(backbone_for(cfg).state_dict())
     assert torch.equal(ckpt["encoder"]["bn1.running_mean"], sd["bn1.running_mean"] - sd["conv1.bias"])
     assert (best.parent / "config.yaml").is_file()
 
@@ -137,7 +138,7 @@ def test_official_pretrain_then_metatrain_and_metatest(tiny, tmp_path):
 
 
 def _mtl_model(cfg, encoder_state, dtype=torch.float64):
-    method = methods.get("mtl")(importer.backbone(cfg), cfg)
+    method = methods.get("mtl")(backbone_for(cfg), cfg)
     method.load_state(encoder_state)
     return method.to(dtype).eval()
 
@@ -148,7 +149,7 @@ def test_official_meta_logits_match_the_official_forward():
     cfg = config.load("miniimagenet-1shot-resnet25")
     source = Source("max_acc.pth", "torch", {"params": sd})
     assert official.META.recognise(source, cfg) and not official.PRETRAIN.recognise(source, cfg)
-    encoder = importer.backbone(cfg).double()
+    encoder = backbone_for(cfg).double()
     conv = official.META.convert(source, cfg, encoder.state_dict())
     encoder.load_state_dict(conv.encoder)
     method = methods.get("mtl")(encoder, cfg).double()
@@ -219,7 +220,7 @@ def test_official_meta_maps_onto_mtl_ss_layout_or_says_why_not(tiny, tmp_path):
     torch.save({"params": {**sd, "encoder.layer1.0.conv1.mtl_bias": torch.ones(8)}}, tmp_path / "b.pth")
     result = run("import", tmp_path / "b.pth", PIPELINE, *sets(tiny), "--checkpoints", tmp_path / "c")
     cfg = config.load(PIPELINE, tiny)
-    layout = dict(ss.ss_modules(methods.get("mtl")(importer.backbone(cfg), cfg).encoder))
+    layout = dict(ss.ss_modules(methods.get("mtl")(backbone_for(cfg), cfg).encoder))
     if layout["layer1.0.conv1"].shift is None:  # resnet25's official layout: a shift on the stem only
         refused(result, "encoder.layer1.0.conv1.mtl_bias where mtl's SS layout of resnet25 has none")
     else:
@@ -249,7 +250,7 @@ def test_tensorflow_weights_match_the_tf_forward(tmp_path):
     source = files.read(str(tmp_path / "weights_10000.npy"))
     cfg = config.load("miniimagenet-1shot", ["data.mean=[0,0,0]", "data.std=[1,1,1]"])
     assert tensorflow.TENSORFLOW.recognise(source, cfg)
-    net = importer.backbone(cfg).double()
+    net = backbone_for(cfg).double()
     conv = tensorflow.TENSORFLOW.convert(source, cfg, net.state_dict())
     assert any(n.startswith("ignored: w5, b5") for n in conv.notes)
     net.load_state_dict(conv.encoder)
@@ -283,7 +284,7 @@ def test_tensorflow_import_estimates_the_batch_norm_statistics(tiny_overrides, t
     )
     # One batch of every train image: the first BN's running mean is the exact mean of conv1's output.
     cfg = config.load(PIPELINE, tiny)
-    net = importer.backbone(cfg)
+    net = backbone_for(cfg)
     net.load_state_dict(enc)
     n = batchnorm.recalibrate(net, cfg, images=10_000, batch=10_000)
     from mtl.data.augment import Preprocess
@@ -338,7 +339,7 @@ def test_resnet12_checkpoints_match_their_forward(code):
         code == "feat",
         code == "rfs",
     ]
-    net = importer.backbone(cfg).double().eval()
+    net = backbone_for(cfg).double().eval()
     conv = layout.convert(source, cfg, net.state_dict())
     assert any(f"{head}.bias, {head}.weight" in n for n in conv.notes)
     net.load_state_dict(conv.encoder)

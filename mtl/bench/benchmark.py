@@ -35,7 +35,7 @@ from mtl.data.episodes import EpisodeSampler, fixed_episodes
 from mtl.data.glyphs import render_class
 from mtl.errors import MtlError
 from mtl.methods import meta_update
-from mtl.methods.episodic import extract_features, finetune
+from mtl.methods.episodic import extract_features, finetune_theta
 from mtl.methods.mtl import MTL
 from mtl.models import ss
 from mtl.models.backbone import build_backbone
@@ -106,7 +106,8 @@ def bench_metatest(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.
 
     def fast(precision: str = s.precision) -> None:
         feats = extract_features(encode_fn(encoder, pre, dev, precision), images, batch_size=256, device=dev)
-        out[precision] = finetune(feats, episodes.to(dev), s.shot, W0, b0, steps=s.inner_steps, lr=s.inner_lr)
+        idx, steps, lr = episodes.to(dev), s.inner_steps, s.inner_lr
+        out[precision] = finetune_theta(feats, idx, s.shot, W0, b0, steps=steps, lr=lr)
 
     def slow() -> None:
         out["ref"] = torch.stack(

@@ -27,7 +27,7 @@ from mtl.bench import reference
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, episode_images, fixed_episodes
 from mtl.methods import meta_update
-from mtl.methods.episodic import extract_features, finetune
+from mtl.methods.episodic import extract_features, finetune_theta
 from mtl.methods.mtl import MTL
 from mtl.models import ss
 from mtl.runtime import device as devices
@@ -76,6 +76,7 @@ def bench_floors(s, images: np.ndarray, labels: np.ndarray, dev: torch.device, e
     return {"metatrain": train, "precision": devices.encoder_precision(dev, s.precision)}
 
 
+# 63 lines: one benchmark, read top to bottom: its episodes, the two closures it times, the figures.
 def bench_paper_protocol(s, dev: torch.device, quick: bool, images_fn, encoder_fn, plain_encoder_fn) -> dict:
     """The meta-test speed-up over the per-episode reference at the paper's images-per-episode reuse."""
     per_class = s.images_per_class if quick else PAPER_IMAGES_PER_CLASS
@@ -95,7 +96,7 @@ def bench_paper_protocol(s, dev: torch.device, quick: bool, images_fn, encoder_f
     def fast(precision: str = s.precision) -> None:
         feats = extract_features(encode_fn(encoder, pre, dev, precision), used, batch_size=256, device=dev)
         idx = torch.from_numpy(local).to(dev)
-        out[precision] = finetune(feats, idx, s.shot, W0, b0, steps=s.inner_steps, lr=s.inner_lr)
+        out[precision] = finetune_theta(feats, idx, s.shot, W0, b0, steps=s.inner_steps, lr=s.inner_lr)
 
     def slow() -> None:
         eps = torch.from_numpy(episodes[:ref_n]).to(dev)

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtl.config import Config, MAMLConfig, MetaConfig
+from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, episode_targets
 from mtl.methods import meta_update
-from mtl.methods.maml import MAML
+from mtl.methods.maml import MAML, MAMLSettings
 from mtl.models.backbone import build_backbone
 from mtl.runtime.timing import PeakMemory, timed
 
@@ -34,7 +34,7 @@ def _maml(way: int, shot: int, image_size: int, dev: torch.device) -> MAML:
         Config(),
         precision="fp32",
         meta=MetaConfig(way=way, shot=shot),
-        maml=MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR),
+        sections={"maml": MAMLSettings(inner_steps=INNER_STEPS, inner_lr=INNER_LR)},
     )
     cfg = replace(cfg, data=replace(cfg.data, image_size=image_size))
     return MAML(encoder, cfg).to(dev).train()

@@ -2,9 +2,9 @@
 
 These follow the structure of the official code: the encoder runs once per episode on that episode's
 images, and the inner loop calls ``torch.autograd.grad`` on the support cross-entropy at every step.
-They compute exactly the quantities of the fast paths (:func:`mtl.methods.episodic.finetune`, metatrain's
-batched closed-form inner loop), so tests compare the two for equality and ``mtl bench`` times both.
-Nothing in the stages uses them.
+They compute exactly the quantities of the fast paths (:func:`mtl.methods.episodic.finetune_theta`,
+metatrain's batched closed-form inner loop), so tests compare the two for equality and ``mtl bench``
+times both. Nothing in the stages uses them.
 """
 
 from __future__ import annotations

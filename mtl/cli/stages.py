@@ -12,16 +12,13 @@ import click
 from mtl.cli.options import PIPELINE_HELP, checkpoints, done, overrides, pipeline, quiet, user_errors
 from mtl.errors import MtlError
 from mtl.runtime.checkpoint import MissingCheckpoint
+from mtl.runtime.stage_folders import COMPARE, FOLDERS
 
 __all__ = ["STAGES", "compare_command", "pipelines_command", "show_config", "stage_command"]
 
-STAGES = {
-    "pretrain": ("Stage 1: pretrain the encoder on the base classes.", "best.pt"),
-    "metatrain": ("Stage 2: meta-train the pipeline's method (MTL: SS and θ).", "best.pt"),
-    "metatest": ("Stage 3: accuracy ± 95% CI on fixed test episodes.", "results.json"),
-    "ablate": ("The ablation: NC, FT, MTL, MTL + HT, from scratch.", "results.json"),
-}
-_FOLDER = {"ablate": "ablation"}  # the stage folder where it differs from the command
+# command -> (help, what it writes), of the commands stage_command makes; compare has its own command.
+STAGES = {s.command: (s.help, s.writes) for s in FOLDERS if s is not COMPARE}
+_FOLDER = {s.command: s.folder for s in FOLDERS}  # the stage folder each command writes
 
 
 def rerun_hint(exc: MissingCheckpoint, pipe: str, sets: tuple[str, ...], ckpts: str) -> MtlError:
@@ -109,8 +106,15 @@ compare_command.help += PIPELINE_HELP
 @pipeline
 @overrides
 @click.option("--json", "as_json", is_flag=True, help='Print {"config": ..., "derived": ...} as JSON.')
+@click.option(
+    "--keys",
+    "key_list",
+    is_flag=True,
+    help="Print every key a pipeline can set (each method's own section too): type, default, "
+    "allowed values, what it does.",
+)
 @user_errors
-def show_config(pipeline: str, overrides: tuple[str, ...], as_json: bool) -> None:
+def show_config(pipeline: str, overrides: tuple[str, ...], as_json: bool, key_list: bool) -> None:
     """Print the resolved PIPELINE and what it will run: meta-updates, tasks per update, the updates
     where the meta-LRs drop, pretraining steps and images per epoch."""
     import json
@@ -118,6 +122,11 @@ def show_config(pipeline: str, overrides: tuple[str, ...], as_json: bool) -> Non
     from mtl import config
     from mtl.config import recipe
 
+    if key_list:
+        from mtl.config.key_reference import key_reference
+
+        click.echo(key_reference())
+        return
     cfg = config.load(pipeline, overrides)
     if as_json:
         click.echo(json.dumps({"config": cfg.to_dict(), "derived": recipe.derived(cfg)}, indent=2))

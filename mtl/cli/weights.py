@@ -9,10 +9,11 @@ import time
 import click
 
 from mtl.cli.options import PIPELINE_HELP, checkpoints, done, overrides, pipeline, user_errors
+from mtl.runtime.stage_folders import FOLDERS
 
 __all__ = ["export_command", "import_command"]
 
-_NEXT = {"pretrain": "metatrain", "metatrain": "metatest"}
+_NEXT = {s.folder: s.next for s in FOLDERS if s.next}  # imported stage -> the command that reads it
 
 
 class _FormatOption(click.Option):

@@ -21,26 +21,12 @@ from mtl.config.limits import (
     MAX_UPDATES,
     MAX_WIDTH,
 )
-from mtl.config.method_settings import MAMLConfig, MatchingNetConfig, ProtoNetConfig, SiameseConfig
+from mtl.config.sections import methods as registered_methods
 from mtl.config.validation import option
 
-__all__ = [
-    "BN_MODES",
-    "GlyphsConfig",
-    "DataConfig",
-    "BackboneConfig",
-    "AugmentConfig",
-    "PretrainConfig",
-    "HardTaskConfig",
-    "MetaConfig",
-    "TestConfig",
-    "AblationConfig",
-    "ProtoNetConfig",
-    "MAMLConfig",
-    "MatchingNetConfig",
-    "SiameseConfig",
-    "CompareConfig",
-    "PaperConfig",
+__all__ = [  # noqa: RUF022  (the order of a pipeline file)
+    *("BN_MODES", "GlyphsConfig", "DataConfig", "BackboneConfig", "AugmentConfig", "PretrainConfig"),
+    *("HardTaskConfig", "MetaConfig", "TestConfig", "AblationConfig", "CompareConfig", "PaperConfig"),
     "Config",
 ]
 
@@ -52,10 +38,14 @@ def _seed(doc: str = "") -> Any:
 
 @dataclass
 class GlyphsConfig:
-    preset: str = option("easy", choices=("easy", "hard", "families"))
+    preset: str = option(
+        "easy",
+        choices=("easy", "hard", "families"),
+        doc="how alike the glyph classes are; families: classes in look-alike families",
+    )
     # Upper limits: with data.image_size, see _check_glyphs_size (the memory they need comes first).
-    classes: int = option(100, min=3)
-    images_per_class: int = option(100, min=2)
+    classes: int = option(100, min=3, doc="glyph classes drawn (split into train, val and test classes)")
+    images_per_class: int = option(100, min=2, doc="images drawn per glyph class")
     seed: int = _seed("the dataset's own seed (independent of the training seed)")
 
 
@@ -65,10 +55,10 @@ class DataConfig:
     root: str = option(
         "~/.cache/mtl", doc="glyphs: cache folder; other datasets: the prepared dataset folder"
     )
-    image_size: int = option(84, min=8, max=MAX_IMAGE_SIZE)
-    channels: int = option(3, choices=(1, 3))
+    image_size: int = option(84, min=8, max=MAX_IMAGE_SIZE, doc="side of the square images the model sees")
+    channels: int = option(3, choices=(1, 3), doc="1: grey images (Omniglot), 3: colour")
     mean: list[float] | None = option(None, doc="per-channel normalisation mean (default: ImageNet / 0.5)")
-    std: list[float] | None = option(None)
+    std: list[float] | None = option(None, doc="per-channel normalisation std (default: ImageNet / 0.5)")
     resize: int | None = option(
         None,
         min=8,
@@ -81,38 +71,42 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    name: str = option("resnet12", doc="resnet12 | resnet12_paper | resnet12_tf | resnet25 | timm:<model>")
+    name: str = option(
+        "resnet12", doc="one of mtl's backbones (conv4, resnet12, resnet25, ...) or timm:<any timm model>"
+    )
     widths: list[int] | None = option(
         None, min=1, max=MAX_WIDTH, doc="resnet12 stage widths, e.g. [64, 160, 320, 640]"
     )
-    drop_rate: float = option(0.0, min=0.0, below=1.0)
+    drop_rate: float = option(
+        0.0, min=0.0, below=1.0, doc="dropout on the pooled features, in pretraining only"
+    )
 
 
 @dataclass
 class AugmentConfig:
-    enabled: bool = True
+    enabled: bool = option(True, doc="augment pretraining images (random-resized crop, flip)")
     crop_scale: list[float] = option([0.6, 1.0], doc="random-resized-crop area range")
     flip: bool = option(True, doc="random horizontal flip")
 
 
 @dataclass
 class PretrainConfig:
-    epochs: int = option(100, min=1, max=MAX_EPOCHS)
-    batch_size: int = option(128, min=1, max=MAX_BATCH)
-    lr: float = option(0.1, above=0.0)
-    momentum: float = option(0.9, min=0.0, max=1.0)
-    nesterov: bool = True
-    weight_decay: float = option(5e-4, min=0.0, max=1.0)
-    schedule: str = option("step", choices=("step", "cosine"))
+    epochs: int = option(100, min=1, max=MAX_EPOCHS, doc="passes over the base classes' images")
+    batch_size: int = option(128, min=1, max=MAX_BATCH, doc="images per SGD step")
+    lr: float = option(0.1, above=0.0, doc="SGD learning rate")
+    momentum: float = option(0.9, min=0.0, max=1.0, doc="SGD momentum")
+    nesterov: bool = option(True, doc="Nesterov momentum")
+    weight_decay: float = option(5e-4, min=0.0, max=1.0, doc="SGD weight decay")
+    schedule: str = option("step", choices=("step", "cosine"), doc="learning-rate schedule")
     step_size: int = option(30, min=1, doc="epochs between LR decays (step schedule)")
-    gamma: float = option(0.2, min=0.0, max=1.0)
+    gamma: float = option(0.2, min=0.0, max=1.0, doc="LR factor at each decay (step schedule)")
     first_drop: int | None = option(
         None,
         min=0,
         doc="epochs before the first decay (step schedule); null: step_size - 1, as the official code "
         "(StepLR stepped at the start of every epoch: x0.2 from the 30th epoch)",
     )
-    label_smoothing: float = option(0.0, min=0.0, below=1.0)
+    label_smoothing: float = option(0.0, min=0.0, below=1.0, doc="cross-entropy label smoothing")
     head_hidden: int = option(
         0,
         min=0,
@@ -160,23 +154,25 @@ class HardTaskConfig:
 
 @dataclass
 class MetaConfig:
-    way: int = option(5, min=2)
-    shot: int = option(1, min=1)
-    query: int = option(15, min=1)
-    epochs: int = option(100, min=1, max=MAX_EPOCHS)
+    way: int = option(5, min=2, doc="classes per task (N-way)")
+    shot: int = option(1, min=1, doc="labelled support images per class (K-shot)")
+    query: int = option(15, min=1, doc="query images per class in meta-training tasks")
+    epochs: int = option(100, min=1, max=MAX_EPOCHS, doc="meta-training epochs (meta-validation after each)")
     updates_per_epoch: int = option(
         100, min=1, max=MAX_UPDATES, doc="meta-updates per epoch (meta-validation after each epoch)"
     )
     meta_batch: int = option(
         1, min=1, max=MAX_TASKS, doc="normal tasks per meta-update (extra tasks come on top)"
     )
-    inner_steps: int = option(100, min=0, max=MAX_STEPS)
-    inner_lr: float = option(0.01, min=0.0, max=MAX_LR)
-    first_order: bool = False
+    inner_steps: int = option(
+        100, min=0, max=MAX_STEPS, doc="base-learner gradient steps on each support set"
+    )
+    inner_lr: float = option(0.01, min=0.0, max=MAX_LR, doc="base-learner step size")
+    first_order: bool = option(False, doc="meta-gradients without the inner loop's second derivatives")
     lr_ss: float = option(1e-4, min=0.0, doc="Adam lr of the SS weights (and BN affine)")
     lr_theta: float = option(1e-3, min=0.0, doc="Adam lr of the base-learner initialisation θ")
     step_size: int = option(10, min=1, doc="epochs between meta-LR decays")
-    gamma: float = option(0.5, min=0.0, max=1.0)
+    gamma: float = option(0.5, min=0.0, max=1.0, doc="meta-LR factor at each decay")
     first_drop: int | None = option(
         None,
         min=0,
@@ -198,13 +194,13 @@ class MetaConfig:
         doc="augment task images as in pretraining (pretrain.augment settings); both official codes: false",
     )
     hard_tasks: HardTaskConfig = option(HardTaskConfig())
-    val_episodes: int = option(600, min=1, max=MAX_EPISODES)
+    val_episodes: int = option(600, min=1, max=MAX_EPISODES, doc="fixed meta-validation episodes")
 
 
 @dataclass
 class TestConfig:
-    episodes: int = option(600, min=1, max=MAX_EPISODES)
-    query: int = option(15, min=1)
+    episodes: int = option(600, min=1, max=MAX_EPISODES, doc="fixed, seeded test episodes")
+    query: int = option(15, min=1, doc="query images per class in test episodes")
     seed: int = _seed("seed of the fixed test episodes (the same for every run and method)")
     inner_steps: int | None = option(None, min=0, max=MAX_STEPS, doc="default: meta.inner_steps")
     batch_size: int = option(256, min=1, max=MAX_BATCH, doc="images per batch when computing features")
@@ -229,9 +225,9 @@ class CompareConfig:
 
 @dataclass
 class PaperConfig:
-    method: str = ""
-    acc: float | None = option(None, min=0.0, max=100.0)
-    ci95: float | None = option(None, min=0.0, max=100.0)
+    method: str = option("", doc="the published row's name")
+    acc: float | None = option(None, min=0.0, max=100.0, doc="its accuracy (%)")
+    ci95: float | None = option(None, min=0.0, max=100.0, doc="its 95% confidence interval (%)")
 
 
 @dataclass
@@ -239,7 +235,7 @@ class Config:
     name: str = option("glyphs-1shot", doc="run folder under the checkpoints folder: one folder name")
     method: str = option("mtl", doc="the few-shot method metatrain trains and metatest scores (mtl.methods)")
     seed: int = _seed("training seed")
-    device: str = option("auto", choices=("auto", "cpu", "cuda"))
+    device: str = option("auto", choices=("auto", "cpu", "cuda"), doc="auto: CUDA when there is a GPU")
     precision: str = option(
         "auto",
         choices=("auto", "fp32", "bf16"),
@@ -254,13 +250,27 @@ class Config:
     test: TestConfig = option(TestConfig())
     ablation: AblationConfig = option(AblationConfig())
     compare: CompareConfig = option(CompareConfig())
-    protonet: ProtoNetConfig = option(ProtoNetConfig())
-    maml: MAMLConfig = option(MAMLConfig())
-    matchingnet: MatchingNetConfig = option(MatchingNetConfig())
-    siamese: SiameseConfig = option(SiameseConfig())
     paper: PaperConfig = option(
         PaperConfig(), doc="the published number for this setting, printed beside ours"
     )
+    # The methods' own sections, {method name: its settings}: top-level keys of the file like the
+    # ones above (``cfg.protonet.lr``), declared by the methods (mtl.config.sections).
+    sections: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, settings in registered_methods().items():  # defaults for the sections not given
+            if settings is not None and name not in self.sections:
+                self.sections[name] = settings()
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"'Config' object has no attribute {name!r}")
+
+    def section(self, method: str) -> Any:
+        """The settings of ``method`` (its section of the pipeline)."""
+        return self.sections[method]
 
     def run_name(self, stage: str) -> str:
         """The run folder under the checkpoints dir that holds ``stage``'s outputs."""
@@ -272,7 +282,13 @@ class Config:
         return self.test.inner_steps if self.test.inner_steps is not None else self.meta.inner_steps
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The resolved pipeline as a nested mapping (what a checkpoint keeps), the methods' sections
+        at the top level like the core ones."""
+        core = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sections"}
+        out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in core.items()}
+        paper = out.pop("paper")
+        out.update({k: dataclasses.asdict(v) for k, v in self.sections.items()})
+        return {**out, "paper": paper}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -39,22 +39,31 @@ def option(
     return field(default=default, metadata=meta)
 
 
-def build(cls: type, raw: Any, prefix: str = "", renamed: dict[str, str] | None = None) -> Any:
+def build(
+    cls: type,
+    raw: Any,
+    prefix: str = "",
+    renamed: dict[str, str] | None = None,
+    sections: dict[str, type] | None = None,
+) -> Any:
     """An instance of dataclass ``cls`` from the nested mapping ``raw``, every key checked; ``renamed``
-    maps keys of earlier versions to what replaced them."""
+    maps keys of earlier versions to what replaced them. ``sections``: further sections of ``raw``
+    (``{key: dataclass}``), built into ``cls``'s field ``sections`` as ``{key: instance}``, every one
+    of them present (defaults where ``raw`` has none)."""
     renamed = renamed or {}
     where = prefix.rstrip(".") or "pipeline"
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise MtlError(f"{where}: expected a section (mapping), got {_shown(raw)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if sections is None or f.name != "sections"}
     hints = typing.get_type_hints(cls)
+    known = [*fields, *(sections or {})]
     for key in raw:
         if f"{prefix}{key}" in renamed:
             raise MtlError(f"{prefix}{key}: no longer a key, replaced by {renamed[f'{prefix}{key}']}")
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise MtlError(f"{prefix}{_cut(str(key))}: unknown key{hint}")
     values = {}
@@ -66,6 +75,10 @@ def build(cls: type, raw: Any, prefix: str = "", renamed: dict[str, str] | None 
             values[name] = build(kind, raw[name], f"{prefix}{name}.", renamed)
         else:
             values[name] = _check(f"{prefix}{name}", raw[name], kind, f.metadata)
+    if sections is not None:
+        values["sections"] = {
+            name: build(kind, raw.get(name), f"{prefix}{name}.", renamed) for name, kind in sections.items()
+        }
     return cls(**values)
 
 

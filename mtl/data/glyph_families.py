@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from mtl.data.glyphs import _FRACTIONS, SPLITS
+from mtl.data.glyph_splits import FRACTIONS, SPLITS
 from mtl.data.strokes import Template, assemble, cubic, curve_points, stroke
 from mtl.errors import MtlError
 
@@ -78,7 +78,7 @@ def family_split_ids(classes: int, seed: int) -> dict[str, np.ndarray]:
     """Class ids of each split, whole families only: lowest ids train, then val, then test.
 
     Each split ends at the family boundary nearest its miniImageNet share (64 / 16 / 20 %), so the
-    counts differ slightly from :func:`~mtl.data.glyphs.split_class_ids`; every split gets >= 1 family.
+    counts differ slightly from :func:`~mtl.data.glyph_splits.split_class_ids`; every split gets >= 1 family.
     """
     if not isinstance(classes, int) or classes < len(SPLITS):
         raise MtlError(f"glyphs classes must be an integer >= {len(SPLITS)}, got {classes!r}")
@@ -89,8 +89,8 @@ def family_split_ids(classes: int, seed: int) -> dict[str, np.ndarray]:
             f"{len(bounds) - 1} families with seed {seed}; use more classes"
         )
     inner = bounds[1:-1]
-    train_end = min(inner[:-1], key=lambda b: abs(b - _FRACTIONS[0] * classes))
-    val_end = min(inner[inner > train_end], key=lambda b: abs(b - sum(_FRACTIONS) * classes))
+    train_end = min(inner[:-1], key=lambda b: abs(b - FRACTIONS[0] * classes))
+    val_end = min(inner[inner > train_end], key=lambda b: abs(b - sum(FRACTIONS) * classes))
     edges = [0, int(train_end), int(val_end), classes]
     return {name: np.arange(edges[i], edges[i + 1], dtype=np.int64) for i, name in enumerate(SPLITS)}
 

@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mtl.data import glyph_families
+from mtl.data.glyph_splits import SPLITS, split_class_ids
 from mtl.data.prepared import Split, load_manifest, load_split, save_dataset
 from mtl.data.strokes import Template, assemble, cubic, curve_points, splat, stroke
 from mtl.errors import MtlError
@@ -62,8 +64,6 @@ PRESETS: dict[str, GlyphStyle] = {
         width=(0.04, 0.07), noise=0.05, contrast=0.3, distractors=(1, 1), light_ink=True,
     ),
 }  # fmt: skip
-SPLITS = ("train", "val", "test")
-_FRACTIONS = (0.64, 0.16)  # train / val share of the classes, the rest is test (miniImageNet: 64/16/20)
 _FILL = 0.34  # pixels per glyph unit / image size: the [-1, 1] box spans 68% of the image
 _SPACING = 0.75  # max distance in pixels between curve samples; the stamp error is < 0.1 px
 _DISTRACTOR_LENGTH = (0.3, 0.6)  # shorter than class strokes, so a person can still tell them apart
@@ -86,33 +86,17 @@ def _check(preset: str, image_size: int, channels: int, seed: int, images: int =
     return PRESETS[preset]
 
 
-def split_class_ids(num_classes: int) -> dict[str, np.ndarray]:
-    """Class ids of each split: lowest ids train, then val, then test, about 64/16/20 % (>= 1 each)."""
-    if not isinstance(num_classes, int) or num_classes < len(SPLITS):
-        raise MtlError(f"glyphs classes must be an integer >= {len(SPLITS)}, got {num_classes!r}")
-    sizes = [max(1, math.floor(f * num_classes + 0.5)) for f in _FRACTIONS]
-    while sum(sizes) >= num_classes:  # keep at least one test class, taken from the larger split
-        sizes[int(np.argmax(sizes))] -= 1
-    bounds = np.cumsum([0, *sizes, num_classes - sum(sizes)])
-    return {name: np.arange(bounds[i], bounds[i + 1], dtype=np.int64) for i, name in enumerate(SPLITS)}
-
-
-def _families():
-    """:mod:`mtl.data.glyph_families`, imported on first use because it builds on this module's strokes."""
-    from mtl.data import glyph_families
-
-    return glyph_families
-
-
 def class_split_ids(classes: int, preset: str, seed: int) -> dict[str, np.ndarray]:
     """Class ids of each split: :func:`split_class_ids`, or whole families for the ``families`` preset."""
-    return _families().family_split_ids(classes, seed) if preset == "families" else split_class_ids(classes)
+    if preset == "families":
+        return glyph_families.family_split_ids(classes, seed)
+    return split_class_ids(classes)
 
 
 def _class_template(seed: int, class_id: int, preset: str) -> Template:
     """A class's strokes: 1-4 independent ones, or its family's base and own mark for ``families``."""
     if preset == "families":
-        return _families().family_template(seed, class_id)
+        return glyph_families.family_template(seed, class_id)
     rng = np.random.default_rng([seed, class_id, 0])
     return assemble([stroke(rng) for _ in range(rng.integers(1, 5))])
 
@@ -213,7 +197,7 @@ def generate(
             )
         labels = np.repeat(np.arange(len(ids), dtype=np.int64), images_per_class)
         fams = preset == "families"
-        names = _families().family_class_names(ids, seed) if fams else [f"glyph-{c:04d}" for c in ids]
+        names = glyph_families.family_class_names(ids, seed) if fams else [f"glyph-{c:04d}" for c in ids]
         splits[name] = Split(images, labels, names)
     return splits
 
@@ -231,7 +215,7 @@ def ensure_glyphs(
     # The style and renderer version are recorded too, so a cache made by other drawing code is redone.
     recorded = {**params, "style": asdict(style), "version": _VERSION}
     if preset == "families":  # a version of its own: changing the families leaves easy / hard caches valid
-        recorded["families_version"] = _families().VERSION
+        recorded["families_version"] = glyph_families.VERSION
     recorded = json.loads(json.dumps(recorded))
     if _cached(dest, recorded):
         return dest

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable, Generator
@@ -27,11 +26,11 @@ import click
 import numpy as np
 
 from mtl.data import disk, prepared
-from mtl.data.formats import DATASETS
+from mtl.data.formats import DATASETS, DatasetSpec
 from mtl.data.formats.common import SplitSource
 from mtl.data.images import BadImage, TooLarge, to_pixels
 from mtl.data.limits import PIXELS, human
-from mtl.data.stopping import Interrupted, StopSignals
+from mtl.data.stopping import Interrupted, StopSignals, terminate_workers, worker_signals
 from mtl.errors import MtlError
 
 _CHUNK = 256  # images per worker job
@@ -80,6 +79,26 @@ def prepare(
     ``MTL_MAX_PIXELS``, see :mod:`mtl.data.limits`). A stop signal (SIGTERM, SIGINT) while writing raises
     :class:`~mtl.data.stopping.Interrupted` once the temporary folder is removed.
     """
+    spec, source, dest, size = _check_request(dataset, source, dest, image_size, split_lists)
+    opts = _Options(size, spec.channels, skip_bad, workers, quiet, max_pixels or PIXELS.get())
+    start = time.perf_counter()
+    source_format, splits = _read(spec.read, source, split=split, seed=seed, split_lists=split_lists)
+    for name, s in splits.items():
+        _check_split(name, s, source)
+
+    report = Report(dest, source_format)
+    extra = {"dataset": dataset, "source": str(source), "skipped": 0}
+    _write_dataset(splits, extra, opts, report)
+    report.splits = prepared.load_manifest(dest)["splits"]
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _check_request(
+    dataset: str, source: str | Path, dest: str | Path, image_size: int | None, split_lists: str | Path | None
+) -> tuple[DatasetSpec, Path, Path, int]:
+    """The dataset's reader, the source, the destination and the image size, once every argument is
+    checked: before hours of decoding, not after."""
     if split_lists is not None and dataset != "omniglot":
         raise MtlError("--split-lists applies to omniglot only (the Vinyals et al. class lists)")
     if dataset not in DATASETS:
@@ -89,20 +108,20 @@ def prepare(
     source, dest = Path(source).expanduser(), Path(dest).expanduser().resolve()
     if not source.exists():
         raise MtlError(f"source not found: {source}")
-    prepared.check_replaceable(dest)  # before hours of decoding, not after
+    prepared.check_replaceable(dest)
     if dest == source.resolve() or source.resolve() in dest.parents:
         raise MtlError(f"--dest {dest} must not be inside the source {source}")
     size = image_size or spec.image_size
     if size < 8:
         raise MtlError(f"--image-size must be at least 8, got {size}")
-    opts = _Options(size, spec.channels, skip_bad, workers, quiet, max_pixels or PIXELS.get())
-    start = time.perf_counter()
-    source_format, splits = _read(spec.read, source, split=split, seed=seed, split_lists=split_lists)
-    for name, s in splits.items():
-        _check_split(name, s, source)
+    return spec, source, dest, size
 
-    report = Report(dest, source_format)
-    extra = {"dataset": dataset, "source": str(source), "skipped": 0}
+
+def _write_dataset(splits: dict[str, SplitSource], extra: dict, opts: _Options, report: Report) -> None:
+    """Decode every split into a hidden folder beside ``report.dest`` and swap it in whole. A full disk,
+    a dead decoding process or a stop signal removes the hidden folder and leaves the destination as
+    it was (or, after the swap, complete), and the error says which."""
+    dest, source_format = report.dest, report.source_format
     counts = {name: (s.class_names, len(s)) for name, s in splits.items()}
     shape = (opts.size, opts.size, opts.channels)
     replacing = disk.make_room(dest, prepared.file_sizes(counts, shape, source_format, extra))
@@ -132,9 +151,6 @@ def prepare(
     except Interrupted as exc:
         done = f"{dest} is complete" if swapped else f"its temporary folder is removed and {kept}"
         raise Interrupted(exc.signum, f"mtl data prepare stopped by {exc.name}; {done}") from None
-    report.splits = prepared.load_manifest(dest)["splits"]
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 @dataclass(frozen=True)
@@ -230,7 +246,7 @@ def _pixels(s: SplitSource, opts: _Options) -> Generator[tuple[int, np.ndarray |
             yield i, _one(items[i], size, channels, opts.max_pixels)
         return
     chunks = [list(range(a, min(a + _CHUNK, len(items)))) for a in range(0, len(items), _CHUNK)]
-    pool, done = ProcessPoolExecutor(max_workers=workers, initializer=_worker_signals), False
+    pool, done = ProcessPoolExecutor(max_workers=workers, initializer=worker_signals), False
     try:
         batches = ([items[i] for i in c] for c in chunks)
         n = len(chunks)
@@ -243,22 +259,7 @@ def _pixels(s: SplitSource, opts: _Options) -> Generator[tuple[int, np.ndarray |
         # waited for, or the process would linger (on exit) until every worker finished its chunk.
         pool.shutdown(wait=False, cancel_futures=True)
         if not done:
-            _terminate(pool)
-
-
-def _terminate(pool: ProcessPoolExecutor) -> None:
-    if hasattr(pool, "terminate_workers"):  # Python 3.14
-        pool.terminate_workers()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
-
-
-def _worker_signals() -> None:
-    """In decoding workers: Ctrl-C is the parent's to handle (no traceback per worker), and SIGTERM
-    ends a worker at once (the parent's handler, inherited by fork, would not)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            terminate_workers(pool)
 
 
 def _decode_chunk(items: list, size: int, channels: int, max_pixels: int) -> list:

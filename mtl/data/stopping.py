@@ -1,6 +1,7 @@
 """Stop signals during a long write: SIGTERM and SIGINT become an exception, so the writer's ``finally``
 clauses remove its temporary files before the process exits (SIGTERM's default action would just end
-it, leaving a hidden folder of gigabytes behind)."""
+it, leaving a hidden folder of gigabytes behind). Its worker processes leave Ctrl-C to the parent and
+end at SIGTERM (:func:`worker_signals`); :func:`terminate_workers` ends them without waiting."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from types import FrameType
 
-__all__ = ["Interrupted", "StopSignals"]
+__all__ = ["Interrupted", "StopSignals", "terminate_workers", "worker_signals"]
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -63,3 +65,19 @@ class StopSignals:
         if self.pending is not None:
             signum, self.pending = self.pending, None
             raise Interrupted(signum)
+
+
+def worker_signals() -> None:
+    """In worker processes (a pool's ``initializer``): Ctrl-C is the parent's to handle (no traceback
+    per worker), and SIGTERM ends a worker at once (the parent's handler, inherited by fork, would not)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """End ``pool``'s worker processes now, without waiting for their running jobs."""
+    if hasattr(pool, "terminate_workers"):  # Python 3.14
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()

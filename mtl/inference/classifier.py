@@ -25,28 +25,13 @@ from mtl.data.images import BadImage, to_pixels
 from mtl.errors import MtlError
 from mtl.methods import Method
 from mtl.methods.episodic import extract_features
-from mtl.models.backbone import build_backbone
 from mtl.runtime import checkpoint
 from mtl.runtime import device as devices
+from mtl.runtime.stage_folders import CLASSIFIER
 
-__all__ = ["STAGE", "Classifier", "build_method", "embed", "load_trained"]
+__all__ = ["STAGE", "Classifier", "embed", "load_trained"]
 
-STAGE = "classifier"
-
-
-def build_method(
-    cfg: config.Config, name: str, state: dict, dev: torch.device, path: Path | None = None
-) -> Method:
-    """Method ``name`` of ``cfg`` with its trained ``state`` (read from ``path``) loaded, in eval mode
-    on ``dev``; a state that does not fit is one line naming the first keys that differ."""
-    d, bb = cfg.data, cfg.backbone
-    encoder = build_backbone(
-        bb.name, in_chans=d.channels, widths=bb.widths, drop_rate=bb.drop_rate, image_size=d.image_size
-    )
-    method = methods.get(name)(encoder, cfg)
-    with checkpoint.fitting(path or Path("the checkpoint"), "the model its config describes"):
-        method.load_state(state)
-    return method.to(dev).eval()
+STAGE = CLASSIFIER
 
 
 def _config(saved: dict, path: Path) -> config.Config:
@@ -75,7 +60,7 @@ def load_trained(
     ckpt = checkpoint.load(path, stage="metatrain")
     cfg = _config(ckpt, path)
     dev = devices.resolve(device)
-    method = build_method(cfg, ckpt.get("method", "mtl"), ckpt, dev, path)
+    method = methods.build(cfg, name=methods.method_of(ckpt), state=ckpt, source=path).to(dev).eval()
     if steps is not None:
         if method.test_steps is None:
             raise MtlError(f"--steps: {method.label} takes no gradient steps on a support set")
@@ -204,4 +189,5 @@ class Classifier:
             name, state = str(saved["method"]), dict(saved["state"])
             fitted = {k: v.to(dev) for k, v in saved["fitted"].items()}
             classes, adapted = [str(c) for c in saved["classes"]], dict(saved["adapted"])
-        return cls(cfg, build_method(cfg, name, state, dev, path), fitted, classes, adapted)
+        method = methods.build(cfg, name=name, state=state, source=path).to(dev).eval()
+        return cls(cfg, method, fitted, classes, adapted)

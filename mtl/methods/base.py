@@ -1,9 +1,18 @@
-"""What every few-shot method is to the stages: an episode in, query logits out.
+"""What every few-shot method is to the stages, and the two families of methods.
 
 A method owns an encoder and whatever it learns on top of it. The stages never look inside: metatrain
-asks it for the logits of a meta-batch of tasks and for its optimiser groups, saves what
-:meth:`Method.state` returns and logs what :meth:`Method.log_epoch` logs; metatest, ablate, compare and
-adapt ask it for features and per-episode accuracies. A method names no stage, file or command.
+asks it for the loss of a meta-batch of tasks and for its optimiser groups, saves what
+:meth:`Method.state` returns and logs what :meth:`Method.log_epoch` logs; metatest, compare and adapt
+ask it for features and per-episode accuracies. A method names no stage, file or command.
+
+Two families share that interface:
+
+- :class:`FeatureMethod`: a task is classified on features of one encoder, fixed while the task is
+  solved (nearest centroid, FT, ProtoNet, Matching and Siamese networks, MTL — whose SS and θ are
+  meta-learned, but whose encoder a task does not change). Such a method defines one thing,
+  :meth:`FeatureMethod.episode_logits`; every image of an evaluation is encoded once.
+- a method that adapts the network itself to each task (MAML) subclasses :class:`Method` directly:
+  it classifies images, not features.
 
 Shapes: an episode has ``way`` classes, ``shot`` support and ``query`` query images per class, class
 major (``way * shot`` support rows, then ``way * query`` query rows, labels ``i // shot``).
@@ -23,29 +32,32 @@ from torch import nn
 from mtl.config import Config
 from mtl.data.episodes import ImageRows, episode_targets
 from mtl.data.store import ImageStore
-from mtl.methods.episodic import episodic
+from mtl.methods.episodic import episode_accuracy
 from mtl.runtime import checkpoint
 from mtl.runtime import device as devices
 from mtl.runtime.monitor import Monitor
 
-__all__ = ["Encode", "Method", "meta_update"]
+__all__ = ["Encode", "FeatureMethod", "Method", "meta_update"]
 
 # The stage's feature pass: (model, images (N, H, W, C) uint8) -> (N, D) float32 on the device, no grad.
 Encode = Callable[[nn.Module, ImageRows], torch.Tensor]
 
 
 class Method(nn.Module, metaclass=ABCMeta):
-    """Base of every method; a subclass defines :meth:`episode_logits` and, if it trains, its state.
+    """Base of every method: what the stages call. A method that adapts the network to each task
+    subclasses it directly; one on fixed features subclasses :class:`FeatureMethod`.
 
     Class attributes: ``name`` (its key in :data:`mtl.methods.METHODS` and the value of ``method:``),
     ``label`` (its row in results tables), ``trains`` (False: evaluation only, nothing to meta-train),
-    ``variants`` (``mtl compare`` rows: ``{row name: (label, config overrides)}``).
+    ``variants`` (``mtl compare`` rows: ``{row name: (label, config overrides)}``), ``settings`` (the
+    dataclass of its own pipeline section, named like the method; None: it has none).
     """
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     trains: ClassVar[bool] = True
     variants: ClassVar[dict[str, tuple[str, dict]]] = {}
+    settings: ClassVar[type | None] = None
     ablation_labels: ClassVar[dict[str, str]] = {}
 
     @classmethod
@@ -78,41 +90,18 @@ class Method(nn.Module, metaclass=ABCMeta):
         """Classes per meta-training task (ProtoNets train with more than they test)."""
         return self.way
 
+    # Meta-training.
+
     @abstractmethod
-    def episode_logits(
-        self, support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor, way: int
-    ) -> torch.Tensor:
-        """support ``(E, n_s, D)`` features with labels ``y_support (n_s,)`` in ``[0, way)``, query
-        ``(E, n_q, D)`` -> logits ``(E, n_q, way)``. Differentiable in training mode; in eval mode
-        (validation, test, adapt) it may take its test-time settings."""
-
-    def encode_tasks(
-        self,
-        images: torch.Tensor | ImageStore,
-        tasks: np.ndarray,
-        transform: Callable[[torch.Tensor], torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tasks ``(T, way, shot + query)`` image ids -> support ``(T, way * shot, D)`` and query
-        ``(T, way * query, D)`` float32 features, every task in one encoder forward."""
-        T, way, n = tasks.shape
-        idx = torch.from_numpy(tasks)  # host ids: gathering moves them (or the batch) to the device
-        with devices.autocast(images.device, self.precision):
-            feats = self.encoder(transform(images[idx.reshape(-1)])).float().view(T, way, n, -1)
-        return feats[:, :, : self.shot].flatten(1, 2), feats[:, :, self.shot :].flatten(1, 2)
-
     def task_logits(
         self,
         images: torch.Tensor | ImageStore,
         tasks: np.ndarray,
         transform: Callable[[torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query logits ``(T, way * query, way)`` of tasks ``(T, way, shot + query)`` and their targets
-        ``(way * query,)``."""
-        T, way, n = tasks.shape
-        support, query = self.encode_tasks(images, tasks, transform)
-        y_s = episode_targets(way, self.shot, device=images.device)
-        targets = episode_targets(way, n - self.shot, device=y_s.device)
-        return self.episode_logits(support, y_s, query, way), targets
+        """Query logits ``(T, way * query, way)`` of tasks ``(T, way, shot + query)`` (ids into the
+        uint8 ``images``; ``transform`` makes model input of a batch) and their targets
+        ``(way * query,)``; differentiable in training mode."""
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss of query logits ``(T, n_q, way)`` with targets ``(n_q,)``: cross-entropy."""
@@ -143,35 +132,87 @@ class Method(nn.Module, metaclass=ABCMeta):
     def log_epoch(self, monitor: Monitor, step: int) -> None:
         """TensorBoard extras after each meta-training epoch."""
 
+    # Evaluation on fixed episodes (validation, metatest, compare).
+
+    @abstractmethod
+    def features(self, images: ImageRows, encode: Encode, device: torch.device) -> torch.Tensor:
+        """What :meth:`evaluate` indexes with episode ids: ``(N, D)`` features of ``images`` (computed
+        once), or the images themselves for a method that encodes each episode on its own."""
+
+    @abstractmethod
+    def evaluate(self, features: torch.Tensor, episodes: torch.Tensor, shot: int) -> torch.Tensor:
+        """Accuracy ``(E,)`` in ``[0, 1]`` on episodes ``(E, way, shot + query)`` indexing ``features``."""
+
+    # One task at a time, as ``mtl adapt`` uses a method: embed, fit once, predict any number of times.
+
+    @abstractmethod
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images ``(B, C, H, W)`` -> what :meth:`fit` and :meth:`predict` take."""
+
+    @abstractmethod
+    def fit(self, support: torch.Tensor, y_support: torch.Tensor, way: int) -> dict[str, torch.Tensor]:
+        """Adapt to one task: support embeddings ``(n, ...)``, labels ``(n,)`` in ``[0, way)`` -> the
+        task's tensors, all that :meth:`predict` needs besides the method. Uses the test-time settings."""
+
+    @abstractmethod
+    def predict(self, fitted: dict[str, torch.Tensor], query: torch.Tensor, way: int) -> torch.Tensor:
+        """Query embeddings ``(m, ...)`` -> logits ``(m, way)`` of the task :meth:`fit` adapted to."""
+
+    def init_note(self, way: int) -> str:
+        """How a ``way``-way task starts (``mtl adapt`` prints it)."""
+        return "no initialisation to adapt"
+
+
+class FeatureMethod(Method):
+    """A method on fixed features: one encoder embeds every image of a task, and the method classifies
+    the episode from those features (:meth:`episode_logits`, the one thing a subclass defines)."""
+
+    @abstractmethod
+    def episode_logits(
+        self, support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor, way: int
+    ) -> torch.Tensor:
+        """support ``(E, n_s, D)`` features with labels ``y_support (n_s,)`` in ``[0, way)``, query
+        ``(E, n_q, D)`` -> logits ``(E, n_q, way)``. Differentiable in training mode; in eval mode
+        (validation, test, adapt) it may take its test-time settings."""
+
+    def encode_tasks(
+        self,
+        images: torch.Tensor | ImageStore,
+        tasks: np.ndarray,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tasks ``(T, way, shot + query)`` image ids -> support ``(T, way * shot, D)`` and query
+        ``(T, way * query, D)`` float32 features, every task in one encoder forward."""
+        T, way, n = tasks.shape
+        idx = torch.from_numpy(tasks)  # host ids: gathering moves them (or the batch) to the device
+        feats = devices.encode(self.encoder, transform(images[idx.reshape(-1)]), self.precision)
+        feats = feats.view(T, way, n, -1)
+        return feats[:, :, : self.shot].flatten(1, 2), feats[:, :, self.shot :].flatten(1, 2)
+
+    def task_logits(self, images, tasks, transform) -> tuple[torch.Tensor, torch.Tensor]:
+        T, way, n = tasks.shape
+        support, query = self.encode_tasks(images, tasks, transform)
+        y_s = episode_targets(way, self.shot, device=images.device)
+        targets = episode_targets(way, n - self.shot, device=y_s.device)
+        return self.episode_logits(support, y_s, query, way), targets
+
     def features(self, images: ImageRows, encode: Encode, device: torch.device) -> torch.Tensor:
         """``(N, D)`` features of ``images`` for evaluation (computed once, then indexed by episodes)."""
         return encode(self.encoder, images)
 
     @torch.no_grad()
     def evaluate(self, features: torch.Tensor, episodes: torch.Tensor, shot: int) -> torch.Tensor:
-        """Accuracy ``(E,)`` in ``[0, 1]`` on episodes ``(E, way, shot + query)`` indexing ``features``."""
-        return episodic(self.episode_logits, features, episodes, shot)
-
-    def init_note(self, way: int) -> str:
-        """How a ``way``-way task starts (``mtl adapt`` prints it)."""
-        return "no initialisation to adapt"
-
-    # One task at a time, as ``mtl adapt`` uses a method: embed, fit once, predict any number of times.
+        return episode_accuracy(self.episode_logits, features, episodes, shot)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images ``(B, C, H, W)`` -> what :meth:`fit` and :meth:`predict` take: ``(B, D)``
-        float32 features of the encoder (a method that adapts the encoder itself keeps the images)."""
-        with devices.autocast(x.device, self.precision):
-            return self.encoder(x).float()
+        """Preprocessed images ``(B, C, H, W)`` -> ``(B, D)`` float32 features of the encoder."""
+        return devices.encode(self.encoder, x, self.precision)
 
     def fit(self, support: torch.Tensor, y_support: torch.Tensor, way: int) -> dict[str, torch.Tensor]:
-        """Adapt to one task: support embeddings ``(n, ...)``, labels ``(n,)`` in ``[0, way)`` -> the
-        task's tensors, all that :meth:`predict` needs besides the method (a metric method keeps the
-        support set itself). Uses the test-time settings."""
+        """The support set itself (a metric method classifies against it)."""
         return {"support": support, "labels": y_support}
 
     def predict(self, fitted: dict[str, torch.Tensor], query: torch.Tensor, way: int) -> torch.Tensor:
-        """Query embeddings ``(m, ...)`` -> logits ``(m, way)`` of the task :meth:`fit` adapted to."""
         return self.episode_logits(fitted["support"][None], fitted["labels"], query[None], way)[0]
 
 

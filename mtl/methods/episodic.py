@@ -2,9 +2,10 @@
 
 The encoder is fixed during evaluation, so every image the episodes use is encoded once
 (:func:`extract_features`, with :func:`mtl.data.episodes.episode_images` choosing the images) and each
-episode only indexes that ``(num_images, D)`` matrix. The classifiers
-(:func:`nearest_centroid`, :func:`finetune`) then process a chunk of episodes at once with batched matmuls
-and keep no autograd graph — evaluation needs no gradient through the encoder.
+episode only indexes that ``(num_images, D)`` matrix. The classifiers (:func:`nearest_centroid`,
+:func:`finetune_theta`, any method's logits through :func:`episode_accuracy`) then process a chunk of
+episodes at once with batched matmuls and keep no autograd graph. :func:`chunked_accuracy` is the one
+loop over chunks of episodes, also for the methods that encode each episode on its own.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from mtl.errors import MtlError
 from mtl.models import base_learner
 from mtl.runtime.monitor import progress
 
-__all__ = ["episodic", "extract_features", "finetune", "mean_ci", "nearest_centroid", "raw_pixels"]
+__all__ = [
+    "chunked_accuracy",
+    "episode_accuracy",
+    "extract_features",
+    "finetune_theta",
+    "mean_ci",
+    "nearest_centroid",
+    "prototype_logits",
+    "raw_pixels",
+]
 
 # Cap on the gathered features of one chunk (float32 elements, 256 MB), so wide features such as raw
 # pixels do not need a hand-tuned chunk size.
@@ -69,30 +79,45 @@ def extract_features(
     return torch.cat(out)
 
 
-def _chunks(episodes: Tensor | np.ndarray, chunk: int, dim: int, device: torch.device):
-    """Yield ``(way, shot + query)``-shaped episode index chunks as int64 tensors on ``device``."""
+def chunked_accuracy(
+    episodes: Tensor | np.ndarray,
+    scores: Callable[[Tensor], Tensor],
+    *,
+    chunk: int,
+    width: int = 0,
+    device: torch.device | None = None,
+) -> Tensor:
+    """The one loop over episodes, a chunk at a time: per-episode query accuracy ``(E,)`` in ``[0, 1]``.
+
+    Args:
+        episodes: ``(E, way, shot + query)`` image ids.
+        scores: an int64 chunk of them ``(e, way, shot + query)`` -> query scores ``(e, way * query,
+            way)`` of the class-major queries.
+        chunk: most episodes at once; fewer where ``width``-wide features of a chunk's images would
+            pass 256 MB (raw pixels need no hand-tuned chunk size).
+        device: where the chunks go (None: they stay on the host, as ids for image gathers).
+    """
     episodes = torch.as_tensor(episodes, dtype=torch.long)
     if episodes.ndim != 3:
         raise ValueError(f"episodes must be (E, way, shot + query), got shape {tuple(episodes.shape)}")
-    per_episode = episodes.shape[1] * episodes.shape[2] * dim
-    step = max(1, min(chunk, _MAX_CHUNK_ELEMENTS // max(per_episode, 1)))
+    way = episodes.shape[1]
+    step = max(1, min(chunk, _MAX_CHUNK_ELEMENTS // max(episodes[0].numel() * width, 1)))
     starts = range(0, len(episodes), step)
+    acc = []
     for start in progress(starts, length=len(starts), label=f"  {len(episodes)} episodes"):
-        yield episodes[start : start + step].to(device, non_blocking=True)
+        idx = episodes[start : start + step]
+        s = scores(idx if device is None else idx.to(device, non_blocking=True))
+        targets = episode_targets(way, s.shape[1] // way, device=s.device)
+        acc.append((s.argmax(dim=-1) == targets).float().mean(dim=-1))
+    return torch.cat(acc)
 
 
-def _gather(features: Tensor, idx: Tensor, shot: int) -> tuple[Tensor, Tensor]:
-    """idx ``(e, way, shot + query)`` -> support ``(e, way * shot, D)``, query ``(e, way * query, D)``."""
-    e = idx.shape[0]
-    support = features[idx[:, :, :shot].reshape(e, -1)]
-    query = features[idx[:, :, shot:].reshape(e, -1)]
-    return support, query
-
-
-def _accuracy(scores: Tensor, way: int) -> Tensor:
-    """scores ``(e, way * query, way)`` of class-major queries -> accuracy ``(e,)``."""
-    targets = episode_targets(way, scores.shape[1] // way, device=scores.device)
-    return (scores.argmax(dim=-1) == targets).float().mean(dim=-1)
+def prototype_logits(support: Tensor, y_support: Tensor, query: Tensor, way: int) -> Tensor:
+    """support ``(E, n_s, D)`` with labels ``(n_s,)``, query ``(E, n_q, D)`` -> ``-‖q − c_k‖²``
+    ``(E, n_q, way)``, where ``c_k`` is the mean of class ``k``'s support rows (any shot per class)."""
+    onehot = (y_support.unsqueeze(-1) == torch.arange(way, device=y_support.device)).to(support.dtype)
+    protos = torch.matmul(onehot.T, support) / onehot.sum(0).unsqueeze(-1)  # (E, way, D)
+    return -torch.cdist(query, protos).square()
 
 
 def _check_shot(episodes: Tensor | np.ndarray, shot: int) -> None:
@@ -103,82 +128,7 @@ def _check_shot(episodes: Tensor | np.ndarray, shot: int) -> None:
 
 
 @torch.no_grad()
-def nearest_centroid(
-    features: Tensor, episodes: Tensor | np.ndarray, shot: int, *, chunk: int = 256
-) -> Tensor:
-    """Prototype classifier: each query goes to the nearest support mean (squared Euclidean distance).
-
-    Args:
-        features: ``(N, D)`` features of the split.
-        episodes: ``(E, way, shot + query)`` indices into ``features``.
-        shot: support images per class.
-        chunk: maximum episodes processed at once.
-
-    Returns:
-        ``(E,)`` float32 query accuracy per episode, in ``[0, 1]``, on ``features.device``.
-    """
-    _check_shot(episodes, shot)
-    way = episodes.shape[1]
-    features = features.float()
-    acc = []
-    for idx in _chunks(episodes, chunk, features.shape[1], features.device):
-        support, query = _gather(features, idx, shot)
-        protos = support.view(idx.shape[0], way, shot, -1).mean(dim=2)  # (e, way, D)
-        # -|q - p|² up to the per-query constant |q|², which does not change the argmax.
-        scores = torch.baddbmm(
-            -protos.square().sum(-1).unsqueeze(1), query, protos.transpose(1, 2), alpha=2.0
-        )
-        acc.append(_accuracy(scores, way))
-    return torch.cat(acc)
-
-
-@torch.no_grad()
-def finetune(
-    features: Tensor,
-    episodes: Tensor | np.ndarray,
-    shot: int,
-    W0: Tensor,
-    b0: Tensor,
-    *,
-    steps: int,
-    lr: float,
-    chunk: int = 256,
-) -> Tensor:
-    """MTL meta-test: adapt θ from ``(W0, b0)`` on each support set, then classify the queries.
-
-    Args:
-        features: ``(N, D)`` features of the split.
-        episodes: ``(E, way, shot + query)`` indices into ``features``.
-        shot: support images per class.
-        W0: ``(way, D)``; b0: ``(way,)`` — the (meta-learned) initialisation, shared by all episodes.
-        steps, lr: inner-loop gradient steps and learning rate (see :func:`mtl.models.base_learner.adapt`).
-        chunk: maximum episodes adapted at once.
-
-    Returns:
-        ``(E,)`` float32 query accuracy per episode, on ``features.device``; no graph is kept even if
-        ``W0`` requires grad.
-    """
-    _check_shot(episodes, shot)
-    way = episodes.shape[1]
-    if W0.shape != (way, features.shape[1]) or b0.shape != (way,):
-        raise MtlError(
-            f"the base-learner has shape {tuple(W0.shape)} but episodes are {way}-way "
-            f"on {features.shape[1]}-d features"
-        )
-    W0 = W0.detach().to(features.device, torch.float32)
-    b0 = b0.detach().to(features.device, torch.float32)
-    features = features.float()
-    y_support = episode_targets(way, shot, device=features.device)
-    acc = []
-    for idx in _chunks(episodes, chunk, features.shape[1], features.device):
-        support, query = _gather(features, idx, shot)
-        W, b = base_learner.adapt(support, y_support, W0, b0, steps=steps, lr=lr)
-        acc.append(_accuracy(base_learner.logits(query, W, b), way))
-    return torch.cat(acc)
-
-
-@torch.no_grad()
-def episodic(
+def episode_accuracy(
     logits_fn: Callable[[Tensor, Tensor, Tensor, int], Tensor],
     features: Tensor,
     episodes: Tensor | np.ndarray,
@@ -201,11 +151,74 @@ def episodic(
     way = episodes.shape[1]
     features = features.float()
     y_support = episode_targets(way, shot, device=features.device)
-    acc = []
-    for idx in _chunks(episodes, chunk, features.shape[1], features.device):
-        support, query = _gather(features, idx, shot)
-        acc.append(_accuracy(logits_fn(support, y_support, query, way), way))
-    return torch.cat(acc)
+
+    def scores(idx: Tensor) -> Tensor:
+        e = idx.shape[0]
+        support = features[idx[:, :, :shot].reshape(e, -1)]  # (e, way * shot, D)
+        query = features[idx[:, :, shot:].reshape(e, -1)]  # (e, way * query, D)
+        return logits_fn(support, y_support, query, way)
+
+    return chunked_accuracy(episodes, scores, chunk=chunk, width=features.shape[1], device=features.device)
+
+
+def nearest_centroid(
+    features: Tensor, episodes: Tensor | np.ndarray, shot: int, *, chunk: int = 256
+) -> Tensor:
+    """Prototype classifier: each query goes to the nearest support mean (squared Euclidean distance).
+
+    Args:
+        features: ``(N, D)`` features of the split.
+        episodes: ``(E, way, shot + query)`` indices into ``features``.
+        shot: support images per class.
+        chunk: maximum episodes processed at once.
+
+    Returns:
+        ``(E,)`` float32 query accuracy per episode, in ``[0, 1]``, on ``features.device``.
+    """
+    return episode_accuracy(prototype_logits, features, episodes, shot, chunk=chunk)
+
+
+def finetune_theta(
+    features: Tensor,
+    episodes: Tensor | np.ndarray,
+    shot: int,
+    W0: Tensor,
+    b0: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    chunk: int = 256,
+) -> Tensor:
+    """The base learner's meta-test (MTL's, and FT's from θ = 0): adapt θ from ``(W0, b0)`` on each
+    support set, then classify the queries.
+
+    Args:
+        features: ``(N, D)`` features of the split.
+        episodes: ``(E, way, shot + query)`` indices into ``features``.
+        shot: support images per class.
+        W0: ``(way, D)``; b0: ``(way,)`` — the (meta-learned) initialisation, shared by all episodes.
+        steps, lr: inner-loop gradient steps and learning rate (see :func:`mtl.models.base_learner.adapt`).
+        chunk: maximum episodes adapted at once.
+
+    Returns:
+        ``(E,)`` float32 query accuracy per episode, on ``features.device``; no graph is kept even if
+        ``W0`` requires grad.
+    """
+    _check_shot(episodes, shot)
+    way = episodes.shape[1]
+    if W0.shape != (way, features.shape[1]) or b0.shape != (way,):
+        raise MtlError(
+            f"the base-learner has shape {tuple(W0.shape)} but episodes are {way}-way "
+            f"on {features.shape[1]}-d features"
+        )
+    W0 = W0.detach().to(features.device, torch.float32)
+    b0 = b0.detach().to(features.device, torch.float32)
+
+    def logits(support: Tensor, y_support: Tensor, query: Tensor, way: int) -> Tensor:
+        W, b = base_learner.adapt(support, y_support, W0, b0, steps=steps, lr=lr)
+        return base_learner.logits(query, W, b)
+
+    return episode_accuracy(logits, features, episodes, shot, chunk=chunk)
 
 
 def mean_ci(acc: Tensor | np.ndarray) -> tuple[float, float]:

@@ -7,14 +7,16 @@ import torch
 from torch import nn
 
 from mtl.config import Config
-from mtl.methods.base import Method
-from mtl.methods.episodic import finetune
+from mtl.methods.base import FeatureMethod
+from mtl.methods.episodic import finetune_theta
+from mtl.methods.registry import register
 from mtl.models import base_learner
 
 __all__ = ["FineTune"]
 
 
-class FineTune(Method):
+@register
+class FineTune(FeatureMethod):
     name = "ft"
     label = "FT: θ fine-tuned on pretrained features (no meta-training)"
     trains = False
@@ -47,7 +49,7 @@ class FineTune(Method):
     @torch.no_grad()
     def evaluate(self, features: torch.Tensor, episodes: torch.Tensor, shot: int) -> torch.Tensor:
         W, b = self._zeros(episodes.shape[1], features.shape[1], features.device)
-        return finetune(features, episodes, shot, W, b, steps=self.test_steps, lr=self.lr)
+        return finetune_theta(features, episodes, shot, W, b, steps=self.test_steps, lr=self.lr)
 
     def init_note(self, way: int) -> str:
         return "zero"

@@ -13,6 +13,7 @@ time: evaluation is transductive over each task's queries.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,16 +23,39 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mtl.config import Config
+from mtl.config.limits import MAX_LR, MAX_STEPS
+from mtl.config.validation import option
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import ImageRows, episode_targets
 from mtl.data.store import ImageStore
-from mtl.errors import MtlError
 from mtl.methods.base import Encode, Method
+from mtl.methods.episodic import chunked_accuracy
+from mtl.methods.registry import register
 from mtl.runtime import checkpoint
 from mtl.runtime import device as devices
-from mtl.runtime.monitor import progress
 
-__all__ = ["MAML", "TaskBatchNorm2d", "adapt", "task_batch_norm_"]
+__all__ = ["MAML", "MAMLSettings", "TaskBatchNorm2d", "adapt", "task_batch_norm_"]
+
+
+@dataclass
+class MAMLSettings:
+    """The ``maml:`` section."""
+
+    inner_steps: int = option(
+        5, min=0, max=MAX_STEPS, doc="gradient steps on each support set in meta-training (the paper: 5)"
+    )
+    test_inner_steps: int = option(
+        10, min=0, max=MAX_STEPS, doc="the same at validation and test (the paper: 10)"
+    )
+    inner_lr: float = option(
+        0.01, min=0.0, max=MAX_LR, doc="α, the inner step size (the paper: 0.01 on miniImageNet)"
+    )
+    first_order: bool = option(False, doc="drop the second derivatives (first-order MAML)")
+    lr: float = option(1e-3, above=0.0, doc="β, Adam's lr of the initialisation (decayed like the meta-LRs)")
+    pretrained: bool = option(
+        False, doc="start the encoder from the pretrain stage; false: random (the paper)"
+    )
+
 
 Params = dict[str, Tensor]
 _CONV4_32 = {"backbone.name": "conv4", "backbone.widths": [32, 32, 32, 32], "maml.pretrained": False}
@@ -99,9 +123,11 @@ class _Net(nn.Module):
         return self.head(self.encoder(x))
 
 
+@register
 class MAML(Method):
     name = "maml"
     label = "MAML"
+    settings = MAMLSettings
     variants = {
         # The paper's miniImageNet network: Conv-4 with 32 filters per block.
         "maml-conv4": ("MAML, Conv-4 (32 filters), second order", {**_CONV4_32, "maml.first_order": False}),
@@ -111,7 +137,7 @@ class MAML(Method):
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
         task_batch_norm_(encoder)  # batch statistics in every forward, none kept
         super().__init__(encoder, cfg)
-        self.settings, d = cfg.maml, cfg.data
+        self.opts, d = cfg.maml, cfg.data
         self.net = _Net(self.encoder, cfg.meta.way)
         self.test_steps = cfg.maml.test_inner_steps
         self.pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
@@ -133,7 +159,7 @@ class MAML(Method):
     def query_logits(self, support: Tensor, y_support: Tensor, query: Tensor, way: int) -> Tensor:
         """support ``(T, n_s, C, H, W)`` images, labels ``(n_s,)``, query ``(T, n_q, C, H, W)`` -> the
         adapted networks' query logits ``(T, n_q, way)``; training or test steps by the module's mode."""
-        s = self.settings
+        s = self.opts
         steps = s.inner_steps if self.training else self.test_steps
         first_order = s.first_order or not self.training
 
@@ -160,9 +186,6 @@ class MAML(Method):
             way, n - self.shot, device=x.device
         )
 
-    def episode_logits(self, support: Tensor, y_support: Tensor, query: Tensor, way: int) -> Tensor:
-        raise MtlError("MAML adapts its whole network per task: it classifies images, not fixed features")
-
     def embed(self, x: Tensor) -> Tensor:
         """The preprocessed images themselves: the network adapts to each task, so nothing is fixed."""
         return x
@@ -170,7 +193,7 @@ class MAML(Method):
     def fit(self, support: Tensor, y_support: Tensor, way: int) -> dict[str, Tensor]:
         """Support images ``(n, C, H, W)`` -> the adapted network θ' (every weight, by name), after
         the test-time steps."""
-        s = self.settings
+        s = self.opts
         with devices.autocast(support.device, self.precision):
             params = adapt(
                 self.net, self._params(way), support, y_support,
@@ -181,8 +204,7 @@ class MAML(Method):
     def predict(self, fitted: dict[str, Tensor], query: Tensor, way: int) -> Tensor:
         """Query images ``(m, C, H, W)`` -> logits ``(m, way)``; batch norm normalises with the
         statistics of these ``m`` images (transductive, as in MAML's evaluation)."""
-        with devices.autocast(query.device, self.precision):
-            return functional_call(self.net, fitted, (query,)).float()
+        return devices.encode(lambda x: functional_call(self.net, fitted, (x,)), query, self.precision)
 
     def features(self, images: ImageRows, encode: Encode, device: torch.device) -> Tensor:
         """The images themselves, uint8 ``(N, H, W, C)`` on the device: the network adapts per episode,
@@ -192,17 +214,15 @@ class MAML(Method):
     def evaluate(self, features: Tensor, episodes: Tensor, shot: int, *, chunk: int = 16) -> Tensor:
         """Accuracy ``(E,)``: each episode adapts its own copy of θ (test steps), ``chunk`` episodes
         batched at once; no graph outlives a chunk, so memory does not grow with the episode count."""
-        acc = []
-        starts = range(0, len(episodes), chunk)
-        for start in progress(starts, length=len(starts), label=f"  {len(episodes)} episodes"):
-            idx = episodes[start : start + chunk].cpu().numpy()
-            with torch.no_grad():  # torch.func.grad still differentiates the inner loop
-                logits, targets = self.task_logits(features, idx, self.pre)
-            acc.append((logits.argmax(-1) == targets).float().mean(-1))
-        return torch.cat(acc)
+
+        @torch.no_grad()  # torch.func.grad still differentiates the inner loop
+        def scores(idx: Tensor) -> Tensor:
+            return self.task_logits(features, idx.numpy(), self.pre)[0]
+
+        return chunked_accuracy(episodes.cpu(), scores, chunk=chunk)
 
     def param_groups(self) -> list[dict]:
-        return [{"name": "maml", "params": list(self.net.parameters()), "lr": self.settings.lr}]
+        return [{"name": "maml", "params": list(self.net.parameters()), "lr": self.opts.lr}]
 
     def state(self) -> dict:
         return {"encoder": self.encoder.state_dict(), "head": self.net.head.state_dict()}

@@ -11,15 +11,32 @@ width, as common re-implementations do.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl.config import Config
-from mtl.methods.base import Method
+from mtl.config.limits import MAX_STEPS
+from mtl.config.validation import option
+from mtl.methods.base import FeatureMethod
+from mtl.methods.registry import register
 from mtl.runtime import checkpoint
 
-__all__ = ["MatchingNet", "attention_logits"]
+__all__ = ["MatchingNet", "MatchingNetSettings", "attention_logits"]
+
+
+@dataclass
+class MatchingNetSettings:
+    """The ``matchingnet:`` section."""
+
+    lr: float = option(1e-3, above=0.0, doc="Adam lr (decayed like the meta-LRs)")
+    fce: bool = option(False, doc="full-context embeddings: support bi-LSTM, attention LSTM for queries")
+    fce_steps: int = option(5, min=1, max=MAX_STEPS, doc="processing steps K of the attention LSTM")
+    pretrained: bool = option(
+        False, doc="start the encoder from the pretrain stage; false: random (the paper)"
+    )
 
 
 def attention_logits(support: Tensor, y_support: Tensor, query: Tensor, way: int) -> Tensor:
@@ -56,9 +73,11 @@ class FullContext(nn.Module):
         return g, h.view(E, n_q, d)
 
 
-class MatchingNet(Method):
+@register
+class MatchingNet(FeatureMethod):
     name = "matchingnet"
     label = "Matching Networks"
+    settings = MatchingNetSettings
     variants = {
         "matchingnet-conv4": (
             "Matching Networks, Conv-4 trained from scratch",

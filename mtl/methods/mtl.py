@@ -24,17 +24,19 @@ from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import ImageRows, episode_targets
 from mtl.data.store import ImageStore
-from mtl.methods.base import Encode, Method
-from mtl.methods.episodic import finetune
+from mtl.methods.base import Encode, FeatureMethod
+from mtl.methods.episodic import chunked_accuracy, finetune_theta
+from mtl.methods.registry import register
 from mtl.models import base_learner, ss
 from mtl.runtime import checkpoint
 from mtl.runtime import device as devices
-from mtl.runtime.monitor import Monitor, progress
+from mtl.runtime.monitor import Monitor
 
 __all__ = ["MTL", "task_outputs"]
 
 
-class MTL(Method):
+@register
+class MTL(FeatureMethod):
     """The SS encoder plus θ = (W (way, D), b (way,)): everything meta-training learns."""
 
     name = "mtl"
@@ -117,24 +119,21 @@ class MTL(Method):
         W, b = self.theta(episodes.shape[1])
         if self.meta.bn == "batch":
             return self._evaluate_per_set(features, episodes, shot, W, b)
-        return finetune(features, episodes, shot, W, b, steps=self.test_steps, lr=self.meta.inner_lr)
+        return finetune_theta(features, episodes, shot, W, b, steps=self.test_steps, lr=self.meta.inner_lr)
 
     def _evaluate_per_set(
         self, images: torch.Tensor, episodes: torch.Tensor, shot: int, W: torch.Tensor, b: torch.Tensor
     ) -> torch.Tensor:
         """Accuracy ``(E,)`` of episodes ``(E, way, shot + query)`` indexing uint8 ``images``, each
         episode's support set and query set encoded as batches of their own (``meta.bn: batch``)."""
-        way, chunk, acc = episodes.shape[1], 64, []
-        starts = range(0, len(episodes), chunk)
-        for start in progress(starts, length=len(starts), label=f"  {len(episodes)} episodes"):
-            tasks = episodes[start : start + chunk].cpu().numpy()
-            sup, qry = self.encode_sets(images, tasks, self.pre, shot)
-            y_s = episode_targets(way, shot, device=sup.device)
+        y_s = episode_targets(episodes.shape[1], shot, device=images.device)
+
+        def scores(idx: torch.Tensor) -> torch.Tensor:
+            sup, qry = self.encode_sets(images, idx.numpy(), self.pre, shot)
             Wt, bt = base_learner.adapt(sup, y_s, W, b, steps=self.test_steps, lr=self.meta.inner_lr)
-            logits = base_learner.logits(qry, Wt, bt)
-            targets = episode_targets(way, qry.shape[1] // way, device=sup.device)
-            acc.append((logits.argmax(-1) == targets).float().mean(-1))
-        return torch.cat(acc)
+            return base_learner.logits(qry, Wt, bt)
+
+        return chunked_accuracy(episodes.cpu(), scores, chunk=64)
 
     def encode_sets(
         self,
@@ -148,11 +147,14 @@ class MTL(Method):
         its own, task after task and queries first as in the official code (in ``affine`` mode the
         order sets the running statistics)."""
         sup, qry = [], []
-        with devices.autocast(images.device, self.precision):
-            for task in torch.from_numpy(tasks):  # host ids: gathering moves them to the device
-                qry.append(self.encoder(transform(images[task[:, shot:].reshape(-1)])))
-                sup.append(self.encoder(transform(images[task[:, :shot].reshape(-1)])))
-        return torch.stack(sup).float(), torch.stack(qry).float()
+        for task in torch.from_numpy(tasks):  # host ids: gathering moves them to the device
+            qry.append(
+                devices.encode(self.encoder, transform(images[task[:, shot:].reshape(-1)]), self.precision)
+            )
+            sup.append(
+                devices.encode(self.encoder, transform(images[task[:, :shot].reshape(-1)]), self.precision)
+            )
+        return torch.stack(sup), torch.stack(qry)
 
     def param_groups(self) -> list[dict]:
         """SS (and BN affine, if trained) at ``lr_ss``, θ at ``lr_theta``: what trains, nothing that a

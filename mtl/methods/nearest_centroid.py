@@ -7,23 +7,15 @@ from __future__ import annotations
 import torch
 
 from mtl.data.episodes import ImageRows
-from mtl.methods.base import Encode, Method
-from mtl.methods.episodic import nearest_centroid, raw_pixels
+from mtl.methods.base import Encode, FeatureMethod
+from mtl.methods.episodic import nearest_centroid, prototype_logits, raw_pixels
+from mtl.methods.registry import register
 
 __all__ = ["NearestCentroid", "PixelCentroid", "prototype_logits"]
 
 
-def prototype_logits(
-    support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor, way: int
-) -> torch.Tensor:
-    """support ``(E, n_s, D)`` with labels ``(n_s,)``, query ``(E, n_q, D)`` -> ``-‖q − c_k‖²``
-    ``(E, n_q, way)``, where ``c_k`` is the mean of class ``k``'s support rows (any shot per class)."""
-    onehot = (y_support.unsqueeze(-1) == torch.arange(way, device=y_support.device)).to(support.dtype)
-    protos = torch.matmul(onehot.T, support) / onehot.sum(0).unsqueeze(-1)  # (E, way, D)
-    return -torch.cdist(query, protos).square()
-
-
-class NearestCentroid(Method):
+@register
+class NearestCentroid(FeatureMethod):
     name = "nc"
     label = "nearest centroid, pretrained features"
     trains = False
@@ -40,6 +32,7 @@ class NearestCentroid(Method):
         return "support means"
 
 
+@register
 class PixelCentroid(NearestCentroid):
     name = "pixels"
     label = "nearest centroid, raw pixels"

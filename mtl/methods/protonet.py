@@ -7,20 +7,38 @@ Conv-4) or from the pretrain stage."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from mtl.config import Config
-from mtl.methods.base import Method
-from mtl.methods.episodic import nearest_centroid
-from mtl.methods.nearest_centroid import prototype_logits
+from mtl.config.validation import option
+from mtl.methods.base import FeatureMethod
+from mtl.methods.episodic import nearest_centroid, prototype_logits
+from mtl.methods.registry import register
 
-__all__ = ["ProtoNet"]
+__all__ = ["ProtoNet", "ProtoNetSettings"]
 
 
-class ProtoNet(Method):
+@dataclass
+class ProtoNetSettings:
+    """The ``protonet:`` section."""
+
+    lr: float = option(
+        1e-3, above=0.0, doc="Adam lr of the encoder (decayed like the meta-LRs: meta.step_size)"
+    )
+    train_way: int | None = option(None, min=2, doc="classes per training task (default: meta.way)")
+    pretrained: bool = option(
+        False, doc="start from the pretrain stage's encoder; false: a random one (the paper)"
+    )
+
+
+@register
+class ProtoNet(FeatureMethod):
     name = "protonet"
     label = "ProtoNet"
+    settings = ProtoNetSettings
     variants = {
         "protonet-conv4": (
             "ProtoNet, Conv-4 trained from scratch",

@@ -9,22 +9,38 @@ weighted by ``way − 1``, as balanced same / different sampling would weigh the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl.config import Config
+from mtl.config.validation import option
 from mtl.data.episodes import episode_targets
-from mtl.methods.base import Method
+from mtl.methods.base import FeatureMethod
+from mtl.methods.registry import register
 from mtl.runtime import checkpoint
 
-__all__ = ["Siamese"]
+__all__ = ["Siamese", "SiameseSettings"]
 
 
-class Siamese(Method):
+@dataclass
+class SiameseSettings:
+    """The ``siamese:`` section."""
+
+    lr: float = option(1e-3, above=0.0, doc="Adam lr (decayed like the meta-LRs)")
+    pretrained: bool = option(
+        False, doc="start the encoder from the pretrain stage; false: random (the paper)"
+    )
+
+
+@register
+class Siamese(FeatureMethod):
     name = "siamese"
     label = "Siamese networks"
+    settings = SiameseSettings
     variants = {
         "siamese-conv4": (
             "Siamese networks, Conv-4 trained from scratch",

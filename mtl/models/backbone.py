@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import timm
 import torch
@@ -10,7 +11,10 @@ import torch.nn as nn
 
 from mtl.errors import MtlError
 
-__all__ = ["TimmBackbone", "build_backbone", "own_backbones"]
+if TYPE_CHECKING:
+    from mtl.config import Config
+
+__all__ = ["TimmBackbone", "backbone_for", "build_backbone", "own_backbones"]
 
 _TIMM_PREFIX = "timm:"
 # Keyword arguments that switch off a backbone's own pretraining-only regularisers (its block dropout).
@@ -101,3 +105,17 @@ def build_backbone(
     if not model_name or not timm.is_model(model_name):
         raise MtlError(f"unknown timm model '{model_name}' (backbone '{name}'): see timm.list_models()")
     return TimmBackbone(timm.create_model(model_name, **kwargs))
+
+
+def backbone_for(cfg: Config, *, pretraining: bool = False) -> nn.Module:
+    """The feature extractor pipeline ``cfg`` describes (``backbone:`` and the input of ``data:``),
+    randomly initialised; with its dropout only if ``pretraining``."""
+    b, d = cfg.backbone, cfg.data
+    return build_backbone(
+        b.name,
+        in_chans=d.channels,
+        widths=b.widths,
+        drop_rate=b.drop_rate,
+        pretraining=pretraining,
+        image_size=d.image_size,
+    )

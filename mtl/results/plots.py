@@ -25,10 +25,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mtl.errors import MtlError  # noqa: E402
 from mtl.results.report import read_results  # noqa: E402
 from mtl.runtime.atomic import atomic_write  # noqa: E402
+from mtl.runtime.stage_folders import RESULT_FOLDERS, RESULTS_FILE  # noqa: E402
 
 __all__ = ["plot_all"]
 
-RESULTS = ("metatest", "ablation", "compare")
 TOP_CLASSES = 30
 
 
@@ -38,7 +38,7 @@ def plot_all(checkpoints: str | Path, out: str | Path) -> list[Path]:
     found: set[Path] = set()
     if root.is_dir():
         found |= {p.parent for p in root.glob("*/tb")}
-        found |= {p.parents[1] for s in RESULTS for p in root.glob(f"*/{s}/results.json")}
+        found |= {p.parents[1] for s in RESULT_FOLDERS for p in root.glob(f"*/{s}/{RESULTS_FILE}")}
     runs = sorted(found)
     if not runs:
         raise MtlError(
@@ -49,8 +49,8 @@ def plot_all(checkpoints: str | Path, out: str | Path) -> list[Path]:
     todo = []  # every file is read and checked before the first figure (or the folder) is made
     for run in runs:
         todo.append((_curves_data(run), out / f"{run.name}-curves.png", _curves))
-        for stage in RESULTS:
-            if (results := run / stage / "results.json").is_file():
+        for stage in RESULT_FOLDERS:
+            if (results := run / stage / RESULTS_FILE).is_file():
                 todo.append((read_results(results), out / f"{run.name}-{stage}.png", _bars))
         for hard in sorted(run.rglob("hard_tasks.json")):
             folder = "-".join(hard.parent.relative_to(run).parts)

@@ -12,6 +12,7 @@ import yaml
 
 from mtl.errors import MtlError
 from mtl.methods import METHODS
+from mtl.runtime.stage_folders import METATEST
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -45,9 +46,10 @@ def collect(checkpoints: str | Path) -> str:
     """One Markdown table of every finished metatest under ``checkpoints``, laid out like the paper's:
     a column per (dataset, shot), a row per method, then the published number and ours minus it."""
     root = Path(checkpoints).expanduser()
-    found = sorted(root.glob("*/metatest/results.json")) if root.is_dir() else []
+    pattern = f"*/{METATEST.folder}/{METATEST.writes}"
+    found = sorted(root.glob(pattern)) if root.is_dir() else []
     if not found:
-        raise MtlError(f"no finished metatest under {root} (no */metatest/results.json); run `make metatest`")
+        raise MtlError(f"no finished metatest under {root} (no {pattern}); run `make {METATEST.folder}`")
     columns = [_column(path) for path in found]
     order = list(DATASET_LABELS)
     columns.sort(

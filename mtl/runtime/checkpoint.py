@@ -24,10 +24,11 @@ from torch import nn
 from mtl import __version__
 from mtl.errors import MtlError
 from mtl.runtime.atomic import atomic_write
+from mtl.runtime.stage_folders import FOLDERS
 
 FORMAT = 1
-# What a user runs to produce each stage's checkpoint.
-MAKE = {"pretrain": "make pretrain", "metatrain": "make metatrain"}
+# What a user runs to produce each stage's checkpoint (the Makefile target is the folder's name).
+MAKE = {s.folder: f"make {s.folder}" for s in FOLDERS if s.checkpoint}
 
 
 class MissingCheckpoint(MtlError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -58,6 +59,13 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
     if encoder_precision(device, precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def encode(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, precision: str) -> torch.Tensor:
+    """``module(x)`` under the encoder's :func:`autocast` for ``precision``, returned in float32: every
+    encoder forward of mtl (features, logits of pretraining, MAML's adapted networks) runs through it."""
+    with autocast(x.device, precision):
+        return module(x).float()
 
 
 def memory_format() -> torch.memory_format:

@@ -27,6 +27,7 @@ from mtl import methods
 from mtl.config import Config
 from mtl.errors import MtlError
 from mtl.runtime import checkpoint
+from mtl.runtime.stage_folders import ABLATION, PRETRAIN
 from mtl.stages.metatest import Scorer, publish, test_episodes
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
@@ -52,32 +53,32 @@ def _variants(cfg: Config) -> dict[str, tuple[str, Config, bool]]:
     """``{row label: (folder, config, from scratch)}`` of the rows that are meta-trained."""
     cls = methods.get(cfg.method)
     rows = {
-        cls.ablation_label("plain"): ("ablation/mtl", _variant(cfg, hard_tasks=False), False),
+        cls.ablation_label("plain"): (f"{ABLATION.folder}/mtl", _variant(cfg, hard_tasks=False), False),
         cls.ablation_label("random"): (
-            "ablation/mtl-random",
+            f"{ABLATION.folder}/mtl-random",
             _variant(cfg, hard_tasks=True, mode="random"),
             False,
         ),
-        cls.ablation_label("hard"): ("ablation/mtl-ht", _variant(cfg, hard_tasks=True), False),
+        cls.ablation_label("hard"): (f"{ABLATION.folder}/mtl-ht", _variant(cfg, hard_tasks=True), False),
     }
     if cfg.ablation.scratch:
         # A random encoder has no meaningful running statistics: let batch norm learn them (and its affine
         # weights) during meta-training, as the official PyTorch code does.
         rows[cls.ablation_label("scratch")] = (
-            "ablation/scratch", _variant(cfg, hard_tasks=False, bn="affine"), True
+            f"{ABLATION.folder}/scratch", _variant(cfg, hard_tasks=False, bn="affine"), True
         )  # fmt: skip
     return rows
 
 
 def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
     """Run the ablation; writes ``ablation/results.json`` (metatest's shape plus wall-clock seconds)."""
-    with holding(cfg, checkpoints, "ablation"):
+    with holding(cfg, checkpoints, ABLATION.folder):
         return _ablate(cfg, checkpoints, quiet=quiet)
 
 
 def _ablate(cfg: Config, checkpoints: str | Path, *, quiet: bool) -> dict:
     start = time.perf_counter()
-    pre_path = checkpoint.stage_dir(checkpoints, cfg.run_name("pretrain"), "pretrain") / "best.pt"
+    pre_path = checkpoint.stage_dir(checkpoints, cfg.run_name(PRETRAIN.folder), PRETRAIN.folder) / "best.pt"
     if not pre_path.is_file():
         pretrain(cfg, checkpoints, quiet=quiet)
     variants = _variants(cfg)
@@ -88,7 +89,7 @@ def _ablate(cfg: Config, checkpoints: str | Path, *, quiet: bool) -> dict:
         seconds[label] = round(time.perf_counter() - t0, 1)
         kept[label] = best["epoch"]  # 0: meta-validation never beat the untrained start
 
-    with Run.open(cfg, "ablation", checkpoints, quiet=quiet) as run:
+    with Run.open(cfg, ABLATION.folder, checkpoints, quiet=quiet) as run:
         scorer = Scorer(run, *test_episodes(run, cfg.ablation.episodes))
         trained = {}  # every checkpoint read and checked before the first row is scored
         for label, (folder, variant_cfg, _) in variants.items():

@@ -18,6 +18,7 @@ from mtl.config import Config, from_dict, pipeline_file
 from mtl.errors import MtlError
 from mtl.results.published import published
 from mtl.runtime import checkpoint
+from mtl.runtime.stage_folders import COMPARE
 from mtl.stages.metatest import Scorer, publish, test_episodes
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
@@ -52,7 +53,7 @@ def compare(
     """Train what needs training, score every row; writes ``compare/results.json`` (metatest's shape
     plus ``seconds`` of training per row and ``published`` numbers) and returns it. The ``compare``
     folder is held from the first row's training to the table."""
-    with holding(cfg, checkpoints, "compare"):
+    with holding(cfg, checkpoints, COMPARE.folder):
         return _compare(cfg, checkpoints, names, quiet)
 
 
@@ -68,17 +69,17 @@ def _compare(cfg: Config, checkpoints: str | Path, names: list[str] | None, quie
     for name, (label, row_cfg) in todo.items():
         if methods.get(row_cfg.method).trains:
             t0 = time.perf_counter()
-            best = metatrain(row_cfg, checkpoints, quiet=quiet, folder=f"compare/{name}")
+            best = metatrain(row_cfg, checkpoints, quiet=quiet, folder=f"{COMPARE.folder}/{name}")
             seconds[label] = round(time.perf_counter() - t0, 1)
             kept[label] = best["epoch"]  # 0: validation never beat the untrained start
 
-    with Run.open(cfg, "compare", checkpoints, quiet=quiet) as run:
+    with Run.open(cfg, COMPARE.folder, checkpoints, quiet=quiet) as run:
         scorer = Scorer(run, *test_episodes(run, cfg.compare.episodes))
         scores, paper = {}, {}
         for name, (label, row_cfg) in todo.items():
             trained, path = None, None
             if methods.get(row_cfg.method).trains:
-                path = checkpoint.stage_dir(checkpoints, cfg.name, f"compare/{name}") / "best.pt"
+                path = checkpoint.stage_dir(checkpoints, cfg.name, f"{COMPARE.folder}/{name}") / "best.pt"
                 trained = checkpoint.load(path, stage="metatrain")
             scores[label] = scorer.score(scorer.method(row_cfg, trained, path))
             if (number := published(name, cfg)) is not None:

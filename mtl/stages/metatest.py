@@ -18,10 +18,9 @@ from mtl.config import Config
 from mtl.data.episodes import ImageRows
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
-from mtl.methods import Method
+from mtl.methods import FeatureMethod, Method
 from mtl.methods.episodic import mean_ci
 from mtl.results.report import results_table
-from mtl.runtime import checkpoint
 from mtl.runtime.checkpoint import MissingCheckpoint
 from mtl.training.run import Run
 
@@ -58,19 +57,15 @@ class Scorer:
     def method(self, cfg: Config, trained: dict | None = None, path: Path | None = None) -> Method:
         """``cfg.method`` in eval mode: from ``trained`` (a metatrain checkpoint, read from ``path``),
         else on the pretrained encoder (or a random one, for a method that starts without it)."""
-        cls = methods.get(cfg.method)
         encoder = self.run.backbone(cfg=cfg)
-        if trained is None and cls.needs_pretrained(cfg):
+        if trained is None and methods.get(cfg.method).needs_pretrained(cfg):
             self.run.load_pretrained(encoder, self.pretrained())
-        method = cls(encoder, cfg)
-        if trained is not None:
-            if trained.get("method", "mtl") != cfg.method:
-                raise MtlError(
-                    f"{path or 'the checkpoint'} is of method '{trained.get('method', 'mtl')}', "
-                    f"not '{cfg.method}'"
-                )
-            with checkpoint.fitting(path or Path("the metatrain checkpoint")):
-                method.load_state(trained)
+        if trained is not None and methods.method_of(trained) != cfg.method:
+            raise MtlError(
+                f"{path or 'the checkpoint'} is of method '{methods.method_of(trained)}', not '{cfg.method}'"
+            )
+        source = path or Path("the metatrain checkpoint")
+        method = methods.build(cfg, encoder, state=trained, source=source, fits="this pipeline's model")
         return method.to(self.run.device).eval()
 
     def score(self, method: Method, *, shares_pretrained: bool = False) -> torch.Tensor:
@@ -100,7 +95,7 @@ class Scorer:
             if needs and not self._has_pretrained():
                 self.run.monitor.line(f"no pretrain checkpoint: the '{cls.label}' row is left out")
                 continue
-            plain = cls.features is Method.features  # encodes with its (pretrained) encoder
+            plain = cls.features is FeatureMethod.features  # encodes with its (pretrained) encoder
             scores[cls.label] = self.score(self.method(cfg), shares_pretrained=needs and plain)
         return scores
 

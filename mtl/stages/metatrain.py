@@ -44,11 +44,10 @@ def build_method(run: Run, *, from_scratch: bool = False) -> Method:
     """The pipeline's method on the device, its encoder from the pretrain ``best.pt`` when the method
     starts from it (and not ``from_scratch``)."""
     cfg = run.cfg
-    cls = methods.get(cfg.method)
     encoder = run.backbone()
-    if cls.needs_pretrained(cfg) and not from_scratch:
+    if methods.get(cfg.method).needs_pretrained(cfg) and not from_scratch:
         run.load_pretrained(encoder)
-    method = cls(encoder, cfg).to(run.device)
+    method = methods.build(cfg, encoder).to(run.device)
     method.encoder.to(memory_format=devices.memory_format())
     devices.maybe_compile(method.encoder, cfg.compile)
     return method

@@ -71,8 +71,7 @@ def train_step(
     x: ``(B, C, S, S)`` float; y: ``(B,)`` class ids. Returns the loss and the number of correct
     predictions as device tensors (no host sync).
     """
-    with devices.autocast(x.device, precision):
-        out = model(x).float()
+    out = devices.encode(model, x, precision)
     loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -19,7 +19,7 @@ from mtl.data.prepared import Split
 from mtl.data.store import ImageStore
 from mtl.errors import MtlError
 from mtl.methods.episodic import extract_features
-from mtl.models.backbone import build_backbone
+from mtl.models.backbone import backbone_for
 from mtl.runtime import atomic, checkpoint, distributed, run_lock
 from mtl.runtime import device as devices
 from mtl.runtime.distributed import World
@@ -115,16 +115,7 @@ class Run:
     def backbone(self, *, pretraining: bool = False, cfg: Config | None = None) -> nn.Module:
         """The feature extractor of ``cfg`` (default: the run's), freshly initialised; with its
         dropout only if ``pretraining``."""
-        cfg = cfg or self.cfg
-        b = cfg.backbone
-        return build_backbone(
-            b.name,
-            in_chans=cfg.data.channels,
-            widths=b.widths,
-            drop_rate=b.drop_rate,
-            pretraining=pretraining,
-            image_size=cfg.data.image_size,
-        )
+        return backbone_for(cfg or self.cfg, pretraining=pretraining)
 
     def features(self, model: nn.Module, images: np.ndarray) -> torch.Tensor:
         """``(N, H, W, C)`` uint8 -> ``(N, D)`` float32 features on the device; no grad, eval mode."""
@@ -132,8 +123,7 @@ class Run:
         model.eval().to(memory_format=devices.memory_format())
 
         def encode(batch: torch.Tensor) -> torch.Tensor:
-            with devices.autocast(self.device, self.cfg.precision):
-                return model(self.pre(batch)).float()
+            return devices.encode(model, self.pre(batch), self.cfg.precision)
 
         try:
             return extract_features(encode, images, batch_size=self.cfg.test.batch_size, device=self.device)

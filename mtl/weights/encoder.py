@@ -7,9 +7,9 @@ from pathlib import Path
 from torch import nn
 
 from mtl import config, methods
-from mtl.errors import MtlError
+from mtl.models.backbone import backbone_for
+from mtl.runtime import checkpoint as checkpoint_file
 from mtl.weights.export import read_payload
-from mtl.weights.importer import backbone
 
 __all__ = ["load_encoder"]
 
@@ -24,20 +24,15 @@ def load_encoder(checkpoint: str | Path) -> nn.Module:
     """
     payload = read_payload(checkpoint)
     cfg = config.from_dict(payload["config"])
-    encoder = backbone(cfg)
-    try:
-        if payload["stage"] == "pretrain":
-            encoder.load_state_dict(payload["encoder"])
-        else:
-            name, state = (
-                (payload.get("method", "mtl"), payload)
-                if payload["stage"] == "metatrain"
-                else (payload["method"], payload["state"])
-            )
-            method = methods.get(name)(encoder, cfg)
-            method.load_state(state)
-            encoder = method.encoder
-    except (RuntimeError, KeyError) as exc:  # load_state_dict's key/shape report is pages long
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise MtlError(f"{checkpoint}: its weights do not fit its own config ({reason})") from None
-    return encoder.eval()
+    encoder = backbone_for(cfg)
+    source = Path(checkpoint)
+    if payload["stage"] == "pretrain":
+        with checkpoint_file.fitting(source, "the model its config describes"):
+            checkpoint_file.load_weights(encoder, payload["encoder"], "encoder")
+        return encoder.eval()
+    name, state = (
+        (methods.method_of(payload), payload)
+        if payload["stage"] == "metatrain"
+        else (payload["method"], payload["state"])
+    )
+    return methods.build(cfg, encoder, name=name, state=state, source=source).encoder.eval()

@@ -28,15 +28,15 @@ from mtl import __version__
 from mtl.config import Config, from_dict
 from mtl.data.augment import Preprocess
 from mtl.errors import MtlError
-from mtl.models.backbone import build_backbone
+from mtl.models.backbone import backbone_for
 from mtl.runtime import atomic, checkpoint
+from mtl.runtime.stage_folders import CHECKPOINT_STAGES
 from mtl.weights import card, files
 from mtl.weights.files import EXPORT_WEIGHTS, Source
 
 __all__ = ["EXPORT_FORMAT", "export", "from_source", "read_payload"]
 
 EXPORT_FORMAT = 1
-STAGES = ("pretrain", "metatrain", "classifier")
 # Checkpoint entries that are not weights: JSON-able ones travel in config.json's "checkpoint".
 _CARRIED = ("method", "class_names", "metric", "classes", "preprocess", "adapted", "imported")
 _DROPPED = ("format", "version", "stage", "config", "resume", "hard_tasks")  # training state, or rebuilt
@@ -58,7 +58,7 @@ def read_payload(path: str | Path) -> dict[str, Any]:
         stage = head.get("stage") if isinstance(head, dict) else None
     except Exception:  # unreadable: checkpoint.load below says why in its words
         stage = None
-    if stage not in STAGES:
+    if stage not in CHECKPOINT_STAGES:
         checkpoint.load(path, stage="stage")  # raises its one-line reason (missing, empty, YAML, corrupt)
         raise MtlError(f"{path} is a {stage} checkpoint; mtl exports pretrain, metatrain and classifier ones")
     return checkpoint.load(path, stage=stage)
@@ -78,7 +78,7 @@ def describe(source: Source) -> dict[str, Any]:
         if beside is None or not beside.is_file():
             raise MtlError(f"{source.label} has no mtl description (metadata 'mtl' or config.json)") from None
         info = json.loads(beside.read_text(encoding="utf-8"))
-    if info.get("mtl_export") != EXPORT_FORMAT or info.get("stage") not in STAGES:
+    if info.get("mtl_export") != EXPORT_FORMAT or info.get("stage") not in CHECKPOINT_STAGES:
         raise MtlError(f"{source.label} is not an mtl export of format {EXPORT_FORMAT}")
     return info
 
@@ -186,9 +186,7 @@ def _info(payload: dict[str, Any], groups: list[str], count: int) -> dict[str, A
     """config.json: what the weights are, and what rebuilds the checkpoint."""
     cfg = from_dict(payload["config"])
     stage, d = payload["stage"], cfg.data
-    net = build_backbone(
-        cfg.backbone.name, in_chans=d.channels, widths=cfg.backbone.widths, image_size=d.image_size
-    )
+    net = backbone_for(cfg)
     pre = Preprocess(d.image_size, d.channels, d.mean, d.std, resize=d.resize)
     widths = [f["num_chs"] for f in getattr(net, "feature_info", []) if f["module"].startswith("layer")]
     return {

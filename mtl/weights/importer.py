@@ -28,7 +28,7 @@ from torch import nn
 from mtl import methods
 from mtl.config import Config
 from mtl.errors import MtlError
-from mtl.models.backbone import build_backbone
+from mtl.models.backbone import backbone_for
 from mtl.runtime import atomic, checkpoint, run_lock
 from mtl.weights import batchnorm, files, layouts
 from mtl.weights.convert import Converted, Layout, check_tensors
@@ -46,14 +46,6 @@ class Imported:
     lines: list[str]
 
 
-def backbone(cfg: Config) -> nn.Module:
-    """The pipeline's plain feature extractor, as the stages build it (no pretraining dropout)."""
-    b, d = cfg.backbone, cfg.data
-    return build_backbone(
-        b.name, in_chans=d.channels, widths=b.widths, drop_rate=b.drop_rate, image_size=d.image_size
-    )
-
-
 def import_weights(
     spec: str, cfg: Config, checkpoints: str | Path, *, fmt: str | None = None, force: bool = False
 ) -> Imported:
@@ -67,7 +59,7 @@ def import_weights(
     out = checkpoint.stage_dir(checkpoints, cfg.run_name(stage), stage) / "best.pt"
     if out.exists() and not force:
         raise MtlError(f"{out} exists; add --force to replace it with the imported weights")
-    encoder = backbone(cfg)
+    encoder = backbone_for(cfg)
     expected = encoder.state_dict()
     conv = layout.convert(source, cfg, expected)
     lines = [
@@ -103,7 +95,7 @@ def _payload(stage: str, cfg: Config, encoder: nn.Module, conv: Converted, lines
     }
     if stage == "pretrain":
         return {"head": {}, **base, "encoder": encoder.state_dict()}
-    method = methods.get(cfg.method)(encoder, cfg)  # MTL attaches SS here, as metatrain does
+    method = methods.build(cfg, encoder)  # MTL attaches SS here, as metatrain does
     if conv.finish is not None:
         lines += conv.finish(method)
     return {**base, "method": cfg.method, **method.state()}

@@ -1,3 +1,6 @@
+"""mtl.methods.episodic: batched nearest centroid and fine-tuning against per-episode loops, the 95% CI,
+feature extraction and the raw-pixel baseline."""
+
 import math
 
 import numpy as np
@@ -7,7 +10,7 @@ import torch.nn.functional as F
 
 from mtl.data.episodes import fixed_episodes
 from mtl.errors import MtlError
-from mtl.methods.episodic import extract_features, finetune, mean_ci, nearest_centroid, raw_pixels
+from mtl.methods.episodic import extract_features, finetune_theta, mean_ci, nearest_centroid, raw_pixels
 
 WAY, SHOT, QUERY = 5, 3, 6
 
@@ -69,7 +72,7 @@ def test_finetune_matches_loop(chunk):
     g = torch.Generator().manual_seed(2)
     W0 = (0.2 * torch.randn(WAY, features.shape[1], generator=g)).requires_grad_()
     b0 = 0.2 * torch.randn(WAY, generator=g)
-    acc = finetune(features, eps, SHOT, W0, b0, steps=20, lr=0.3, chunk=chunk)
+    acc = finetune_theta(features, eps, SHOT, W0, b0, steps=20, lr=0.3, chunk=chunk)
     want = _reference_finetune(features, eps, SHOT, W0, b0, steps=20, lr=0.3)
     assert acc.shape == (len(eps),)
     assert 0.2 < acc.mean() < 0.95
@@ -83,14 +86,16 @@ def test_finetune_zero_steps_is_the_initial_classifier():
     features, eps = _data()
     W0 = torch.randn(WAY, features.shape[1], generator=torch.Generator().manual_seed(4))
     b0 = torch.zeros(WAY)
-    acc = finetune(features, eps, SHOT, W0, b0, steps=0, lr=0.1)
+    acc = finetune_theta(features, eps, SHOT, W0, b0, steps=0, lr=0.1)
     torch.testing.assert_close(acc, _reference_finetune(features, eps, SHOT, W0, b0, steps=0, lr=0.1))
 
 
 def test_finetune_rejects_a_mismatched_base_learner():
     features, eps = _data()
     with pytest.raises(MtlError, match="5-way"):
-        finetune(features, eps, SHOT, torch.zeros(4, features.shape[1]), torch.zeros(4), steps=1, lr=0.1)
+        finetune_theta(
+            features, eps, SHOT, torch.zeros(4, features.shape[1]), torch.zeros(4), steps=1, lr=0.1
+        )
 
 
 def test_mean_ci_formula():
