@@ -16,7 +16,7 @@ __version__ = "0.2.0"
 from mtl import models as _models  # noqa: E402,F401  (registers the timm backbones)
 
 # name -> (module, attribute): imported on first use, so `import mtl` stays light. (Folder-based
-# adapt and predict are mtl.inference.adapt.adapt and mtl.inference.predict.predict.)
+# adapt and predict are mtl.inference.adapt.adapt_folders and mtl.inference.predict.predict.)
 _API = {
     "load_config": ("mtl.config", "load"),
     "Config": ("mtl.config", "Config"),

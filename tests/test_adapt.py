@@ -22,7 +22,7 @@ from mtl.data.augment import Preprocess
 from mtl.data.images import to_pixels
 from mtl.data.prepare import prepare
 from mtl.errors import MtlError
-from mtl.inference.adapt import adapt
+from mtl.inference.adapt import adapt_folders
 from mtl.models import ss
 from mtl.models.backbone import build_backbone
 from mtl.runtime import checkpoint
@@ -147,7 +147,7 @@ def test_unlabelled_flat_query(model, tmp_path):
     rows = read_csv(out)
     assert list(rows[0]) == ["image", "prediction", "probability", "p(blue)", "p(green)", "p(red)"]
     assert [r["image"] for r in rows] == ["blue.png", "green.png", "red.png"]
-    res = adapt(model.best, support, query, quiet=True)
+    res = adapt_folders(model.best, support, query, quiet=True)
     assert res["accuracy"] is None and all(p["label"] is None for p in res["predictions"])
 
 
@@ -157,7 +157,7 @@ def test_way_differs_from_training(model, tmp_path):
     result = invoke("adapt", "--checkpoint", model.best, "--support", support, "--query", query)
     assert result.exit_code == 0, result.output
     assert "(mean of rows) to 2 classes" in result.output and "accuracy: " in result.output
-    res = adapt(model.best, support, query, quiet=True, steps=0)
+    res = adapt_folders(model.best, support, query, quiet=True, steps=0)
     # Every class starts from the same row, so without steps nothing tells them apart.
     assert res["theta_init"] == "mean of rows" and res["steps"] == 0
     assert all(p["probs"] == pytest.approx({"blue": 0.5, "red": 0.5}) for p in res["predictions"])
@@ -199,7 +199,7 @@ def reference_probs(model, support: Path, query: Path, classes: list[str]) -> to
 def test_matches_plain_gradient_descent(model, tmp_path, counts):
     support = write_classes(tmp_path / "support", counts, seed=7)
     query = write_classes(tmp_path / "query", dict.fromkeys(counts, 2), seed=8)
-    res = adapt(model.best, support, query, quiet=True)
+    res = adapt_folders(model.best, support, query, quiet=True)
     got = torch.tensor([[p["probs"][c] for c in counts] for p in res["predictions"]])
     assert res["classes"] == list(counts) and res["steps"] == model.cfg.eval_inner_steps() > 0
     torch.testing.assert_close(
@@ -272,10 +272,10 @@ def test_adapt_with_a_protonet_checkpoint_classifies_by_the_nearest_prototype(mo
     best = ckpts / "proto" / "metatrain" / "best.pt"
     support = write_classes(tmp_path / "support", {"red": 3, "green": 1, "blue": 2}, seed=3)
     query = write_classes(tmp_path / "query", dict.fromkeys(TEST_COLOURS, 2), seed=4)
-    res = adapt(best, support, query, quiet=True)
+    res = adapt_folders(best, support, query, quiet=True)
     assert res["theta_init"] == "support means" and res["steps"] is None
     with pytest.raises(MtlError, match=r"^--steps: ProtoNet.* takes no gradient steps on a support set$"):
-        adapt(best, support, query, quiet=True, steps=3)
+        adapt_folders(best, support, query, quiet=True, steps=3)
 
     ckpt = checkpoint.load(best, stage="metatrain")
     encoder = build_backbone(cfg.backbone.name, in_chans=3, widths=cfg.backbone.widths)
@@ -306,7 +306,7 @@ def test_adapt_with_a_maml_checkpoint_adapts_the_whole_network(model, tmp_path):
     best = ckpts / "maml" / "metatrain" / "best.pt"
     support = write_classes(tmp_path / "support", {"red": 2, "green": 1, "blue": 2}, seed=5)
     query = write_classes(tmp_path / "query", dict.fromkeys(TEST_COLOURS, 2), seed=6)
-    res = adapt(best, support, query, quiet=True)
+    res = adapt_folders(best, support, query, quiet=True)
     assert res["theta_init"] == "meta-learned network" and res["steps"] == 3
 
     from mtl import methods
@@ -346,7 +346,7 @@ def test_adapt_save_then_predict_gives_the_same_predictions(model, tmp_path):
     result = invoke("adapt", *task, "--save", saved)
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].startswith(f"adapt: classified 9 images; wrote {saved} in ")
-    adapted = adapt(model.best, support, query, quiet=True)
+    adapted = adapt_folders(model.best, support, query, quiet=True)
 
     out = tmp_path / "out" / "predictions.csv"
     out.parent.mkdir()

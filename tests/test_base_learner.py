@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtl.models.base_learner import adapt, init_theta, logits, support_grad
+from mtl.models.base_learner import adapt_theta, init_theta, logits, support_grad
 
 WAY, SHOT, QUERY, DIM = 5, 3, 4, 16
 
@@ -85,7 +85,7 @@ def test_adapt_matches_reference_theta_and_meta_gradient(first_order):
     W0.requires_grad_()
     b0.requires_grad_()
 
-    W, b = adapt(xs, ys, W0, b0, steps=steps, lr=lr, first_order=first_order)
+    W, b = adapt_theta(xs, ys, W0, b0, steps=steps, lr=lr, first_order=first_order)
     assert W.shape == (episodes, WAY, DIM) and b.shape == (episodes, WAY)
     got = torch.autograd.grad(_ce(xq, yq, W, b), (W0, b0, xs), allow_unused=True)
 
@@ -120,7 +120,7 @@ def test_adapt_in_the_support_span_matches_the_reference_for_any_width(dim):
     yq = torch.arange(WAY).repeat_interleave(QUERY)
     W0 = (0.3 * torch.randn(2, WAY, dim, generator=g, dtype=torch.float64)).requires_grad_()
     b0 = torch.zeros(WAY, dtype=torch.float64, requires_grad=True)
-    W, b = adapt(xs, ys, W0, b0, steps=4, lr=0.3)
+    W, b = adapt_theta(xs, ys, W0, b0, steps=4, lr=0.3)
     got = torch.autograd.grad(_ce(xq, yq, W, b), (W0, b0, xs))
     ref = [_reference_adapt(xs[e], ys, W0[e], b0, 4, 0.3) for e in range(2)]
     want = torch.autograd.grad(sum(_ce(xq[e], yq, *ref[e]) for e in range(2)), (W0, b0, xs))
@@ -135,7 +135,7 @@ def test_second_order_differs_from_first_order():
     W0.requires_grad_()
     grads = []
     for first_order in (False, True):
-        W, b = adapt(xs, ys, W0, b0, steps=3, lr=1.0, first_order=first_order)
+        W, b = adapt_theta(xs, ys, W0, b0, steps=3, lr=1.0, first_order=first_order)
         grads.append(torch.autograd.grad(_ce(xq, yq, W, b), W0)[0])
     assert (grads[0] - grads[1]).abs().max() > 1e-4
 
@@ -150,7 +150,7 @@ def test_adapt_gradcheck_second_order():
     b = (0.5 * torch.randn(way, generator=g, dtype=torch.float64)).requires_grad_()
 
     def query_loss(W, b, xs):
-        Wa, ba = adapt(xs, ys, W, b, steps=2, lr=0.7)
+        Wa, ba = adapt_theta(xs, ys, W, b, steps=2, lr=0.7)
         return F.cross_entropy(logits(xq, Wa, ba), ys)
 
     assert torch.autograd.gradcheck(query_loss, (W, b, xs))
@@ -160,25 +160,25 @@ def test_adapt_gradcheck_second_order():
 
 def test_adapt_in_float32_from_bfloat16_features():
     xs, ys, _, _, W0, b0 = _task(2)
-    W, b = adapt(xs.bfloat16(), ys, W0, b0, steps=3, lr=0.1)
-    Wr, br = adapt(xs.bfloat16().float(), ys, W0, b0, steps=3, lr=0.1)
+    W, b = adapt_theta(xs.bfloat16(), ys, W0, b0, steps=3, lr=0.1)
+    Wr, br = adapt_theta(xs.bfloat16().float(), ys, W0, b0, steps=3, lr=0.1)
     assert W.dtype == b.dtype == torch.float32
     torch.testing.assert_close(W, Wr)
     torch.testing.assert_close(b, br)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        Wa, ba = adapt(xs, ys, W0, b0, steps=3, lr=0.1)
+        Wa, ba = adapt_theta(xs, ys, W0, b0, steps=3, lr=0.1)
     assert Wa.dtype == torch.float32
-    torch.testing.assert_close(Wa, adapt(xs, ys, W0, b0, steps=3, lr=0.1)[0])
+    torch.testing.assert_close(Wa, adapt_theta(xs, ys, W0, b0, steps=3, lr=0.1)[0])
 
 
 def test_adapt_decreases_support_loss_and_keeps_no_graph_under_no_grad():
     xs, ys, _, _, W0, b0 = _task(4)
     W0.requires_grad_()
     with torch.no_grad():
-        W, b = adapt(xs, ys, W0, b0, steps=50, lr=0.5)
+        W, b = adapt_theta(xs, ys, W0, b0, steps=50, lr=0.5)
     assert not W.requires_grad and W.grad_fn is None and b.grad_fn is None
     assert _ce(xs, ys, W, b) < _ce(xs, ys, W0.detach(), b0)
-    W1, b1 = adapt(xs, ys, W0, b0, steps=0, lr=0.5)
+    W1, b1 = adapt_theta(xs, ys, W0, b0, steps=0, lr=0.5)
     assert W1 is W0 and b1 is b0
     with pytest.raises(ValueError):
-        adapt(xs, ys, W0, b0, steps=-1, lr=0.5)
+        adapt_theta(xs, ys, W0, b0, steps=-1, lr=0.5)

@@ -78,7 +78,7 @@ def test_batched_meta_gradient_equals_per_task_autograd(setup, first_order):
 
 
 def test_adapted_parameters_equal_per_task_autograd(setup):
-    from mtl.methods.maml import adapt
+    from mtl.methods.maml import adapt_network
 
     cfg, run, images, tasks = setup
     maml = _method(cfg, run)
@@ -86,7 +86,7 @@ def test_adapted_parameters_equal_per_task_autograd(setup):
     x = run.pre(images[torch.from_numpy(tasks[0]).reshape(-1)]).view(way, n, *run.pre(images[:1]).shape[1:])
     x_s, x_q, y_s = x[:, :1].flatten(0, 1), x[:, 1:].flatten(0, 1), episode_targets(way, 1)
     params = dict(maml.net.named_parameters())
-    got = adapt(maml.net, params, x_s, y_s, steps=3, lr=0.3, first_order=False)
+    got = adapt_network(maml.net, params, x_s, y_s, steps=3, lr=0.3, first_order=False)
     want, _ = per_task_reference(maml, x_s, y_s, x_q, steps=3, lr=0.3, first_order=False)
     for k in params:
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6)
@@ -100,7 +100,7 @@ def test_second_order_meta_gradient_passes_gradcheck():
         torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.BatchNorm2d(2, track_running_stats=False),
         torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 2),
     ).double()  # fmt: skip
-    from mtl.methods.maml import adapt
+    from mtl.methods.maml import adapt_network
 
     names = [k for k, _ in net.named_parameters()]
     x_s, x_q = torch.randn(4, 1, 4, 4, dtype=torch.float64), torch.randn(6, 1, 4, 4, dtype=torch.float64)
@@ -108,7 +108,7 @@ def test_second_order_meta_gradient_passes_gradcheck():
 
     def meta_loss(*flat):
         params = dict(zip(names, flat, strict=True))
-        adapted = adapt(net, params, x_s, y_s, steps=2, lr=0.5, first_order=False)
+        adapted = adapt_network(net, params, x_s, y_s, steps=2, lr=0.5, first_order=False)
         return F.cross_entropy(torch.func.functional_call(net, adapted, (x_q,)), y_q)
 
     inputs = tuple(p.detach().clone().requires_grad_() for p in net.parameters())

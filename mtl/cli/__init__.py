@@ -63,7 +63,7 @@ for _command in (
     stages.pipelines_command,
     data.data,
     tools.report,
-    tools.adapt,
+    tools.adapt_command,
     tools.predict,
     tools.bench,
     weights.import_command,

@@ -8,7 +8,7 @@ import click
 
 from mtl.cli.options import done, user_errors
 
-__all__ = ["adapt", "bench", "predict", "report"]
+__all__ = ["adapt_command", "bench", "predict", "report"]
 
 
 @click.command(short_help="Collect finished metatests into one table; --plot: figures.")
@@ -49,7 +49,7 @@ def report(checkpoints: str, out: str | None, plot: str | None) -> None:
         done(f"report: wrote {len(figures)} figures to {plot}", started, False)
 
 
-@click.command(short_help="Classify your own images with a trained model.")
+@click.command("adapt", short_help="Classify your own images with a trained model.")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A metatrain best.pt.")
 @click.option("--support", required=True, type=click.Path(file_okay=False), help="DIR/<class>/*.jpg")
 @click.option(
@@ -66,7 +66,7 @@ def report(checkpoints: str, out: str | None, plot: str | None) -> None:
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @user_errors
-def adapt(
+def adapt_command(
     checkpoint: str,
     support: str,
     query: str,
@@ -76,12 +76,12 @@ def adapt(
     device: str,
 ) -> None:
     """Few-shot classification of your own images with a meta-trained model."""
-    from mtl.inference.adapt import adapt as run_adapt
+    from mtl.inference.adapt import adapt_folders
     from mtl.inference.classifier import check_steps
 
     check_steps(steps)  # before any file is read
     started = time.perf_counter()
-    result = run_adapt(checkpoint, support, query, out=out, save=save, steps=steps, device=device)
+    result = adapt_folders(checkpoint, support, query, out=out, save=save, steps=steps, device=device)
     done(_summary("adapt", result), started, False)
 
 

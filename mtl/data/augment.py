@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
+
+from mtl.runtime import device as devices
+
+if TYPE_CHECKING:
+    from mtl.config import DataConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,6 +50,12 @@ class Preprocess:
         self.mean = list(mean or (IMAGENET_MEAN if channels == 3 else (0.5,)))
         self.std = list(std or (IMAGENET_STD if channels == 3 else (0.5,)))
         self.memory_format = memory_format
+
+    @classmethod
+    def for_data(cls, data: DataConfig) -> Preprocess:
+        """What a pipeline's ``data:`` section asks for (size, channels, normalisation, resize), in the
+        memory format mtl runs its encoders in."""
+        return cls(data.image_size, data.channels, data.mean, data.std, devices.memory_format(), data.resize)
 
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, H, W, C_in)`` -> float ``(B, C, H, W)`` in [0, 1] with the model's channel count."""

@@ -36,10 +36,10 @@ from mtl.errors import MtlError
 from mtl.inference.classifier import Classifier, embed, load_trained
 from mtl.inference.predictions import Predictions, check_out
 
-__all__ = ["adapt", "query_files"]
+__all__ = ["adapt_folders", "query_files"]
 
 
-def adapt(
+def adapt_folders(
     checkpoint_path: str | Path,
     support: str | Path,
     query: str | Path,

@@ -81,7 +81,7 @@ def embed_pixels(cfg: config.Config, method: Method, pixels: np.ndarray | torch.
             f"images must be uint8 (n, {size}, {size}, {d.channels}) as the model was trained on, "
             f"got {pixels.dtype} {tuple(pixels.shape)}"
         )
-    pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
+    pre = Preprocess.for_data(d)
     return extract_features(
         lambda b: method.embed(pre(b)), pixels, batch_size=cfg.test.batch_size, device=dev
     )

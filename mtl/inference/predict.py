@@ -28,8 +28,8 @@ def predict(
 ) -> dict:
     """Classify ``images`` (files or folders); print a table and optionally write a CSV.
 
-    Returns ``{"classes", "predictions", "accuracy", "written"}`` as :func:`mtl.inference.adapt.adapt` does
-    (``written``: the files it wrote).
+    Returns ``{"classes", "predictions", "accuracy", "written"}`` as
+    :func:`mtl.inference.adapt.adapt_folders` does (``written``: the files it wrote).
     """
     if not images:
         raise MtlError("give the images to classify: files or folders (mtl predict CLASSIFIER IMAGES...)")

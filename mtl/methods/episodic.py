@@ -197,7 +197,7 @@ def finetune_theta(
         episodes: ``(E, way, shot + query)`` indices into ``features``.
         shot: support images per class.
         W0: ``(way, D)``; b0: ``(way,)`` — the (meta-learned) initialisation, shared by all episodes.
-        steps, lr: inner-loop gradient steps and learning rate (see :func:`mtl.models.base_learner.adapt`).
+        steps, lr: inner-loop gradient steps and learning rate (:func:`mtl.models.base_learner.adapt_theta`).
         chunk: maximum episodes adapted at once.
 
     Returns:
@@ -215,7 +215,7 @@ def finetune_theta(
     b0 = b0.detach().to(features.device, torch.float32)
 
     def logits(support: Tensor, y_support: Tensor, query: Tensor, way: int) -> Tensor:
-        W, b = base_learner.adapt(support, y_support, W0, b0, steps=steps, lr=lr)
+        W, b = base_learner.adapt_theta(support, y_support, W0, b0, steps=steps, lr=lr)
         return base_learner.logits(query, W, b)
 
     return episode_accuracy(logits, features, episodes, shot, chunk=chunk)

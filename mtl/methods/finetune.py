@@ -34,13 +34,13 @@ class FineTune(FeatureMethod):
         self, support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor, way: int
     ) -> torch.Tensor:
         W, b = self._zeros(way, support.shape[-1], support.device)
-        W, b = base_learner.adapt(support, y_support, W, b, steps=self.test_steps, lr=self.lr)
+        W, b = base_learner.adapt_theta(support, y_support, W, b, steps=self.test_steps, lr=self.lr)
         return base_learner.logits(query, W, b)
 
     def fit(self, support: torch.Tensor, y_support: torch.Tensor, way: int) -> dict[str, torch.Tensor]:
         """The fine-tuned θ' = (W' (way, D), b' (way,)) of one task."""
         W, b = self._zeros(way, support.shape[-1], support.device)
-        W, b = base_learner.adapt(support, y_support, W, b, steps=self.test_steps, lr=self.lr)
+        W, b = base_learner.adapt_theta(support, y_support, W, b, steps=self.test_steps, lr=self.lr)
         return {"W": W.detach(), "b": b.detach()}
 
     def predict(self, fitted: dict[str, torch.Tensor], query: torch.Tensor, way: int) -> torch.Tensor:

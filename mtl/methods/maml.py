@@ -34,7 +34,7 @@ from mtl.methods.registry import register
 from mtl.runtime import checkpoint
 from mtl.runtime import device as devices
 
-__all__ = ["MAML", "MAMLSettings", "TaskBatchNorm2d", "adapt", "task_batch_norm_"]
+__all__ = ["MAML", "MAMLSettings", "TaskBatchNorm2d", "adapt_network", "task_batch_norm_"]
 
 
 @dataclass
@@ -61,7 +61,7 @@ Params = dict[str, Tensor]
 _CONV4_32 = {"backbone.name": "conv4", "backbone.widths": [32, 32, 32, 32], "maml.pretrained": False}
 
 
-def adapt(
+def adapt_network(
     net: nn.Module, params: Params, x: Tensor, y: Tensor, *, steps: int, lr: float, first_order: bool
 ) -> Params:
     """θ' after ``steps`` gradient steps of the cross-entropy of ``net`` on ``x`` ``(n, C, H, W)``,
@@ -140,7 +140,7 @@ class MAML(Method):
         self.opts, d = cfg.maml, cfg.data
         self.net = _Net(self.encoder, cfg.meta.way)
         self.test_steps = cfg.maml.test_inner_steps
-        self.pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
+        self.pre = Preprocess.for_data(d)
 
     @classmethod
     def needs_pretrained(cls, cfg: Config) -> bool:
@@ -164,7 +164,7 @@ class MAML(Method):
         first_order = s.first_order or not self.training
 
         def one_task(params: Params, x_s: Tensor, x_q: Tensor) -> Tensor:
-            adapted = adapt(
+            adapted = adapt_network(
                 self.net, params, x_s, y_support, steps=steps, lr=s.inner_lr, first_order=first_order
             )
             return functional_call(self.net, adapted, (x_q,))
@@ -195,7 +195,7 @@ class MAML(Method):
         the test-time steps."""
         s = self.opts
         with devices.autocast(support.device, self.precision):
-            params = adapt(
+            params = adapt_network(
                 self.net, self._params(way), support, y_support,
                 steps=self.test_steps, lr=s.inner_lr, first_order=True,
             )  # fmt: skip

@@ -60,7 +60,7 @@ class MTL(FeatureMethod):
         self.per_set = m.bn != "frozen"
         super().__init__(ss.attach(encoder, bn=m.bn), cfg)
         self.meta: MetaConfig = m
-        self.pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
+        self.pre = Preprocess.for_data(d)
         self.test_steps = cfg.eval_inner_steps()
         W, b = base_learner.init_theta(m.way, encoder.num_features)
         self.W, self.b = nn.Parameter(W), nn.Parameter(b)
@@ -90,7 +90,7 @@ class MTL(FeatureMethod):
         W, b = self.theta(way)
         steps = self.meta.inner_steps if self.training else self.test_steps
         first_order = self.meta.first_order and self.training
-        W, b = base_learner.adapt(
+        W, b = base_learner.adapt_theta(
             support, y_support, W, b, steps=steps, lr=self.meta.inner_lr, first_order=first_order
         )
         return base_learner.logits(query, W, b)
@@ -98,7 +98,9 @@ class MTL(FeatureMethod):
     def fit(self, support: torch.Tensor, y_support: torch.Tensor, way: int) -> dict[str, torch.Tensor]:
         """The adapted θ' = (W' (way, D), b' (way,)) of one task."""
         W, b = self.theta(way)
-        W, b = base_learner.adapt(support, y_support, W, b, steps=self.test_steps, lr=self.meta.inner_lr)
+        W, b = base_learner.adapt_theta(
+            support, y_support, W, b, steps=self.test_steps, lr=self.meta.inner_lr
+        )
         return {"W": W.detach(), "b": b.detach()}
 
     def predict(self, fitted: dict[str, torch.Tensor], query: torch.Tensor, way: int) -> torch.Tensor:
@@ -130,7 +132,7 @@ class MTL(FeatureMethod):
 
         def scores(idx: torch.Tensor) -> torch.Tensor:
             sup, qry = self.encode_sets(images, idx.numpy(), self.pre, shot)
-            Wt, bt = base_learner.adapt(sup, y_s, W, b, steps=self.test_steps, lr=self.meta.inner_lr)
+            Wt, bt = base_learner.adapt_theta(sup, y_s, W, b, steps=self.test_steps, lr=self.meta.inner_lr)
             return base_learner.logits(qry, Wt, bt)
 
         return chunked_accuracy(episodes.cpu(), scores, chunk=64)
@@ -208,7 +210,7 @@ def task_outputs(
         # Frozen BN: every task of the meta-batch, hard tasks included, in one encoder forward.
         sup, qry = learner.encode_tasks(images, tasks, transform)
     y_s = episode_targets(way, m.shot, device=dev)
-    W, b = base_learner.adapt(
+    W, b = base_learner.adapt_theta(
         sup, y_s, learner.W, learner.b, steps=m.inner_steps, lr=m.inner_lr, first_order=m.first_order
     )
     return base_learner.logits(qry, W, b), episode_targets(way, n - m.shot, device=dev)

@@ -4,7 +4,7 @@ The inner loop runs plain gradient descent on the support cross-entropy. Its gra
 for a linear classifier, so no autograd call is needed per step: with ``P = softmax(x Wᵀ + b)`` and
 ``G = (P − onehot(y)) / n``, ``∇W = Gᵀ x`` and ``∇b = Σ_rows G``. The formula is built from
 differentiable ops, so the meta-gradient ``d L_query(θ') / d(θ, x_support)`` is exact second order.
-:func:`adapt` runs the steps in the span of the support rows (on their ``(n, n)`` Gram matrix), so an
+:func:`adapt_theta` runs the steps in the span of the support rows (on their ``(n, n)`` Gram matrix), so an
 inner step costs the same for 64-d and 640-d features.
 
 Every function broadcasts over leading (episode) dimensions: features ``(E, n, D)`` with a shared
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["adapt", "init_theta", "logits", "support_grad"]
+__all__ = ["adapt_theta", "init_theta", "logits", "support_grad"]
 
 
 def _full_precision(device: torch.device) -> torch.autocast:
@@ -68,7 +68,7 @@ def support_grad(x: Tensor, y: Tensor, W: Tensor, b: Tensor) -> tuple[Tensor, Te
         return torch.matmul(g.transpose(-1, -2), x), g.sum(dim=-2)
 
 
-def adapt(
+def adapt_theta(
     x: Tensor,
     y: Tensor,
     W: Tensor,

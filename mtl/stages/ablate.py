@@ -1,6 +1,7 @@
 """The ablation: what pretraining, SS meta-training and hard tasks each add, on the same test episodes.
 
-One pretrained encoder (the pipeline's pretrain ``best.pt``, trained first if missing) feeds every row:
+A set of :mod:`mtl.stages.compare` rows (:func:`~mtl.stages.compare.score_rows`) over one pretrained
+encoder (the pipeline's pretrain ``best.pt``, trained first if missing):
 
 1. nearest centroid on pretrained features;
 2. θ fine-tuned on the frozen pretrained features, no meta-training (the paper's "FT");
@@ -20,18 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 from mtl import methods
 from mtl.config import Config
 from mtl.errors import MtlError
+from mtl.results.report import results_table
 from mtl.runtime import checkpoint
-from mtl.runtime.stage_folders import ABLATION, PRETRAIN
-from mtl.stages.metatest import Scorer, publish, test_episodes
-from mtl.stages.metatrain import metatrain
-from mtl.stages.pretrain import pretrain
-from mtl.training.run import Run, holding
+from mtl.runtime.stage_folders import ABLATION
+from mtl.stages.compare import Row, score_rows
+from mtl.training.run import holding
+
+__all__ = ["FT", "MTL", "MTL_HT", "MTL_RANDOM", "NC", "SCRATCH", "ablate", "ablation_rows"]
 
 _MTL = methods.get("mtl")
 NC = methods.get("nc").label
@@ -49,70 +50,48 @@ def _variant(cfg: Config, *, hard_tasks: bool, bn: str | None = None, mode: str 
     return dataclasses.replace(cfg, meta=meta)
 
 
-def _variants(cfg: Config) -> dict[str, tuple[str, Config, bool]]:
-    """``{row label: (folder, config, from scratch)}`` of the rows that are meta-trained."""
-    cls = methods.get(cfg.method)
-    rows = {
-        cls.ablation_label("plain"): (f"{ABLATION.folder}/mtl", _variant(cfg, hard_tasks=False), False),
-        cls.ablation_label("random"): (
-            f"{ABLATION.folder}/mtl-random",
-            _variant(cfg, hard_tasks=True, mode="random"),
-            False,
-        ),
-        cls.ablation_label("hard"): (f"{ABLATION.folder}/mtl-ht", _variant(cfg, hard_tasks=True), False),
-    }
+def ablation_rows(cfg: Config) -> list[Row]:
+    """The ablation's rows for the pipeline's method, in the table's order."""
+    label = methods.get(cfg.method).ablation_label
+    folder = ABLATION.folder
+    rows = [
+        Row(NC, dataclasses.replace(cfg, method="nc"), f"{folder}/nc"),
+        Row(FT, dataclasses.replace(cfg, method="ft"), f"{folder}/ft"),
+        Row(label("plain"), _variant(cfg, hard_tasks=False), f"{folder}/mtl"),
+        Row(label("random"), _variant(cfg, hard_tasks=True, mode="random"), f"{folder}/mtl-random"),
+        Row(label("hard"), _variant(cfg, hard_tasks=True), f"{folder}/mtl-ht"),
+    ]
     if cfg.ablation.scratch:
-        # A random encoder has no meaningful running statistics: let batch norm learn them (and its affine
-        # weights) during meta-training, as the official PyTorch code does.
-        rows[cls.ablation_label("scratch")] = (
-            f"{ABLATION.folder}/scratch", _variant(cfg, hard_tasks=False, bn="affine"), True
-        )  # fmt: skip
+        # A random encoder has no meaningful running statistics: let batch norm learn them (and its
+        # affine weights) during meta-training, as the official PyTorch code does.
+        scratch = _variant(cfg, hard_tasks=False, bn="affine")
+        rows.append(Row(label("scratch"), scratch, f"{folder}/scratch", from_scratch=True))
     return rows
 
 
 def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
-    """Run the ablation; writes ``ablation/results.json`` (metatest's shape plus wall-clock seconds)."""
+    """Run the ablation; writes ``ablation/results.json`` (metatest's shape plus wall-clock seconds and
+    each row's training query accuracy per epoch)."""
+    todo = ablation_rows(cfg)
     with holding(cfg, checkpoints, ABLATION.folder):
-        return _ablate(cfg, checkpoints, quiet=quiet)
-
-
-def _ablate(cfg: Config, checkpoints: str | Path, *, quiet: bool) -> dict:
-    start = time.perf_counter()
-    pre_path = checkpoint.stage_dir(checkpoints, cfg.run_name(PRETRAIN.folder), PRETRAIN.folder) / "best.pt"
-    if not pre_path.is_file():
-        pretrain(cfg, checkpoints, quiet=quiet)
-    variants = _variants(cfg)
-    seconds, kept = {}, {}
-    for label, (folder, variant_cfg, scratch) in variants.items():
-        t0 = time.perf_counter()
-        best = metatrain(variant_cfg, checkpoints, quiet=quiet, folder=folder, from_scratch=scratch)
-        seconds[label] = round(time.perf_counter() - t0, 1)
-        kept[label] = best["epoch"]  # 0: meta-validation never beat the untrained start
-
-    with Run.open(cfg, ABLATION.folder, checkpoints, quiet=quiet) as run:
-        scorer = Scorer(run, *test_episodes(run, cfg.ablation.episodes))
-        trained = {}  # every checkpoint read and checked before the first row is scored
-        for label, (folder, variant_cfg, _) in variants.items():
-            path = checkpoint.stage_dir(checkpoints, cfg.name, folder) / "best.pt"
-            trained[label] = scorer.method(variant_cfg, checkpoint.load(path, stage="metatrain"), path)
-        scores = scorer.baselines(["nc", "ft"])
-        scores.update({label: scorer.score(method) for label, method in trained.items()})
-        seconds["total"] = round(time.perf_counter() - start, 1)
-        extra = {"seconds": seconds, "kept_epoch": kept, "query_acc_per_epoch": _per_epoch(cfg, checkpoints)}
-        results = publish(run, scores, cfg.ablation.episodes, quiet=quiet, extra=extra)
+        results = score_rows(
+            cfg, checkpoints, todo, folder=ABLATION.folder, episodes=cfg.ablation.episodes, quiet=quiet,
+            extra=lambda: {"query_acc_per_epoch": _per_epoch(cfg, todo, checkpoints)},
+        )  # fmt: skip
     if not quiet:
-        _print_times(seconds, extra["query_acc_per_epoch"])
+        print(results_table(results))
+        _print_times(results["seconds"], results["query_acc_per_epoch"])
     return results
 
 
-def _per_epoch(cfg: Config, checkpoints: str | Path) -> dict[str, list[dict]]:
+def _per_epoch(cfg: Config, todo: list[Row], checkpoints: str | Path) -> dict[str, list[dict]]:
     """Each meta-trained row's training accuracy per epoch, from its ``hard_tasks.json`` (if any)."""
     out = {}
-    for label, (folder, _, _) in _variants(cfg).items():
-        path = checkpoint.stage_dir(checkpoints, cfg.name, folder) / "hard_tasks.json"
-        if path.is_file():
+    for row in todo:
+        path = checkpoint.stage_dir(checkpoints, cfg.name, row.folder) / "hard_tasks.json"
+        if row.trains and path.is_file():
             try:
-                out[label] = json.loads(path.read_text())["epochs"]
+                out[row.label] = json.loads(path.read_text())["epochs"]
             except (OSError, ValueError, KeyError, TypeError):
                 raise MtlError(
                     f"{path} is not a hard-task summary mtl wrote; run the ablation again"
@@ -121,9 +100,10 @@ def _per_epoch(cfg: Config, checkpoints: str | Path) -> dict[str, list[dict]]:
 
 
 def _print_times(seconds: dict[str, float], per_epoch: dict[str, list[dict]]) -> None:
+    trained = {k: v for k, v in seconds.items() if k not in ("total", "pretrain")}
     print(
         f"\nwall-clock: {seconds['total'] / 60:.1f} min in all; meta-training "
-        + ", ".join(f"{k.split(':')[0]} {v:.0f} s" for k, v in seconds.items() if k != "total")
+        + ", ".join(f"{k.split(':')[0]} {v:.0f} s" for k, v in trained.items())
     )
     for label, epochs in per_epoch.items():
         rows = ", ".join(f"{e['normal_query_acc']:.1f}/{e['extra_query_acc']:.1f}" for e in epochs)

@@ -6,11 +6,15 @@ way and shot. A row that trains is meta-trained into ``<checkpoints>/<name>/comp
 reused like any metatrain); rows that start from the pretrained encoder share the pipeline's pretrain
 (trained first if missing). Every row is scored on ``compare.episodes`` shared test episodes and shown
 with its training wall-clock and, where one exists, the published number for that method and setting.
+
+:func:`score_rows` is that engine for any list of rows; ``mtl ablate`` is one such list.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from mtl import methods
@@ -24,9 +28,30 @@ from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
 from mtl.training.run import Run, holding
 
+__all__ = ["Row", "compare", "rows", "score_rows", "table"]
 
-def rows(cfg: Config, names: list[str] | None = None) -> dict[str, tuple[str, Config]]:
-    """``{row name: (label, config)}`` of the requested rows (default ``compare.methods``, else all)."""
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table on shared test episodes: a method and its config, meta-trained (when its
+    method trains) into ``folder`` under the run folder, from a random encoder if ``from_scratch``."""
+
+    label: str
+    cfg: Config
+    folder: str
+    from_scratch: bool = False
+
+    @property
+    def trains(self) -> bool:
+        return methods.get(self.cfg.method).trains
+
+    @property
+    def needs_pretrained(self) -> bool:
+        return not self.from_scratch and methods.get(self.cfg.method).needs_pretrained(self.cfg)
+
+
+def rows(cfg: Config, names: list[str] | None = None) -> dict[str, Row]:
+    """``{row name: row}`` of the requested compare rows (default ``compare.methods``, else all)."""
     known = methods.variants()
     names = names or cfg.compare.methods or list(known)
     unknown = [n for n in names if n not in known]
@@ -39,7 +64,7 @@ def rows(cfg: Config, names: list[str] | None = None) -> dict[str, tuple[str, Co
         raw["method"] = method
         for key, value in sets.items():
             pipeline_file.set_key(raw, key, value)
-        out[name] = (label, from_dict(raw))
+        out[name] = Row(label, from_dict(raw), f"{COMPARE.folder}/{name}")
     return out
 
 
@@ -53,43 +78,69 @@ def compare(
     """Train what needs training, score every row; writes ``compare/results.json`` (metatest's shape
     plus ``seconds`` of training per row and ``published`` numbers) and returns it. The ``compare``
     folder is held from the first row's training to the table."""
-    with holding(cfg, checkpoints, COMPARE.folder):
-        return _compare(cfg, checkpoints, names, quiet)
-
-
-def _compare(cfg: Config, checkpoints: str | Path, names: list[str] | None, quiet: bool) -> dict:
-    start = time.perf_counter()
     todo = rows(cfg, names)
-    seconds: dict[str, float] = {}
-    kept: dict[str, int] = {}
-    if any(methods.get(c.method).needs_pretrained(c) for _, c in todo.values()):
-        t0 = time.perf_counter()
-        pretrain(cfg, checkpoints, quiet=quiet)  # reuses a finished one
-        seconds["pretrain"] = round(time.perf_counter() - t0, 1)
-    for name, (label, row_cfg) in todo.items():
-        if methods.get(row_cfg.method).trains:
-            t0 = time.perf_counter()
-            best = metatrain(row_cfg, checkpoints, quiet=quiet, folder=f"{COMPARE.folder}/{name}")
-            seconds[label] = round(time.perf_counter() - t0, 1)
-            kept[label] = best["epoch"]  # 0: validation never beat the untrained start
-
-    with Run.open(cfg, COMPARE.folder, checkpoints, quiet=quiet) as run:
-        scorer = Scorer(run, *test_episodes(run, cfg.compare.episodes))
-        scores, paper = {}, {}
-        for name, (label, row_cfg) in todo.items():
-            trained, path = None, None
-            if methods.get(row_cfg.method).trains:
-                path = checkpoint.stage_dir(checkpoints, cfg.name, f"{COMPARE.folder}/{name}") / "best.pt"
-                trained = checkpoint.load(path, stage="metatrain")
-            scores[label] = scorer.score(scorer.method(row_cfg, trained, path))
-            if (number := published(name, cfg)) is not None:
-                paper[label] = number
-        seconds["total"] = round(time.perf_counter() - start, 1)
-        extra = {"seconds": seconds, "kept_epoch": kept, "published": paper}
-        results = publish(run, scores, cfg.compare.episodes, quiet=True, extra=extra)
+    paper = {row.label: n for name, row in todo.items() if (n := published(name, cfg)) is not None}
+    with holding(cfg, checkpoints, COMPARE.folder):
+        results = score_rows(
+            cfg, checkpoints, list(todo.values()), folder=COMPARE.folder, episodes=cfg.compare.episodes,
+            quiet=quiet, extra=lambda: {"published": paper},
+        )  # fmt: skip
     if not quiet:
         print(table(results))
     return results
+
+
+def score_rows(
+    cfg: Config,
+    checkpoints: str | Path,
+    todo: list[Row],
+    *,
+    folder: str,
+    episodes: int,
+    quiet: bool,
+    extra: Callable[[], dict] = dict,
+) -> dict:
+    """Meta-train the rows that train (after the pipeline's pretrain, if a row starts from it), then
+    score every row on ``episodes`` shared test episodes and write ``<folder>/results.json``: metatest's
+    shape plus ``seconds`` (of training, per row, and in all), ``kept_epoch`` and what ``extra()``
+    returns once the training is done. The table is the caller's to print."""
+    start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    kept: dict[str, int] = {}
+    if any(row.needs_pretrained for row in todo):
+        t0 = time.perf_counter()
+        pretrain(cfg, checkpoints, quiet=quiet)  # reuses a finished one
+        seconds["pretrain"] = round(time.perf_counter() - t0, 1)
+    for row in todo:
+        if row.trains:
+            t0 = time.perf_counter()
+            best = metatrain(
+                row.cfg, checkpoints, quiet=quiet, folder=row.folder, from_scratch=row.from_scratch
+            )
+            seconds[row.label] = round(time.perf_counter() - t0, 1)
+            kept[row.label] = best["epoch"]  # 0: validation never beat the untrained start
+    with Run.open(cfg, folder, checkpoints, quiet=quiet) as run:
+        scorer = Scorer(run, *test_episodes(run, episodes))
+        # Every checkpoint is read and checked before the first row is scored.
+        scored = [(row, _method(scorer, row, checkpoints, cfg.name)) for row in todo]
+        scores = {row.label: scorer.score(m, shares_pretrained=_plain(row)) for row, m in scored}
+        seconds["total"] = round(time.perf_counter() - start, 1)
+        return publish(
+            run, scores, episodes, quiet=True, extra={"seconds": seconds, "kept_epoch": kept, **extra()}
+        )
+
+
+def _method(scorer: Scorer, row: Row, checkpoints: str | Path, name: str) -> methods.Method:
+    if not row.trains:
+        return scorer.method(row.cfg)
+    path = checkpoint.stage_dir(checkpoints, name, row.folder) / "best.pt"
+    return scorer.method(row.cfg, checkpoint.load(path, stage="metatrain"), path)
+
+
+def _plain(row: Row) -> bool:
+    """Whether the row's features are the pretrained encoder's (computed once for every such row)."""
+    cls = methods.get(row.cfg.method)
+    return not row.trains and row.needs_pretrained and cls.features is methods.FeatureMethod.features
 
 
 def table(results: dict) -> str:

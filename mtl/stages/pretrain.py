@@ -50,7 +50,7 @@ def finished(run: Run) -> dict | None:
     return None
 
 
-def classifier(features: int, classes: int, hidden: int = 0) -> nn.Module:
+def pretraining_head(features: int, classes: int, hidden: int = 0) -> nn.Module:
     """Pretraining's head on ``(B, features)``: linear, or with ``hidden`` units the official PyTorch
     code's ``Linear(features, hidden) -> ReLU -> Linear(hidden, classes)``. Thrown away after pretraining."""
     if hidden == 0:
@@ -120,7 +120,7 @@ class Pretraining(Training):
         self.model = sync_batch_norm(run.backbone(pretraining=True), dev).to(
             dev, memory_format=devices.memory_format()
         )
-        self.head = classifier(self.model.num_features, self.train.num_classes, p.head_hidden).to(dev)
+        self.head = pretraining_head(self.model.num_features, self.train.num_classes, p.head_hidden).to(dev)
         devices.maybe_compile(self.model, cfg.compile)
         self.net = nn.Sequential(self.model, self.head)
         if world.active:  # gradients averaged over the ranks' slices of every global batch

@@ -76,7 +76,7 @@ class Run:
         devices.seed_everything(cfg.seed)
         show_bars(not quiet and world.main)
         d = cfg.data
-        pre = Preprocess(d.image_size, d.channels, d.mean, d.std, devices.memory_format(), d.resize)
+        pre = Preprocess.for_data(d)
         return cls(cfg, stage, checkpoints, out, device, monitor, pre, world, lock)
 
     def close(self) -> None:

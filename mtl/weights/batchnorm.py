@@ -37,7 +37,7 @@ def recalibrate(
     n = min(images, len(train.images))
     ids = np.sort(np.random.default_rng(seed).choice(len(train.images), n, replace=False))
     d = cfg.data
-    pre = Preprocess(d.image_size, d.channels, d.mean, d.std, resize=d.resize)
+    pre = Preprocess.for_data(d)
     dev = devices.resolve(cfg.device)
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in norms]

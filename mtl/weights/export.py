@@ -187,7 +187,7 @@ def _info(payload: dict[str, Any], groups: list[str], count: int) -> dict[str, A
     cfg = from_dict(payload["config"])
     stage, d = payload["stage"], cfg.data
     net = backbone_for(cfg)
-    pre = Preprocess(d.image_size, d.channels, d.mean, d.std, resize=d.resize)
+    pre = Preprocess.for_data(d)
     widths = [f["num_chs"] for f in getattr(net, "feature_info", []) if f["module"].startswith("layer")]
     return {
         "mtl_export": EXPORT_FORMAT,
