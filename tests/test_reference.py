@@ -13,7 +13,7 @@ from mtl.data.episodes import EpisodeSampler, episode_targets, fixed_episodes
 from mtl.data.sources import load_splits
 from mtl.hard_tasks import HardTasks
 from mtl.methods.episodic import extract_features, finetune_theta
-from mtl.methods.mtl import MTL, task_outputs
+from mtl.methods.mtl import MTL
 from mtl.models import ss
 from mtl.models.backbone import build_backbone
 
@@ -74,14 +74,14 @@ def test_batched_closed_form_meta_gradient_equals_per_task_autograd(tiny_cfg, sp
         learner = MTL(_encoder(tiny_cfg), tiny_cfg)
         with torch.no_grad():
             learner.W.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
-        learner.encoder_train(True)
+        learner.train(True)
         if use_reference:
             loss = reference.meta_loss(
                 lambda x: learner.encoder(pre(x)), images, torch.from_numpy(tasks), m.shot,
                 learner.W, learner.b, steps=m.inner_steps, lr=m.inner_lr, first_order=first_order,
             )  # fmt: skip
         else:
-            logits, targets = task_outputs(learner, m, images, tasks, pre)
+            logits, targets = learner.task_logits(images, tasks, pre)
             loss = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)))
         loss.backward()
         encoder = learner.encoder

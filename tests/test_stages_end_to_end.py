@@ -91,14 +91,14 @@ def test_meta_gradients_reach_only_ss_and_theta(tiny_cfg, tmp_path):
 
     from mtl.data.episodes import EpisodeSampler
     from mtl.data.sources import load_splits
-    from mtl.methods.mtl import MTL, task_outputs
+    from mtl.methods.mtl import MTL
     from mtl.training.run import Run
 
     run = Run.open(tiny_cfg, "metatrain", tmp_path, quiet=True)
     learner = MTL(run.backbone(), tiny_cfg)
     train = load_splits(tiny_cfg.data, ("train",))["train"]
     tasks = np.stack([EpisodeSampler(train.labels, 3, 1, 3, seed=0).sample() for _ in range(2)])
-    logits, y = task_outputs(learner, tiny_cfg.meta, torch.from_numpy(train.images.copy()), tasks, run.pre)
+    logits, y = learner.task_logits(torch.from_numpy(train.images.copy()), tasks, run.pre)
     torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(2)).backward()
     trainable = {id(p) for p in ss.parameters(learner.encoder)} | {id(learner.W), id(learner.b)}
     for name, p in learner.named_parameters():

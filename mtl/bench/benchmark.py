@@ -7,9 +7,8 @@ initialised ResNet-12 with SS (speed does not depend on the weights; equality ch
    feature extraction included) vs :func:`mtl.bench.reference.episode_accuracy` per episode;
 2. meta-train tasks/s: :func:`mtl.methods.meta_update` of MTL on a whole meta-batch vs
    :func:`mtl.bench.reference.meta_loss` per task, both second order, both with the Adam step;
-3. pretrain images/s: :func:`mtl.stages.pretrain.train_step` fed by the stage's on-device uint8
-   gather and batched augmentation vs the same step on a fixed synthetic batch;
-4. the peak memory of each path; 5. meta-train scaling with inner steps and with way × shot.
+3. pretrain images/s: :func:`mtl.stages.pretrain.train_step` fed by the stage's uint8 gather and
+   batched augmentation vs a fixed batch; 4. peak memory; 5. meta-train scaling (steps, way × shot).
 """
 
 from __future__ import annotations

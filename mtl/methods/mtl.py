@@ -32,7 +32,7 @@ from mtl.runtime import checkpoint
 from mtl.runtime import device as devices
 from mtl.runtime.monitor import Monitor
 
-__all__ = ["MTL", "task_outputs"]
+__all__ = ["MTL"]
 
 
 @register
@@ -71,9 +71,6 @@ class MTL(FeatureMethod):
         self.encoder.train(mode and self.train_bn)
         return self
 
-    def encoder_train(self, mode: bool = True) -> None:
-        self.train(mode)
-
     def theta(self, way: int) -> tuple[torch.Tensor, torch.Tensor]:
         """θ's initialisation for a ``way``-way task: the meta-learned rows, or (another way) every
         class from the mean of the rows."""
@@ -106,8 +103,13 @@ class MTL(FeatureMethod):
     def predict(self, fitted: dict[str, torch.Tensor], query: torch.Tensor, way: int) -> torch.Tensor:
         return base_learner.logits(query, fitted["W"], fitted["b"])
 
-    def task_logits(self, images, tasks, transform) -> tuple[torch.Tensor, torch.Tensor]:
-        return task_outputs(self, self.meta, images, tasks, transform)
+    def encode_tasks(self, images, tasks, transform) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen BN: every task of the meta-batch, hard tasks included, in one encoder forward. Batch
+        statistics: each task's support set and query set on their own, as both official codes
+        normalise them (pooling the tasks of a meta-batch would mix their statistics)."""
+        if self.per_set:
+            return self.encode_sets(images, tasks, transform, self.shot)
+        return super().encode_tasks(images, tasks, transform)
 
     def features(self, images: ImageRows, encode: Encode, device: torch.device) -> torch.Tensor:
         """``(N, D)`` features computed once; with ``meta.bn: batch``, the uint8 images ``(N, H, W, C)``
@@ -184,33 +186,3 @@ class MTL(FeatureMethod):
         shifts = [mod.shift.detach().flatten() for mod in modules if mod.shift is not None]
         if shifts:
             monitor.histogram("ss/shift", torch.cat(shifts), step)
-
-
-def task_outputs(
-    learner: MTL,
-    m: MetaConfig,
-    images: torch.Tensor | ImageStore,
-    tasks: np.ndarray,
-    transform: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adapt θ on each task's support set and score its queries.
-
-    images: uint8 ``(N, H, W, C)`` on the device, or an :class:`~mtl.data.store.ImageStore`;
-    tasks: ``(T, way, shot + query)`` image indices;
-    ``transform`` turns uint8 batches into model input. Returns query logits ``(T, way * query, way)``
-    of the adapted θ' and their targets ``(way * query,)``.
-    """
-    dev = images.device
-    T, way, n = tasks.shape
-    if learner.per_set:
-        # Batch statistics of each task's support set and of its query set on their own, as both
-        # official codes normalise them: pooling the tasks of a meta-batch would mix their statistics.
-        sup, qry = learner.encode_sets(images, tasks, transform, m.shot)
-    else:
-        # Frozen BN: every task of the meta-batch, hard tasks included, in one encoder forward.
-        sup, qry = learner.encode_tasks(images, tasks, transform)
-    y_s = episode_targets(way, m.shot, device=dev)
-    W, b = base_learner.adapt_theta(
-        sup, y_s, learner.W, learner.b, steps=m.inner_steps, lr=m.inner_lr, first_order=m.first_order
-    )
-    return base_learner.logits(qry, W, b), episode_targets(way, n - m.shot, device=dev)
