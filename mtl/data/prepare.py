@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import ProcessPoolExecutor
@@ -22,7 +21,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 
 from mtl.data import disk, prepared
@@ -32,6 +30,7 @@ from mtl.data.images import BadImage, TooLarge, to_pixels
 from mtl.data.limits import PIXELS, human
 from mtl.data.stopping import Interrupted, StopSignals, terminate_workers, worker_signals
 from mtl.errors import MtlError
+from mtl.runtime.progress import progress, show_progress
 
 _CHUNK = 256  # images per worker job
 _POOL_MIN = 2000  # fewer image files than this decode in-process (no worker start-up cost)
@@ -195,17 +194,16 @@ def _write_split(tmp: Path, name: str, s: SplitSource, opts: _Options, report: R
         f.write(header)
         results = _pixels(s, opts)
         try:
-            with _progress(len(s), f"{name}", opts.quiet) as bar:
-                for i, pixels in results:
-                    if isinstance(pixels, BadImage):
-                        if not opts.skip_bad:
-                            raise _refusal(s.where(i), pixels)
-                        report.skipped.append(s.where(i))
-                        keep[i] = False
-                    else:
-                        f.write(np.ascontiguousarray(pixels, dtype=np.uint8).reshape(shape).data)
-                        n += 1
-                    bar.update(1)
+            show_progress(not opts.quiet)  # a bar on a terminal, heartbeat lines in a log
+            for i, pixels in progress(results, length=len(s), label=f"  {name}"):
+                if isinstance(pixels, BadImage):
+                    if not opts.skip_bad:
+                        raise _refusal(s.where(i), pixels)
+                    report.skipped.append(s.where(i))
+                    keep[i] = False
+                else:
+                    f.write(np.ascontiguousarray(pixels, dtype=np.uint8).reshape(shape).data)
+                    n += 1
         finally:
             results.close()  # stops the worker processes now, on an error or a signal too
         if n < len(s):  # skipped images: a header for n rows, as long as the first, then the file cut
@@ -271,20 +269,3 @@ def _one(item, size: int, channels: int, max_pixels: int) -> np.ndarray | BadIma
         return to_pixels(item, size, channels, max_pixels=max_pixels)
     except BadImage as exc:
         return exc
-
-
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def update(self, n: int) -> None:
-        pass
-
-
-def _progress(total: int, label: str, quiet: bool):
-    if quiet or not sys.stderr.isatty():
-        return _NoBar()
-    return click.progressbar(length=total, label=f"  {label}", file=sys.stderr, show_eta=True)

@@ -21,7 +21,7 @@ from torch import Tensor
 from mtl.data.episodes import episode_targets
 from mtl.errors import MtlError
 from mtl.models import base_learner
-from mtl.runtime.monitor import progress
+from mtl.runtime.progress import progress
 
 __all__ = [
     "chunked_accuracy",

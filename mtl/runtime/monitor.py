@@ -5,15 +5,14 @@ the last run's file; a resumed run continues it), so ``tensorboard --logdir chec
 every stage of every pipeline side by side. Every tag starts with its stage (``pretrain/val/acc``,
 ``metatrain/val/acc``): no two stages share a step axis. Accuracies are in percent everywhere; an
 accuracy with a CI is written with its band (``…_low``, ``…_high``) and gets a margin chart in the
-custom-scalars layout. Progress bars only appear on a terminal; logs and CI get the per-epoch lines
-alone.
+custom-scalars layout. Progress: :mod:`mtl.runtime.progress` (a bar on a terminal, heartbeat lines in
+a log).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -25,29 +24,9 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
 from mtl.errors import MtlError
+from mtl.runtime.progress import heard, progress
 
 T = TypeVar("T")
-
-_BARS = [False]  # progress bars on: the running stage is not quiet and stderr is a terminal
-
-
-def show_bars(enabled: bool) -> None:
-    """Turn :func:`progress` bars on (when stderr is a terminal) or off, for the stage that starts."""
-    _BARS[0] = enabled and sys.stderr.isatty()
-
-
-def progress(items: Iterable[T], *, length: int, label: str) -> Iterator[T]:
-    """Iterate ``items`` with a progress bar with ETA on stderr if bars are on, silently otherwise (no
-    control characters reach a log or a pipe)."""
-    if not _BARS[0] or length < 2:
-        yield from items
-        return
-    _BARS[0] = False  # a loop inside this one runs without a bar of its own
-    try:
-        with click.progressbar(items, length=length, label=label, file=sys.stderr, show_eta=True) as bar:
-            yield from bar
-    finally:
-        _BARS[0] = True
 
 
 def _utf8(path: Path) -> bool:
@@ -215,10 +194,13 @@ class Monitor:
             click.echo(
                 f"[{self.stage}] {message}".encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             )
+            heard()
 
-    def progress(self, items: Iterable[T], *, length: int, label: str) -> Iterator[T]:
-        """Iterate with a progress bar (with ETA) when stderr is a terminal, silently otherwise."""
+    def progress(
+        self, items: Iterable[T], *, length: int, label: str, status: Callable[[int], str] | None = None
+    ) -> Iterator[T]:
+        """Iterate with a bar on a terminal, heartbeat lines in a log (:mod:`mtl.runtime.progress`)."""
         if self.quiet:
             yield from items
             return
-        yield from progress(items, length=length, label=label)
+        yield from progress(items, length=length, label=label, status=status)

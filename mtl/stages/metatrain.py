@@ -174,6 +174,10 @@ class MetaTraining(Training):
         if step == 0:
             self.run.monitor.task("train/task", self.images[torch.from_numpy(tasks[0])], m.shot, 0)
 
+    def status(self, steps: int) -> str:
+        loss, acc, _ = (self.sums / max(steps, 1)).tolist()
+        return f"query-loss {loss:.3f}, query-acc {acc:.1%}"
+
     def validate(self, epoch: int) -> tuple[float, float, str]:
         """Validation, TensorBoard and the epoch's line."""
         run, m, step = self.run, self.m, (epoch + 1) * self.steps

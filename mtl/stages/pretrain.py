@@ -183,6 +183,9 @@ class Pretraining(Training):
         self.watch.update(loss, epoch * self.steps + i)
         self.sums += torch.stack([loss, hits.to(loss.dtype)])
 
+    def status(self, steps: int) -> str:
+        return f"loss {float(self.sums[0]) / max(steps, 1):.3f}"
+
     def validate(self, epoch: int) -> tuple[float, float, str]:
         run, world, steps, batch = self.run, self.run.world, self.steps, self.batch
         total = world.sum(self.sums)

@@ -155,6 +155,11 @@ class Training(ABC):
         """``"  123 img/s"``: the last epoch's throughput, for its console line."""
         return ""
 
+    def status(self, steps: int) -> str:
+        """The current loss or accuracy after ``steps`` steps of the epoch, for a heartbeat line (this
+        process's share of the batch: reading it costs one host sync and no collective)."""
+        return ""
+
     def run_epoch(self, epoch: int, stop: dict[str, int]) -> None:
         """The steps of ``epoch`` (from the resumed step), with ``last.pt`` at ``checkpoint_every``
         boundaries and a checkpointed stop on a signal."""
@@ -163,7 +168,11 @@ class Training(ABC):
         self.begin_epoch(epoch, first == 0)
         label = f"{self.stage} {epoch + 1}/{self.epochs}"
         with timer() as elapsed:
-            for i in run.monitor.progress(range(first, self.steps), length=self.steps - first, label=label):
+            steps = run.monitor.progress(
+                range(first, self.steps), length=self.steps - first, label=label,
+                status=lambda done: self.status(first + done),
+            )  # fmt: skip
+            for i in steps:
                 self.step(epoch, i)
                 if self.schedule_per_step:
                     self.step_schedule()

@@ -23,7 +23,8 @@ from mtl.models.backbone import backbone_for
 from mtl.runtime import atomic, checkpoint, distributed, run_lock
 from mtl.runtime import device as devices
 from mtl.runtime.distributed import World
-from mtl.runtime.monitor import Monitor, show_bars
+from mtl.runtime.monitor import Monitor
+from mtl.runtime.progress import show_progress
 from mtl.training.keys import MODEL_KEYS
 
 
@@ -74,7 +75,7 @@ class Run:
         if lock is not None and lock.stale is not None:
             monitor.line(f"took over {lock.path} from process {lock.stale}, which ended without releasing it")
         devices.seed_everything(cfg.seed)
-        show_bars(not quiet and world.main)
+        show_progress(not quiet and world.main)
         d = cfg.data
         pre = Preprocess.for_data(d)
         return cls(cfg, stage, checkpoints, out, device, monitor, pre, world, lock)
