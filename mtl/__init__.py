@@ -1,8 +1,7 @@
 """mtl: Meta-Transfer Learning (SS + hard-task meta-batches) for few-shot image classification.
 
-Importing the package registers its backbones (``resnet12``, ``resnet25``, ...) with timm, so
-``timm.create_model("resnet12", num_classes=0)`` works after ``import mtl``. The pieces a script
-needs are attributes of the package::
+``import mtl`` is light: the pieces a script needs are attributes of the package, each imported on
+first use (torch with the first of them), so the command line answers ``--help`` at once::
 
     cfg = mtl.load_config("glyphs-1shot", ["meta.shot=5"])     # a pipeline, as the CLI reads it
     mtl.pretrain(cfg, "checkpoints"); mtl.metatrain(cfg, "checkpoints"); mtl.metatest(cfg, "checkpoints")
@@ -13,14 +12,13 @@ needs are attributes of the package::
 
 __version__ = "0.2.0"
 
-from mtl import models as _models  # noqa: E402,F401  (registers the timm backbones)
-
 # name -> (module, attribute): imported on first use, so `import mtl` stays light. (Folder-based
 # adapt and predict are mtl.inference.adapt.adapt_folders and mtl.inference.predict.predict.)
 _API = {
     "load_config": ("mtl.config", "load"),
     "Config": ("mtl.config", "Config"),
     "build_backbone": ("mtl.models.backbone", "build_backbone"),
+    "models": ("mtl.models", None),
     "ss": ("mtl.models.ss", None),
     "methods": ("mtl.methods", None),
     "pretrain": ("mtl.stages.pretrain", "pretrain"),

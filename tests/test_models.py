@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import mtl  # noqa: F401  (registers the backbones with timm)
+import mtl.models  # noqa: F401  (registers the backbones with timm)
 from mtl import config
 from mtl.errors import MtlError
 from mtl.models.backbone import TimmBackbone, build_backbone

@@ -11,8 +11,7 @@ import click
 
 from mtl.cli.options import PIPELINE_HELP, checkpoints, done, overrides, pipeline, quiet, user_errors
 from mtl.errors import MtlError
-from mtl.runtime.checkpoint import MissingCheckpoint
-from mtl.runtime.stage_folders import COMPARE, FOLDERS
+from mtl.runtime.stage_folders import COMPARE, FOLDERS, MissingCheckpoint
 
 __all__ = ["STAGES", "compare_command", "pipelines_command", "show_config", "stage_command"]
 

@@ -24,22 +24,12 @@ from torch import nn
 from mtl import __version__
 from mtl.errors import MtlError
 from mtl.runtime.atomic import atomic_write
-from mtl.runtime.stage_folders import FOLDERS
+from mtl.runtime.stage_folders import MissingCheckpoint
 
 FORMAT = 1
+
+
 # What a user runs to produce each stage's checkpoint (the Makefile target is the folder's name).
-MAKE = {s.folder: f"make {s.folder}" for s in FOLDERS if s.checkpoint}
-
-
-class MissingCheckpoint(MtlError):
-    """No checkpoint of ``stage`` at ``path``; the command line rewords it with the exact command."""
-
-    def __init__(self, path: Path, stage: str, command: str | None = None) -> None:
-        self.path, self.stage = path, stage
-        command = command or MAKE.get(stage)
-        super().__init__(f"no {stage} checkpoint at {path}" + (f"; run `{command}` first" if command else ""))
-
-
 def stage_dir(checkpoints: str | Path, name: str, stage: str) -> Path:
     return Path(checkpoints).expanduser() / name / stage
 

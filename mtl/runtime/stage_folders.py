@@ -4,12 +4,16 @@ Each :class:`StageFolder` says which ``mtl`` command writes the folder, what it 
 ``best.pt`` checkpoint, or a ``results.json`` table), which command reads it next and the command's
 one-line help. The stage commands (:mod:`mtl.cli.stages`), ``mtl import``'s next-step hint,
 ``mtl report`` and its figures, ``mtl export`` and the missing-checkpoint message all read this list.
-It imports nothing of mtl, so any module may import it.
+It imports nothing of mtl but its errors, so any module may import it, and the command line
+answers ``--help`` without loading torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from mtl.errors import MtlError
 
 __all__ = [
     "ABLATION",
@@ -19,8 +23,10 @@ __all__ = [
     "CLASSIFIER",
     "COMPARE",
     "FOLDERS",
+    "MAKE",
     "METATEST",
     "METATRAIN",
+    "MissingCheckpoint",
     "PRETRAIN",
     "RESULTS_FILE",
     "RESULT_FOLDERS",
@@ -94,3 +100,16 @@ RESULT_FOLDERS = tuple(s.folder for s in FOLDERS if s.results)
 CLASSIFIER = "classifier"
 # Every stage a checkpoint file of mtl's can be (its "stage" entry).
 CHECKPOINT_STAGES = (*(s.folder for s in FOLDERS if s.checkpoint), CLASSIFIER)
+
+
+# The command that makes a training stage's checkpoint, named in the missing-checkpoint message.
+MAKE = {s.folder: f"make {s.folder}" for s in FOLDERS if s.checkpoint}
+
+
+class MissingCheckpoint(MtlError):
+    """No checkpoint of ``stage`` at ``path``; the command line rewords it with the exact command."""
+
+    def __init__(self, path: Path, stage: str, command: str | None = None) -> None:
+        self.path, self.stage = path, stage
+        command = command or MAKE.get(stage)
+        super().__init__(f"no {stage} checkpoint at {path}" + (f"; run `{command}` first" if command else ""))
