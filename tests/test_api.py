@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -34,7 +35,24 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     with torch.no_grad():
         assert encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 256)
 
-    # saved and loaded, the classifier predicts the same
+    # saved and loaded (a str path in the example, a Path here), the classifier predicts the same
+    assert (tmp_path / "clf.pt").is_file() and repr(clf).startswith("Classifier(method='mtl'")
+    assert len(repr(clf)) < 200
     clf.save(tmp_path / "c.pt")
     again = mtl.Classifier.load(tmp_path / "c.pt")
     torch.testing.assert_close(again.predict(scope["images"][3:]), probs)
+
+    # the text below the example: other sizes are resized as files are, and files classify in one batch
+    from PIL import Image
+
+    from mtl.data.images import to_pixels
+
+    images = scope["images"][3:]
+    big = [np.asarray(Image.fromarray(x).resize((50, 40))) for x in images]
+    as_files = []
+    for i, x in enumerate(big):
+        Image.fromarray(x).save(tmp_path / f"{i}.png")
+        as_files.append(str(tmp_path / f"{i}.png"))
+    resized = np.stack([to_pixels(x, 32, 3) for x in big])
+    torch.testing.assert_close(clf.predict(big), clf.predict(resized))
+    torch.testing.assert_close(torch.from_numpy(clf.probabilities(as_files)), clf.predict(resized))

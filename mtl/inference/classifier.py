@@ -13,6 +13,7 @@ Predicting runs the same code as ``mtl adapt`` after its fit, so the predictions
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,15 +74,30 @@ def input_size(cfg: config.Config) -> int:
     return cfg.data.resize or cfg.data.image_size
 
 
-def embed_pixels(cfg: config.Config, method: Method, pixels: np.ndarray | torch.Tensor, dev: torch.device):
-    """uint8 images ``(n, S, S, C)`` (``S``: :func:`input_size`) -> :meth:`Method.embed` ``(n, ...)``."""
-    d, size = cfg.data, input_size(cfg)
-    if tuple(pixels.shape[1:]) != (size, size, d.channels) or pixels.dtype not in (np.uint8, torch.uint8):
-        raise MtlError(
-            f"images must be uint8 (n, {size}, {size}, {d.channels}) as the model was trained on, "
-            f"got {pixels.dtype} {tuple(pixels.shape)}"
-        )
-    pre = Preprocess.for_data(d)
+Images = np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor]
+
+
+def model_pixels(cfg: config.Config, images: Images) -> np.ndarray | torch.Tensor:
+    """uint8 images at the model's input: ``(n, S, S, C)`` (``S``: :func:`input_size`) as they are;
+    any other size or channel count (an ``(n, H, W, C)`` array, or a list of ``(H, W[, C])`` arrays)
+    resized as ``mtl adapt`` resizes decoded files (the whole image to a square, bicubic)."""
+    size, channels = input_size(cfg), cfg.data.channels
+    exact = isinstance(images, (np.ndarray, torch.Tensor)) and images.dtype in (np.uint8, torch.uint8)
+    if exact and tuple(images.shape[1:]) == (size, size, channels):
+        return images
+    arrays = [np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x) for x in images]
+    for x in arrays:
+        if x.dtype != np.uint8 or not (x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (1, 3, 4))):
+            raise MtlError(f"images must be uint8 (H, W) or (H, W, 1 | 3 | 4), got {x.dtype} {x.shape}")
+    if not arrays:
+        raise MtlError("no images given")
+    return np.stack([to_pixels(x, size, channels) for x in arrays])
+
+
+def embed_pixels(cfg: config.Config, method: Method, images: Images, dev: torch.device) -> torch.Tensor:
+    """uint8 images (any size: :func:`model_pixels`) -> :meth:`Method.embed` ``(n, ...)``."""
+    pixels = model_pixels(cfg, images)
+    pre = Preprocess.for_data(cfg.data)
     return extract_features(
         lambda b: method.embed(pre(b)), pixels, batch_size=cfg.test.batch_size, device=dev
     )
@@ -103,7 +119,7 @@ def embed(cfg: config.Config, method: Method, paths: list[Path], dev: torch.devi
     return embed_pixels(cfg, method, pixels, dev)
 
 
-@dataclass
+@dataclass(repr=False)
 class Classifier:
     """``method`` fitted to ``classes``: ``fitted`` holds the task's tensors (:meth:`Method.fit`)."""
 
@@ -138,18 +154,25 @@ class Classifier:
         adapted = {"steps": method.test_steps, "start": method.init_note(way), "support_images": len(y)}
         return cls(cfg, method, fitted, list(classes), adapted)
 
+    def __repr__(self) -> str:
+        return (
+            f"Classifier(method={self.method.name!r}, classes={self.classes!r}, "
+            f"steps={self.adapted.get('steps')}, support_images={self.adapted.get('support_images')})"
+        )
+
     @torch.no_grad()
-    def predict(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """In-memory uint8 images ``(m, S, S, C)`` -> class probabilities ``(m, N)`` (one batch)."""
+    def predict(self, images: Images) -> torch.Tensor:
+        """In-memory uint8 images ``(m, H, W, C)`` (resized to the model's input as ``mtl adapt``
+        resizes files) -> class probabilities ``(m, N)`` (one batch)."""
         dev = next(iter(self.fitted.values())).device
         return torch.from_numpy(self.probabilities_of(embed_pixels(self.cfg, self.method, images, dev)))
 
     @torch.no_grad()
-    def probabilities(self, paths: list[Path]) -> np.ndarray:
-        """``(len(paths), N)`` class probabilities of the images at ``paths``, all in one batch (a
+    def probabilities(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """``(len(paths), N)`` class probabilities of the image files at ``paths``, all in one batch (a
         method whose batch norm is transductive, such as MAML, sees them together)."""
         dev = next(iter(self.fitted.values())).device
-        x = embed(self.cfg, self.method, paths, dev)
+        x = embed(self.cfg, self.method, [Path(p) for p in paths], dev)
         return self.probabilities_of(x)
 
     @torch.no_grad()
@@ -158,8 +181,9 @@ class Classifier:
         logits = self.method.predict(self.fitted, x, len(self.classes))
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
-    def save(self, path: Path) -> None:
-        d = self.cfg.data
+    def save(self, path: str | Path) -> None:
+        """Write the classifier (what ``mtl adapt --save`` writes and ``mtl predict`` reads)."""
+        path, d = Path(path), self.cfg.data
         checkpoint.save(
             path,
             {
@@ -181,7 +205,9 @@ class Classifier:
         )
 
     @classmethod
-    def load(cls, path: Path, device: str = "auto") -> Classifier:
+    def load(cls, path: str | Path, device: str = "auto") -> Classifier:
+        """A classifier :meth:`save` (or ``mtl adapt --save``) wrote, on ``device``."""
+        path = Path(path).expanduser()
         saved = checkpoint.load(path, stage=STAGE)
         cfg = _config(saved, path)
         dev = devices.resolve(device)

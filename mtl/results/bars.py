@@ -39,6 +39,7 @@ __all__ = ["GAP", "LABEL_WIDTH", "results_figure", "x_panels"]
 GAP = 12.0  # points of accuracy with nothing in them that break the x axis
 LABEL_WIDTH = 36  # characters of a method label per line on the y axis
 MOST_PANELS = 3
+BAR_HEIGHT = 0.5  # of a row: room below each bar for its published number
 BAR, PUBLISHED, CHANCE = "tab:blue", "tab:orange", "0.3"
 
 
@@ -62,13 +63,13 @@ def results_figure(results: dict, stage: str) -> Figure:
     )  # fmt: skip
     fig.get_layout_engine().set(wspace=0.02, w_pad=0.02)
     axes = list(axes[0])
-    for ax, (lo, hi) in zip(axes, panels, strict=True):
+    for ax, (lo, hi), width in zip(axes, panels, widths, strict=True):
         _draw(ax, rows, marks, reference, chance, source)
         ax.set_xlim(lo, hi)
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=6 if hi - lo > 3 else 3, steps=[1, 2, 2.5, 5, 10]))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6 if width == 1 else 3, steps=[1, 2, 2.5, 5, 10]))
         if lo <= chance <= hi:
             top = blended_transform_factory(ax.transData, ax.transAxes)
-            ax.text(chance, 1.01, f"chance {chance:g}%", transform=top, ha="center", va="bottom",
+            ax.text(chance, 1.01, f"chance {chance:.3g}%", transform=top, ha="center", va="bottom",
                     fontsize=7, color=CHANCE)  # fmt: skip
     axes[0].set_yticks(range(len(rows)), labels, fontsize=8)
     axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the table's first row on top
@@ -79,7 +80,10 @@ def results_figure(results: dict, stage: str) -> Figure:
     fig.supxlabel("accuracy (%), bars: mean, whiskers: 95% CI", fontsize=9)
     if marks or reference is not None:
         handles = [Patch(color=BAR, label="measured ± 95% CI"), *axes[0].get_legend_handles_labels()[0]]
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+        # below the x label: the saved figure (bbox_inches="tight") grows to hold it
+        fig.legend(
+            handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0), ncols=len(handles), fontsize=8
+        )
     return fig
 
 
@@ -127,14 +131,15 @@ def _draw(
     """One panel's bars, whiskers, chance line and published numbers; the limits clip what is out."""
     y = range(len(rows))
     ax.barh(
-        y, [r["acc"] for r in rows], xerr=[r["ci95"] for r in rows], height=0.6, color=BAR,
+        y, [r["acc"] for r in rows], xerr=[r["ci95"] for r in rows], height=BAR_HEIGHT, color=BAR,
         error_kw={"ecolor": "black", "capsize": 3, "elinewidth": 1},
     )  # fmt: skip
     ax.axvline(chance, color=CHANCE, ls=":", lw=1.3, gid="chance")
     if marks:
+        below = [i + BAR_HEIGHT / 2 + 0.08 for i, _, _ in marks]  # just under its row's bar, not on it
         ax.errorbar(
-            [acc for _, acc, _ in marks], [i for i, _, _ in marks], xerr=[ci or 0 for _, _, ci in marks],
-            fmt="D", ms=6, color=PUBLISHED, mec="black", mew=0.6, capsize=3, label=source, gid="published",
+            [acc for _, acc, _ in marks], below, xerr=[ci or 0 for _, _, ci in marks], fmt="D", ms=6,
+            color=PUBLISHED, mec="black", mew=0.6, capsize=3, label=source, gid="published",
         )  # fmt: skip
     if reference is not None:
         ax.axvline(reference, color=PUBLISHED, ls="--", lw=1.3, label=source, gid="published")
@@ -146,7 +151,7 @@ def _break_marks(axes: list[plt.Axes]) -> None:
     """Hide the spines where the axis is broken and draw the usual slanted marks on them."""
     marks = {"marker": [(-0.5, -1), (0.5, 1)], "markersize": 10, "linestyle": "none", "color": "black",
              "mec": "black", "mew": 1, "clip_on": False, "gid": "break"}  # fmt: skip
-    for left, right in zip(axes, axes[1:]):
+    for left, right in zip(axes, axes[1:], strict=False):
         left.spines["right"].set_visible(False)
         right.spines["left"].set_visible(False)
         right.tick_params(axis="y", left=False)

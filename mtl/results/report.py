@@ -1,5 +1,6 @@
 """Results tables: one run's rows (accuracy ± 95% CI) beside the published number, the collected
-table of every finished metatest, laid out like the paper's, and the table of ``mtl bench``."""
+table of every finished metatest, ablation and compare, laid out like the paper's, and the table of
+``mtl bench``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import yaml
 
 from mtl.errors import MtlError
 from mtl.methods import METHODS
-from mtl.runtime.stage_folders import METATEST
+from mtl.runtime.stage_folders import METATEST, RESULT_FOLDERS, RESULTS_FILE
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -43,13 +44,17 @@ _METHOD_ORDER = (*(cls.label for cls in METHODS.values()), "θ fine-tuned")
 
 
 def collect(checkpoints: str | Path) -> str:
-    """One Markdown table of every finished metatest under ``checkpoints``, laid out like the paper's:
-    a column per (dataset, shot), a row per method, then the published number and ours minus it."""
+    """One Markdown table of every finished metatest, ablation and compare under ``checkpoints``
+    (``<run>/<folder>/results.json``), laid out like the paper's: a column per results file (dataset
+    and shot; an ablation's or a compare's column says so), a row per method, then the published number
+    and ours minus it."""
     root = Path(checkpoints).expanduser()
-    pattern = f"*/{METATEST.folder}/{METATEST.writes}"
-    found = sorted(root.glob(pattern)) if root.is_dir() else []
+    patterns = [f"*/{folder}/{RESULTS_FILE}" for folder in RESULT_FOLDERS]
+    found = sorted(p for pattern in patterns for p in root.glob(pattern)) if root.is_dir() else []
     if not found:
-        raise MtlError(f"no finished metatest under {root} (no {pattern}); run `make {METATEST.folder}`")
+        raise MtlError(
+            f"no finished metatest under {root} (no {', '.join(patterns)}); run `make {METATEST.folder}`"
+        )
     columns = [_column(path) for path in found]
     order = list(DATASET_LABELS)
     columns.sort(
@@ -73,12 +78,21 @@ def collect(checkpoints: str | Path) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("| paper | " + " | ".join(_paper(c) for c in columns) + " |")
     lines.append("| ours (MTL) − paper | " + " | ".join(_difference(c) for c in columns) + " |")
+    return "\n".join([*lines, "", _note(columns, root)])
+
+
+def _note(columns: list[dict], root: Path) -> str:
+    """The line under the table: the setting, the episodes and how many results of each kind."""
     episodes = sorted({c["episodes"] for c in columns})
-    note = (
-        f"5-way accuracy (%) ± 95% CI over {', '.join(map(str, episodes))} fixed test episodes; "
-        f"{len(columns)} finished metatest run(s) under {root}."
+    ways = {c["way"] for c in columns}
+    kinds = [
+        f"{n} finished {s} run(s)" for s in RESULT_FOLDERS if (n := sum(c["stage"] == s for c in columns))
+    ]
+    setting = f"{ways.pop()}-way accuracy" if len(ways) == 1 else "Accuracy"
+    return (
+        f"{setting} (%) ± 95% CI over {', '.join(map(str, episodes))} fixed test episodes; "
+        f"{', '.join(kinds)} under {root}."
     )
-    return "\n".join([*lines, "", note])
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -140,11 +154,17 @@ def _column(path: Path) -> dict[str, Any]:
     rows = {r["method"]: r for r in results["rows"]}
     shot, way, pipeline, episodes = results["shot"], results["way"], results["pipeline"], results["episodes"]
     dataset = _dataset(path.parent / "config.yaml") or pipeline
-    label = f"{DATASET_LABELS.get(dataset, dataset)} {shot}-shot" + ("" if way == 5 else f" ({way}-way)")
+    stage = path.parent.name  # metatest, ablation or compare
+    notes = ([] if way == 5 else [f"{way}-way"]) + ([] if stage == METATEST.folder else [stage])
+    label = f"{DATASET_LABELS.get(dataset, dataset)} {shot}-shot" + (
+        f" ({', '.join(notes)})" if notes else ""
+    )
     return {
         "dataset": dataset,
         "label": label,
         "pipeline": pipeline,
+        "stage": stage,
+        "way": way,
         "rows": rows,
         "paper": results.get("paper"),
         "episodes": episodes,
