@@ -218,8 +218,11 @@ ERRORS = {
     "empty-query": lambda t: t.set("query", t.mkdir(t.root / "empty")),
     "mixed-query": lambda t: t.write(t.query / "loose.png").parent,
     "unknown-query-class": lambda t: t.write(t.query / "purple" / "0.png").parent,
-    # The checkpoint is missing too: --out must be checked before anything is loaded.
-    "out-folder-missing": lambda t: t.set("out", t.root / "no" / "p.csv", checkpoint=t.root / "x.pt"),
+    # The checkpoint is missing too: --out must be checked before anything is loaded. (A missing
+    # folder is made: test_out_into_a_missing_folder_makes_it.)
+    "out-folder-unmakable": lambda t: t.set(
+        "out", t.write(t.root / "f", b"") / "no" / "p.csv", checkpoint=t.root / "x.pt"
+    ),
     "out-under-a-file": lambda t: t.set("out", t.support / "red" / "00.png" / "p.csv"),
     "pretrain-checkpoint": lambda t: t.set("checkpoint", t.model.pretrain_best),
     "checkpoint-missing": lambda t: t.set("checkpoint", t.root / "missing.pt"),
@@ -373,3 +376,17 @@ def test_adapt_save_then_predict_gives_the_same_predictions(model, tmp_path):
     files = sorted((query / "red").iterdir())[:2]  # single files: unlabelled, named as given
     one = predict(saved, files, quiet=True)
     assert one["accuracy"] is None and [p["image"] for p in one["predictions"]] == list(map(str, files))
+
+
+def test_out_into_a_missing_folder_makes_it(model, tmp_path):
+    support = write_classes(tmp_path / "support", {"red": 2, "green": 2}, seed=1)
+    query = write_classes(tmp_path / "query", {"red": 2, "green": 2}, seed=2)
+    out = tmp_path / "new" / "deeper" / "predictions.csv"
+    result = invoke("adapt", "--checkpoint", model.best, "--support", support, "--query", query, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert len(read_csv(out)) == 4 and (out.parent / "confusion_matrix.csv").is_file()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    refused = invoke("adapt", "--checkpoint", model.best, "--support", support, "--query", query, "--out",
+                     blocked / "sub" / "p.csv")  # fmt: skip
+    assert refused.exit_code == 2 and f"{blocked} is not a folder" in refused.output

@@ -1,4 +1,4 @@
-"""`mtl report`: every finished metatest in one table laid out like the paper's."""
+"""`mtl report`: every finished metatest, ablation and compare in one table laid out like the paper's."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+from test_figures import CLOSE, FAR, NC, PIXELS, compare_results, metatest_results, write_results
 
 from mtl.cli import main
 
@@ -62,3 +63,35 @@ def test_report_without_finished_runs_or_with_a_corrupt_file(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2
     assert f"error: {bad / 'results.json'} is not a metatest results file" in result.output
+
+
+def test_report_tables_a_folder_with_only_compare_results(tmp_path):
+    published = {NC: {"acc": 49.4, "ci95": 0.8, "source": "Snell et al. 2017"}}
+    write_results(tmp_path, "glyphs-1shot", "compare", compare_results(FAR, published))
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "| method | glyphs 1-shot (compare) |"
+    for method, acc, ci in FAR:
+        assert f"| {method} | {acc:.2f} ± {ci:.2f} |" in lines
+    assert "5-way accuracy (%) ± 95% CI over 600 fixed test episodes; 1 finished compare run(s) under" in (
+        result.output
+    )
+
+
+def test_report_puts_ablation_and_compare_columns_beside_the_metatests(tmp_path):
+    fake_metatest(tmp_path, "miniimagenet-1shot", "miniimagenet", 1, 60.25, 61.2)
+    ablation = {**metatest_results(CLOSE), "seconds": {"total": 9.0}, "kept_epoch": {}}
+    write_results(tmp_path, "ablated", "ablation", {**ablation, "query_acc_per_epoch": {}}, "miniimagenet")
+    write_results(tmp_path, "compared", "compare", compare_results(FAR), "fc100")
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == (
+        "| method | miniImageNet 1-shot | miniImageNet 1-shot (ablation) | FC100 1-shot (compare) |"
+    )
+    assert lines[2] == "| MTL (SS + meta-learned θ) | 60.25 ± 0.80 | 84.77 ± 0.64 | 84.77 ± 0.64 |"
+    assert f"| {PIXELS} | 25.00 ± 0.50 |  | 20.29 ± 0.36 |" in lines
+    assert (
+        "1 finished metatest run(s), 1 finished ablation run(s), 1 finished compare run(s)" in result.output
+    )

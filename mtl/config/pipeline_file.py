@@ -9,6 +9,7 @@ A pipeline is named by a path or, for the pipelines that ship with mtl, by its b
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from collections.abc import Collection
 from pathlib import Path
@@ -40,13 +41,21 @@ def shipped() -> dict[str, Path]:
 
 
 def describe(path: Path) -> str:
-    """A pipeline's one-line description: its first comment line."""
+    """A pipeline's one-line description: the first sentence of its leading comment (continued over
+    comment lines, up to an indented command line)."""
+    lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-        if line.strip():
+        if not line.startswith("#") or line.startswith("#  "):
             break
-    return ""
+        lines.append(line.lstrip("# ").strip())
+        if _SENTENCE_END.search(lines[-1]):
+            break
+    text = " ".join(w for w in lines if w)
+    end = _SENTENCE_END.search(text)
+    return text[: end.start() + 1] if end else text
+
+
+_SENTENCE_END = re.compile(r"(?<!\bal)\.(\s|$)")  # "et al." ends no sentence
 
 
 def resolve(pipeline: str | Path) -> Path:

@@ -74,11 +74,21 @@ def derived(cfg: Config) -> dict[str, Any]:
     }
 
 
+# What a figure of ``derived`` that is None (null in --json) means.
+_NOT_SET = {
+    "extra_tasks": "none (meta.hard_tasks.enabled: false)",
+    "hard_task_window": "none (no extra tasks)",
+    "pretrain_lr_drops_at": "none (pretrain.schedule: cosine)",
+}
+
+
 def describe(cfg: Config) -> str:
     """The figures of :func:`derived` as aligned ``key: value`` lines."""
     lines = []
     for key, value in derived(cfg).items():
-        if isinstance(value, dict):
+        if value is None:
+            value = _NOT_SET.get(key, "unknown until the dataset is prepared")
+        elif isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(map(str, value)) or "none"

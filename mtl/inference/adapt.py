@@ -60,7 +60,7 @@ def adapt_folders(
         ``"written"``: the files written (CSV, confusion matrix, classifier).
     """
     support, query = Path(support).expanduser(), Path(query).expanduser()
-    out_path = check_out(Path(out).expanduser()) if out is not None else None
+    out_path = check_out(Path(out).expanduser(), make_folder=True) if out is not None else None
     save_path = check_out(Path(save).expanduser(), "--save", "classifier.pt") if save is not None else None
     by_class = _support_files(support)
     queries = query_files(query, list(by_class))

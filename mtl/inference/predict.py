@@ -33,7 +33,7 @@ def predict(
     """
     if not images:
         raise MtlError("give the images to classify: files or folders (mtl predict CLASSIFIER IMAGES...)")
-    out_path = check_out(Path(out).expanduser()) if out is not None else None
+    out_path = check_out(Path(out).expanduser(), make_folder=True) if out is not None else None
     classifier = Classifier.load(Path(classifier_path).expanduser(), device)
     paths, names, labels = [], [], []
     for arg in images:

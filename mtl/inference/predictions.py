@@ -22,20 +22,26 @@ SHOWN = 20  # rows printed; the rest go to the CSV only
 CONFUSION = "confusion_matrix.csv"  # written beside --out for labelled images
 
 
-def check_out(out: Path, option: str = "--out", example: str = "predictions.csv") -> Path:
+def check_out(
+    out: Path, option: str = "--out", example: str = "predictions.csv", *, make_folder: bool = False
+) -> Path:
     """Fail before any work if ``out`` cannot be written: a probe file proves the folder is writable
-    (``os.access`` says yes to root even on read-only mounts)."""
+    (``os.access`` says yes to root even on read-only mounts). ``make_folder``: a missing folder is
+    made when the file is written (:meth:`Predictions.write`), so the nearest existing one is probed."""
     if out.is_dir():
         raise MtlError(f"{option} {out} is a folder; give a file name such as {out / example}")
-    if not out.parent.is_dir():
-        problem = "is not a folder" if out.parent.exists() else "does not exist"
-        raise MtlError(f"{option} {out}: {out.parent} {problem}")
+    folder = out.parent
+    while make_folder and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise MtlError(f"{option} {out}: {folder} {problem}")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise MtlError(f"{option} {out}: cannot write to {out.parent} ({exc.strerror or exc})") from None
+        raise MtlError(f"{option} {out}: cannot write to {folder} ({exc.strerror or exc})") from None
     return out
 
 
@@ -73,6 +79,10 @@ class Predictions:
         """The CSV (and, labelled, the confusion matrix beside it); each written atomically."""
         header = ["image", "prediction", "probability", *(["label", "correct"] if self.labelled else [])]
         header += [f"p({c})" for c in self.classes]
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MtlError(f"--out {out}: cannot make {out.parent} ({exc.strerror or exc})") from None
         with atomic_write(out, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(header)

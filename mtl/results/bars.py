@@ -105,9 +105,9 @@ def x_panels(intervals: list[tuple[float, float]], gap: float = GAP) -> list[tup
         pad = 0.5 + 0.04 * (hi - lo)  # room for the caps of the whiskers
         lo, hi = math.floor(lo - pad), math.ceil(hi + pad)
         if hi - lo < 4:  # a lone line (chance) gets a readable stretch of axis around it
-            lo, hi = math.floor((lo + hi) / 2) - 2, math.floor((lo + hi) / 2) + 2
-        lo, hi = max(0, lo), min(100, hi)
-        panels.append((float(lo), float(max(hi, lo + 4))))
+            lo = round((lo + hi) / 2) - 2
+        lo = min(max(0, lo), 96)
+        panels.append((float(lo), float(max(min(100, hi), lo + 4))))
     return panels
 
 
@@ -137,10 +137,11 @@ def _draw(
     ax.axvline(chance, color=CHANCE, ls=":", lw=1.3, gid="chance")
     if marks:
         below = [i + BAR_HEIGHT / 2 + 0.08 for i, _, _ in marks]  # just under its row's bar, not on it
-        ax.errorbar(
+        line, _, _ = ax.errorbar(
             [acc for _, acc, _ in marks], below, xerr=[ci or 0 for _, _, ci in marks], fmt="D", ms=6,
-            color=PUBLISHED, mec="black", mew=0.6, capsize=3, label=source, gid="published",
+            color=PUBLISHED, mec="black", mew=0.6, capsize=3, label=source,
         )  # fmt: skip
+        line.set_gid("published")  # the markers, not their caps
     if reference is not None:
         ax.axvline(reference, color=PUBLISHED, ls="--", lw=1.3, label=source, gid="published")
     ax.grid(axis="x", alpha=0.3)

@@ -63,7 +63,7 @@ def collect(checkpoints: str | Path) -> str:
     titles = [c["label"] for c in columns]
     for c in columns:
         if titles.count(c["label"]) > 1:
-            c["label"] += f" ({c['pipeline']})"
+            c["label"] = _label(c["setting"], [*c["notes"], c["run"]])
 
     methods: list[str] = []
     for c in columns:
@@ -155,13 +155,14 @@ def _column(path: Path) -> dict[str, Any]:
     shot, way, pipeline, episodes = results["shot"], results["way"], results["pipeline"], results["episodes"]
     dataset = _dataset(path.parent / "config.yaml") or pipeline
     stage = path.parent.name  # metatest, ablation or compare
+    setting = f"{DATASET_LABELS.get(dataset, dataset)} {shot}-shot"
     notes = ([] if way == 5 else [f"{way}-way"]) + ([] if stage == METATEST.folder else [stage])
-    label = f"{DATASET_LABELS.get(dataset, dataset)} {shot}-shot" + (
-        f" ({', '.join(notes)})" if notes else ""
-    )
     return {
         "dataset": dataset,
-        "label": label,
+        "label": _label(setting, notes),
+        "setting": setting,
+        "notes": notes,
+        "run": path.parent.parent.name,  # tells apart columns of one setting
         "pipeline": pipeline,
         "stage": stage,
         "way": way,
@@ -169,6 +170,11 @@ def _column(path: Path) -> dict[str, Any]:
         "paper": results.get("paper"),
         "episodes": episodes,
     }
+
+
+def _label(setting: str, notes: list[str]) -> str:
+    """A column's title: ``"miniImageNet 1-shot"``, then what sets it apart in parentheses."""
+    return setting + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _dataset(config_path: Path) -> str | None:

@@ -123,7 +123,9 @@ def score_rows(
         scorer = Scorer(run, *test_episodes(run, episodes))
         # Every checkpoint is read and checked before the first row is scored.
         scored = [(row, _method(scorer, row, checkpoints, cfg.name)) for row in todo]
-        scores = {row.label: scorer.score(m, shares_pretrained=_plain(row)) for row, m in scored}
+        scores = {
+            row.label: scorer.score(m, shares_pretrained=_plain(row), label=row.label) for row, m in scored
+        }
         seconds["total"] = round(time.perf_counter() - start, 1)
         return publish(
             run, scores, episodes, quiet=True, extra={"seconds": seconds, "kept_epoch": kept, **extra()}

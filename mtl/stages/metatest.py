@@ -68,10 +68,13 @@ class Scorer:
         method = methods.build(cfg, encoder, state=trained, source=source, fits="this pipeline's model")
         return method.to(self.run.device).eval()
 
-    def score(self, method: Method, *, shares_pretrained: bool = False) -> torch.Tensor:
-        """Per-episode accuracy ``(E,)``; ``shares_pretrained``: its features are the pretrained
-        encoder's, computed once for every such method."""
-        self.run.monitor.line(f"scoring {method.label} on {len(self.episodes)} episodes")
+    def score(
+        self, method: Method, *, shares_pretrained: bool = False, label: str | None = None
+    ) -> torch.Tensor:
+        """Per-episode accuracy ``(E,)`` of ``method`` (its row: ``label``, default the method's);
+        ``shares_pretrained``: its features are the pretrained encoder's, computed once for every
+        such method."""
+        self.run.monitor.line(f"scoring {label or method.label} on {len(self.episodes)} episodes")
         if shares_pretrained and self._pretrained_features is not None:
             feats = self._pretrained_features
         else:
