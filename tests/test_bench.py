@@ -86,7 +86,7 @@ def test_bench_reports_floors_and_the_paper_protocol(bench):
 
 
 def test_bench_table_leads_with_the_paper_protocol_and_the_floors(bench):
-    from mtl.results.report import bench_table
+    from mtl.bench.table import bench_table
 
     lines = bench_table(bench[1])
     first_table = next(i for i, line in enumerate(lines) if line.startswith("| "))

@@ -230,3 +230,9 @@ def test_curves_read_back_from_event_files(tmp_path):
         "run: metatrain",
         "run: metatrain, hard tasks",
     ]
+
+
+def test_intervals_past_0_or_100_stay_on_a_0_100_axis():
+    assert x_panels([(-3.0, 2.0), (97.0, 104.0)]) == [(0.0, 4.0), (96.0, 100.0)]
+    fig = results_figure(metatest_results([("wide", 99.0, 5.0), ("narrow", 1.0, 3.0)], way=2), "metatest")
+    assert all(0 <= ax.get_xlim()[0] < ax.get_xlim()[1] <= 100 for ax in bar_axes(fig))

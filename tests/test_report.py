@@ -83,7 +83,8 @@ def test_report_puts_ablation_and_compare_columns_beside_the_metatests(tmp_path)
     fake_metatest(tmp_path, "miniimagenet-1shot", "miniimagenet", 1, 60.25, 61.2)
     ablation = {**metatest_results(CLOSE), "seconds": {"total": 9.0}, "kept_epoch": {}}
     write_results(tmp_path, "ablated", "ablation", {**ablation, "query_acc_per_epoch": {}}, "miniimagenet")
-    write_results(tmp_path, "compared", "compare", compare_results(FAR), "fc100")
+    ht = ("MTL + HT: hard-task meta-batches", 84.6, 0.3)  # compare's label: placed beside the MTL row
+    write_results(tmp_path, "compared", "compare", compare_results([*FAR, ht]), "fc100")
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -91,7 +92,21 @@ def test_report_puts_ablation_and_compare_columns_beside_the_metatests(tmp_path)
         "| method | miniImageNet 1-shot | miniImageNet 1-shot (ablation) | FC100 1-shot (compare) |"
     )
     assert lines[2] == "| MTL (SS + meta-learned θ) | 60.25 ± 0.80 | 84.77 ± 0.64 | 84.77 ± 0.64 |"
+    assert lines[3] == "| MTL + HT: hard-task meta-batches |  |  | 84.60 ± 0.30 |"
     assert f"| {PIXELS} | 25.00 ± 0.50 |  | 20.29 ± 0.36 |" in lines
     assert (
         "1 finished metatest run(s), 1 finished ablation run(s), 1 finished compare run(s)" in result.output
     )
+
+
+def test_a_negative_ci_or_a_way_of_zero_is_not_a_results_file(tmp_path):
+    bad = {"ci": compare_results([(NC, 80.0, -0.5)]), "way": {**metatest_results(), "way": 0}}
+    messages = {
+        "ci": "(rows[0] is not a row of method, acc and ci95)",
+        "way": "('way' is not a positive integer)",
+    }
+    for name, results in bad.items():
+        path = write_results(tmp_path / name, "run", "compare", results)
+        result = CliRunner().invoke(main, ["report", str(tmp_path / name)])
+        assert result.exit_code == 2
+        assert f"error: {path} is not a metatest results file {messages[name]}" in result.output

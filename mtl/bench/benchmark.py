@@ -28,6 +28,7 @@ from torch import nn
 from mtl.bench import reference
 from mtl.bench.floors import bench_floors, bench_paper_protocol, encode_fn
 from mtl.bench.maml import bench_maml
+from mtl.bench.table import bench_table
 from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess, TrainAugment
 from mtl.data.episodes import EpisodeSampler, fixed_episodes
@@ -38,7 +39,6 @@ from mtl.methods.episodic import extract_features, finetune_theta
 from mtl.methods.mtl import MTL
 from mtl.models import ss
 from mtl.models.backbone import build_backbone
-from mtl.results.report import bench_table
 from mtl.runtime import atomic
 from mtl.runtime import device as devices
 from mtl.runtime.timing import PeakMemory, timed

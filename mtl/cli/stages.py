@@ -33,7 +33,7 @@ def stage_command(name: str) -> click.Command:
     fresh_flag = click.option("--fresh", is_flag=True, help="Start over, do not resume from last.pt.")
 
     @user_errors
-    def command(pipeline: str, overrides: tuple[str, ...], checkpoints: str, quiet: bool, **fresh) -> None:
+    def command(pipeline: str, overrides: tuple[str, ...], checkpoints: str, quiet: bool, **more) -> None:
         from mtl import config
         from mtl.runtime import checkpoint
         from mtl.stages import ablate, metatest, metatrain, pretrain
@@ -47,7 +47,7 @@ def stage_command(name: str) -> click.Command:
         started = time.perf_counter()
         cfg = config.load(pipeline, overrides)
         try:
-            stages[name](cfg, checkpoints, quiet=quiet, **fresh)
+            stages[name](cfg, checkpoints, quiet=quiet, **more)
         except MissingCheckpoint as exc:
             raise rerun_hint(exc, pipeline, overrides, checkpoints) from None
         out = checkpoint.stage_dir(checkpoints, cfg.run_name(name), _FOLDER.get(name, name))
@@ -57,7 +57,16 @@ def stage_command(name: str) -> click.Command:
         command = option(command)
     if name in ("pretrain", "metatrain"):
         command = fresh_flag(command)
+    if name in ("metatest", "ablate"):
+        command = reference_option(command)
     return click.command(name=name, help=doc + PIPELINE_HELP, short_help=doc)(command)
+
+
+reference_option = click.option(
+    "--reference",
+    metavar="ROW",
+    help="The row every other row's paired difference is taken from [the pipeline's method].",
+)
 
 
 @click.command("compare", short_help="Every method on the same test episodes, side by side.")
@@ -69,12 +78,19 @@ def stage_command(name: str) -> click.Command:
     help="Rows to compare (default: compare.methods, else every method's variants; `mtl compare --list`).",
 )
 @click.option("--list", "list_rows", is_flag=True, help="List the rows mtl compare knows and exit.")
+@reference_option
 @overrides
 @checkpoints
 @quiet
 @user_errors
 def compare_command(
-    pipeline: str, names: str | None, list_rows: bool, overrides: tuple, checkpoints: str, quiet: bool
+    pipeline: str,
+    names: str | None,
+    list_rows: bool,
+    reference: str | None,
+    overrides: tuple,
+    checkpoints: str,
+    quiet: bool,
 ):
     """Every method on the same test episodes of PIPELINE: accuracy ± CI, training time, published
     number."""
@@ -91,7 +107,7 @@ def compare_command(
     cfg = config.load(pipeline, overrides)
     rows = [n.strip() for n in names.split(",") if n.strip()] if names else None
     try:
-        compare(cfg, checkpoints, names=rows, quiet=quiet)
+        compare(cfg, checkpoints, names=rows, reference=reference, quiet=quiet)
     except MissingCheckpoint as exc:
         raise rerun_hint(exc, pipeline, overrides, checkpoints) from None
     out = checkpoint.stage_dir(checkpoints, cfg.name, "compare") / "results.json"

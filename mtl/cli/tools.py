@@ -11,7 +11,9 @@ from mtl.cli.options import done, user_errors
 __all__ = ["adapt_command", "bench", "predict", "report"]
 
 
-@click.command(short_help="Collect finished metatests into one table; --plot: figures.")
+@click.command(
+    short_help="Collect finished results (metatest, ablate, compare) in one table; --plot: figures."
+)
 @click.argument("checkpoints", type=click.Path(file_okay=False), default="checkpoints", required=False)
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the table to this Markdown file.")
 @click.option(
@@ -22,8 +24,8 @@ __all__ = ["adapt_command", "bench", "predict", "report"]
 )
 @user_errors
 def report(checkpoints: str, out: str | None, plot: str | None) -> None:
-    """Collect every finished metatest under CHECKPOINTS into one table laid out like the paper's;
-    with --plot, draw every run's figures."""
+    """Collect every finished metatest, ablation and comparison under CHECKPOINTS into one table laid
+    out like the paper's; with --plot, draw every run's figures."""
     from pathlib import Path
 
     from mtl.errors import MtlError

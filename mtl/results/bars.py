@@ -92,7 +92,7 @@ def x_panels(intervals: list[tuple[float, float]], gap: float = GAP) -> list[tup
     intervals merged where less than ``gap`` apart (at most ``MOST_PANELS`` groups: the closest
     merge first), each padded a little, widened to at least 4 points and kept inside [0, 100]."""
     groups: list[list[float]] = []
-    for lo, hi in sorted((max(0.0, lo), min(100.0, hi)) for lo, hi in intervals):
+    for lo, hi in sorted((_percent(min(a, b)), _percent(max(a, b))) for a, b in intervals):
         if groups and lo - groups[-1][1] < gap:
             groups[-1][1] = max(groups[-1][1], hi)
         else:
@@ -109,6 +109,11 @@ def x_panels(intervals: list[tuple[float, float]], gap: float = GAP) -> list[tup
         lo = min(max(0, lo), 96)
         panels.append((float(lo), float(max(min(100, hi), lo + 4))))
     return panels
+
+
+def _percent(value: float) -> float:
+    """``value`` inside [0, 100]: a CI past either end shows up to the end of the axis."""
+    return min(max(0.0, value), 100.0)
 
 
 def _published(results: dict, stage: str) -> tuple[list[tuple[int, float, float | None]], float | None, str]:

@@ -55,8 +55,8 @@ def stage_key(stage: str) -> tuple[int, str]:
 def accuracy_range(series: list[Series]) -> tuple[float, float]:
     """The y range that holds every CI band of ``series``, padded, inside [0, 100] and at least
     ``MIN_SPAN`` wide (a single point or a flat curve is not blown up into a range of a tenth of a point)."""
-    lo = min(min(s.low or s.values) for s in series)
-    hi = max(max(s.high or s.values) for s in series)
+    bounds = [v for s in series for v in (*(s.low or s.values), *(s.high or s.values)) if math.isfinite(v)]
+    lo, hi = (min(bounds), max(bounds)) if bounds else (0.0, 100.0)
     pad = max(1.0, 0.05 * (hi - lo))
     lo, hi = max(0.0, lo - pad), min(100.0, hi + pad)
     if hi - lo < MIN_SPAN:

@@ -13,6 +13,7 @@ import yaml
 
 from mtl.errors import MtlError
 from mtl.methods import METHODS
+from mtl.results.paired import difference_cells
 from mtl.runtime.stage_folders import METATEST, RESULT_FOLDERS, RESULTS_FILE
 
 
@@ -22,13 +23,18 @@ def results_table(results: dict[str, Any]) -> str:
         f"{results['pipeline']}: {results['way']}-way {results['shot']}-shot, "
         f"{results['query']} queries, {results['episodes']} test episodes"
     )
-    lines = [title, "", "| method | accuracy (%) | 95% CI |", "|---|---:|---:|"]
+    paired = "differences" in results  # files written before differences were kept have three columns
+    head = " − reference (paired 95% CI) | p |" if paired else ""
+    lines = [title, "", f"| method | accuracy (%) | 95% CI |{head}", "|---|---:|---:|" + "---:|" * 2 * paired]
     for row in results["rows"]:
-        lines.append(f"| {row['method']} | {row['acc']:.2f} | ± {row['ci95']:.2f} |")
+        diff = " {} | {} |".format(*difference_cells(results, row["method"])) if paired else ""
+        lines.append(f"| {row['method']} | {row['acc']:.2f} | ± {row['ci95']:.2f} |{diff}")
     paper = results.get("paper")
     if paper and paper.get("acc") is not None:
         ci = f"± {paper['ci95']:.2f}" if paper.get("ci95") is not None else ""
         lines.append(f"| {paper.get('method') or 'paper'} (published) | {paper['acc']:.2f} | {ci} |")
+    if paired:
+        lines.append(f"reference: {results['differences']['reference']}")
     return "\n".join(lines)
 
 
@@ -68,7 +74,7 @@ def collect(checkpoints: str | Path) -> str:
     methods: list[str] = []
     for c in columns:
         methods += [m for m in c["rows"] if m not in methods]
-    methods.sort(key=lambda m: next((i for i, p in enumerate(_METHOD_ORDER) if m.startswith(p)), 99))
+    methods.sort(key=_method_rank)
     lines = [
         "| method | " + " | ".join(c["label"] for c in columns) + " |",
         "|---|" + "---:|" * len(columns),
@@ -79,6 +85,15 @@ def collect(checkpoints: str | Path) -> str:
     lines.append("| paper | " + " | ".join(_paper(c) for c in columns) + " |")
     lines.append("| ours (MTL) − paper | " + " | ".join(_difference(c) for c in columns) + " |")
     return "\n".join([*lines, "", _note(columns, root)])
+
+
+def _method_rank(method: str) -> int:
+    """A row's place: its method's in the registry, by label or else by the label's first word (compare's
+    and the ablation's "MTL: ..." and "MTL + HT: ..." beside metatest's MTL row); unknown ones last."""
+    first = method.split()[0].rstrip(":,")
+    ranks = [i for i, p in enumerate(_METHOD_ORDER) if method.startswith(p)]
+    ranks += [i for i, p in enumerate(_METHOD_ORDER) if p.split()[0].rstrip(":,") == first]
+    return ranks[0] if ranks else len(_METHOD_ORDER)
 
 
 def _note(columns: list[dict], root: Path) -> str:
@@ -117,6 +132,8 @@ def _results_problem(results: Any) -> str | None:
         value = results.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             return f"'{key}' is missing or not {'a string' if kind is str else 'an integer'}"
+    if results["way"] < 1:  # the figures draw chance at 100 / way
+        return "'way' is not a positive integer"
     rows = results.get("rows")
     if not isinstance(rows, list):
         return "'rows' is missing or not a list"
@@ -139,12 +156,15 @@ def _results_problem(results: Any) -> str | None:
 
 
 def _numbers(entry: dict, *keys: str, optional: bool = False) -> bool:
-    """Whether each of ``keys`` in ``entry`` is a finite number (or, ``optional``, null or absent)."""
+    """Whether each of ``keys`` in ``entry`` is a finite number (or, ``optional``, null or absent); a
+    ``ci95`` is a half-width, never negative."""
     for key in keys:
         value = entry.get(key)
         if value is None and optional:
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        if key == "ci95" and value < 0:
             return False
     return True
 
@@ -152,8 +172,8 @@ def _numbers(entry: dict, *keys: str, optional: bool = False) -> bool:
 def _column(path: Path) -> dict[str, Any]:
     results = read_results(path)
     rows = {r["method"]: r for r in results["rows"]}
-    shot, way, pipeline, episodes = results["shot"], results["way"], results["pipeline"], results["episodes"]
-    dataset = _dataset(path.parent / "config.yaml") or pipeline
+    shot, way, episodes = results["shot"], results["way"], results["episodes"]
+    dataset = _dataset(path.parent / "config.yaml") or results["pipeline"]
     stage = path.parent.name  # metatest, ablation or compare
     setting = f"{DATASET_LABELS.get(dataset, dataset)} {shot}-shot"
     notes = ([] if way == 5 else [f"{way}-way"]) + ([] if stage == METATEST.folder else [stage])
@@ -163,7 +183,6 @@ def _column(path: Path) -> dict[str, Any]:
         "setting": setting,
         "notes": notes,
         "run": path.parent.parent.name,  # tells apart columns of one setting
-        "pipeline": pipeline,
         "stage": stage,
         "way": way,
         "rows": rows,
@@ -202,93 +221,3 @@ def _difference(column: dict) -> str:
     if not paper or paper.get("acc") is None or mtl is None:
         return "—"
     return f"{mtl['acc'] - paper['acc']:+.2f}"
-
-
-def _maml_lines(r: dict) -> list[str]:
-    """The MAML row of ``bench.json`` (absent from files of earlier versions)."""
-    if "maml" not in r:
-        return []
-    q, s = r["maml"], r["setup"]
-    return [
-        f"| MAML meta-train, tasks/s (Conv-4, {q['inner_steps']} steps, second order, meta-batch "
-        f"{s['meta_batch']}) | batched {q['batched_tasks_per_s']:.2f} | "
-        f"per task {q['per_task_tasks_per_s']:.2f} | "
-        f"**{q['speedup']:.1f}x** | {q['batched_peak_mb']:.0f} / {q['per_task_peak_mb']:.0f} |",
-        f"MAML first-step loss: batched {q['first_step_loss_batched']:.6f}, per task "
-        f"{q['first_step_loss_per_task']:.6f} (fp32).",
-    ]
-
-
-def _headline_lines(r: dict) -> list[str]:
-    """The figures a user's paper run sees: the paper-protocol speed-up and each path against its floor."""
-    if "paper_protocol" not in r:
-        return []
-    pp, f = r["paper_protocol"], r["floors"]
-    same = "identical" if pp["identical_accuracies_fp32"] else "DIFFERENT"
-    drawn = f"{pp['distinct_images']} drawn, each {pp['draws_per_image']:.1f}×"
-    both = f"{f['precision']} / {f['precision']}"
-    return [
-        "| headline | figure | precision (mtl / floor or reference) |",
-        "|---|---:|---|",
-        f"| meta-test speed-up at the paper's protocol: {pp['episodes']} episodes over {pp['classes']} × "
-        f"{pp['images_per_class']} images ({drawn}) | "
-        f"**{pp['speedup']:.1f}x** ({pp['fast_episodes_per_s']:.1f} vs {pp['reference_episodes_per_s']:.2f} "
-        f"episodes/s) | {pp['precision']} / fp32 |",
-        f"| meta-train step against its floor: bare SS-encoder forward + backward of the meta-batch's "
-        f"{f['metatrain']['images']} images | **{f['metatrain']['efficiency']:.2f}** "
-        f"({f['metatrain']['mtl_s']:.3f} s vs {f['metatrain']['floor_s']:.3f} s) | {both} |",
-        f"| meta-test per distinct image against its floor (paper protocol): bare inference forward | "
-        f"**{pp['efficiency']:.2f}** ({1e3 * pp['mtl_s_per_image']:.3f} ms vs "
-        f"{1e3 * pp['floor_s_per_image']:.3f} ms) | {both} |",
-        "",
-        f"Paper protocol, the {pp['episodes_compared']} episodes both ran: reference "
-        f"{pp['accuracy_reference']:.2f}%, mtl in fp32 {pp['accuracy_fast_fp32']:.2f}% ({same} per episode).",
-    ]
-
-
-def bench_table(r: dict) -> list[str]:
-    """``bench.json``'s measurements as Markdown lines."""
-    s, t, m, p = r["setup"], r["metatest"], r["metatrain"], r["pretrain"]
-    same = "identical" if t["identical_accuracies_fp32"] else "DIFFERENT"
-    reuse = s["test_episodes"] * s["way"] * (s["shot"] + s["query"]) / (s["classes"] * s["images_per_class"])
-    lines = [
-        f"mtl bench ({r['mode']}) on {r['device']}, {r['threads']} threads, torch {r['torch']}, "
-        f"encoder precision {r['precision']}: ResNet-12 {'-'.join(map(str, s['widths']))}, "
-        f"{s['image_size']}x{s['image_size']} glyphs, {s['way']}-way {s['shot']}-shot {s['query']}-query, "
-        f"{s['inner_steps']} inner steps",
-        "",
-        *_headline_lines(r),
-        "",
-        "| path | mtl | reference | ratio | peak MB (mtl / ref) |",
-        "|---|---:|---:|---:|---:|",
-        f"| meta-test, episodes/s, high reuse ({s['classes'] * s['images_per_class']} images, "
-        f"{s['test_episodes']} episodes, each image drawn "
-        f"{reuse:.0f}×) | {t['fast_episodes_per_s']:.1f} | {t['reference_episodes_per_s']:.2f} | "
-        f"**{t['speedup']:.1f}x** | {t['fast_peak_mb']:.0f} / {t['reference_peak_mb']:.0f} |",
-        f"| meta-train, tasks/s (second order, meta-batch {s['meta_batch']}) | {m['fast_tasks_per_s']:.2f} | "
-        f"{m['reference_tasks_per_s']:.2f} | **{m['speedup']:.1f}x** | "
-        f"{m['fast_peak_mb']:.0f} / {m['reference_peak_mb']:.0f} |",
-        f"| meta-train in fp32 | {m['fast_fp32_tasks_per_s']:.2f} | {m['reference_tasks_per_s']:.2f} | "
-        f"{m['speedup_fp32']:.1f}x | |",
-        f"| pretrain, images/s (vs bare forward+backward+SGD on synthetic tensors) | "
-        f"{p['pipeline_images_per_s']:.0f} | {p['bare_images_per_s']:.0f} | **{p['efficiency']:.2f}** | "
-        f"{p['pipeline_peak_mb']:.0f} / {p['bare_peak_mb']:.0f} |",
-        "",
-        f"Reference: per episode / per task, encoder call on its images, autograd inner loop; fp32, "
-        f"contiguous tensors, nn.BatchNorm2d. Meta-test accuracy on the {t['episodes_compared']} episodes "
-        f"both ran: reference {t['accuracy_reference']:.2f}%, mtl in fp32 {t['accuracy_fast_fp32']:.2f}% "
-        f"({same} per episode), mtl as run {t['accuracy_fast']:.2f}% ({t['episodes_equal_fast']} episodes "
-        f"equal). Meta-train first-step loss: reference {m['first_step_loss_reference']:.6f}, mtl in fp32 "
-        f"{m['first_step_loss_fast_fp32']:.6f}, as run {m['first_step_loss_fast']:.6f}.",
-        "",
-        *_maml_lines(r),
-        "",
-        "| meta-train scaling | mtl tasks/s | reference tasks/s | ratio |",
-        "|---|---:|---:|---:|",
-    ]
-    for row in r["scaling"]:
-        lines.append(
-            f"| {row['way']}-way {row['shot']}-shot, {row['inner_steps']} steps | "
-            f"{row['fast_tasks_per_s']:.2f} | {row['reference_tasks_per_s']:.2f} | {row['speedup']:.1f}x |"
-        )
-    return lines

@@ -69,14 +69,18 @@ def ablation_rows(cfg: Config) -> list[Row]:
     return rows
 
 
-def ablate(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
+def ablate(
+    cfg: Config, checkpoints: str | Path = "checkpoints", *, reference: str | None = None, quiet: bool = False
+) -> dict:
     """Run the ablation; writes ``ablation/results.json`` (metatest's shape plus wall-clock seconds and
-    each row's training query accuracy per epoch)."""
+    each row's training query accuracy per epoch). Paired differences are taken from row ``reference``
+    (``nc``, ``ft``, ``mtl``, ``mtl-random``, ``mtl-ht``, ``scratch``; default ``mtl``)."""
     todo = ablation_rows(cfg)
+    reference = reference or todo[2].name  # the pipeline's method, no HT
     with holding(cfg, checkpoints, ABLATION.folder):
         results = score_rows(
             cfg, checkpoints, todo, folder=ABLATION.folder, episodes=cfg.ablation.episodes, quiet=quiet,
-            extra=lambda: {"query_acc_per_epoch": _per_epoch(cfg, todo, checkpoints)},
+            extra=lambda: {"query_acc_per_epoch": _per_epoch(cfg, todo, checkpoints)}, reference=reference,
         )  # fmt: skip
     if not quiet:
         print(results_table(results))

@@ -20,6 +20,7 @@ from pathlib import Path
 from mtl import methods
 from mtl.config import Config, from_dict, pipeline_file
 from mtl.errors import MtlError
+from mtl.results.paired import difference_cells
 from mtl.results.published import published
 from mtl.runtime import checkpoint
 from mtl.runtime.stage_folders import COMPARE
@@ -40,6 +41,11 @@ class Row:
     cfg: Config
     folder: str
     from_scratch: bool = False
+
+    @property
+    def name(self) -> str:
+        """The row's short name (``--reference`` takes it): the last part of its folder."""
+        return self.folder.rsplit("/", 1)[-1]
 
     @property
     def trains(self) -> bool:
@@ -73,17 +79,19 @@ def compare(
     checkpoints: str | Path = "checkpoints",
     *,
     names: list[str] | None = None,
+    reference: str | None = None,
     quiet: bool = False,
 ) -> dict:
     """Train what needs training, score every row; writes ``compare/results.json`` (metatest's shape
-    plus ``seconds`` of training per row and ``published`` numbers) and returns it. The ``compare``
-    folder is held from the first row's training to the table."""
+    plus ``seconds`` of training per row and ``published`` numbers) and returns it. Each row's paired
+    difference is taken from row ``reference`` (default: the first row of the pipeline's method). The
+    ``compare`` folder is held from the first row's training to the table."""
     todo = rows(cfg, names)
     paper = {row.label: n for name, row in todo.items() if (n := published(name, cfg)) is not None}
     with holding(cfg, checkpoints, COMPARE.folder):
         results = score_rows(
             cfg, checkpoints, list(todo.values()), folder=COMPARE.folder, episodes=cfg.compare.episodes,
-            quiet=quiet, extra=lambda: {"published": paper},
+            quiet=quiet, extra=lambda: {"published": paper}, reference=reference,
         )  # fmt: skip
     if not quiet:
         print(table(results))
@@ -99,11 +107,15 @@ def score_rows(
     episodes: int,
     quiet: bool,
     extra: Callable[[], dict] = dict,
+    reference: str | None = None,
 ) -> dict:
     """Meta-train the rows that train (after the pipeline's pretrain, if a row starts from it), then
     score every row on ``episodes`` shared test episodes and write ``<folder>/results.json``: metatest's
     shape plus ``seconds`` (of training, per row, and in all), ``kept_epoch`` and what ``extra()``
-    returns once the training is done. The table is the caller's to print."""
+    returns once the training is done. Paired differences are taken from the row named ``reference``
+    (default: the first row of the pipeline's method, else the first row). The table is the caller's
+    to print."""
+    ref = reference_row(cfg, todo, reference)
     start = time.perf_counter()
     seconds: dict[str, float] = {}
     kept: dict[str, int] = {}
@@ -127,9 +139,18 @@ def score_rows(
             row.label: scorer.score(m, shares_pretrained=_plain(row), label=row.label) for row, m in scored
         }
         seconds["total"] = round(time.perf_counter() - start, 1)
-        return publish(
-            run, scores, episodes, quiet=True, extra={"seconds": seconds, "kept_epoch": kept, **extra()}
-        )
+        extra_entries = {"seconds": seconds, "kept_epoch": kept, **extra()}
+        return publish(run, scores, episodes, quiet=True, extra=extra_entries, reference=ref.label)
+
+
+def reference_row(cfg: Config, todo: list[Row], name: str | None) -> Row:
+    """The row named ``name``, or by default the first of the pipeline's method (else the first)."""
+    if name is not None:
+        found = [row for row in todo if name in (row.name, row.label)]
+        if not found:
+            raise MtlError(f"--reference: no row '{name}' (rows: {', '.join(r.name for r in todo)})")
+        return found[0]
+    return next((row for row in todo if row.cfg.method == cfg.method), todo[0])
 
 
 def _method(scorer: Scorer, row: Row, checkpoints: str | Path, name: str) -> methods.Method:
@@ -152,8 +173,9 @@ def table(results: dict) -> str:
     lines = [
         f"{results['pipeline']}: {results['way']}-way {results['shot']}-shot, {results['query']} queries, "
         f"{results['episodes']} shared test episodes",
-        "| method | accuracy (%) | 95% CI | training (s) | kept epoch | published |",
-        "|---|---:|---:|---:|---:|---|",
+        "| method | accuracy (%) | 95% CI | − reference (paired 95% CI) | p | training (s) | kept epoch "
+        "| published |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results["rows"]:
         train = f"{seconds[r['method']]:.0f}" if r["method"] in seconds else "—"
@@ -161,8 +183,12 @@ def table(results: dict) -> str:
         p = paper.get(r["method"])
         ci = f" ± {p['ci95']}" if p and p["ci95"] is not None else ""
         pub = f"{p['acc']}{ci} ({p['source']})" if p else "—"
-        lines.append(f"| {r['method']} | {r['acc']:.2f} | ± {r['ci95']:.2f} | {train} | {epoch} | {pub} |")
+        diff, pval = difference_cells(results, r["method"])
+        cells = [r["method"], f"{r['acc']:.2f}", f"± {r['ci95']:.2f}", diff, pval, train, epoch, pub]
+        lines.append("| " + " | ".join(cells) + " |")
     if "pretrain" in seconds:
         lines.append(f"pretraining (shared by the rows that start from it): {seconds['pretrain']:.0f} s")
     lines.append(f"wall-clock in all: {seconds['total'] / 60:.1f} min")
+    if "differences" in results:
+        lines.append(f"reference: {results['differences']['reference']}")
     return "\n".join(lines)

@@ -8,7 +8,6 @@ raw pixels) are scored on the same episodes, each from features computed once pe
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.methods import FeatureMethod, Method
 from mtl.methods.episodic import mean_ci
+from mtl.results import paired
 from mtl.results.report import results_table
 from mtl.runtime.checkpoint import MissingCheckpoint
 from mtl.training.run import Run
@@ -111,10 +111,19 @@ class Scorer:
 
 
 def publish(
-    run: Run, scores: dict[str, torch.Tensor], episodes: int, *, quiet: bool, extra: dict | None = None
+    run: Run,
+    scores: dict[str, torch.Tensor],
+    episodes: int,
+    *,
+    quiet: bool,
+    extra: dict | None = None,
+    reference: str | None = None,
 ) -> dict:
-    """Turn per-episode accuracies into ``results.json`` (written atomically) and print the table."""
+    """Turn per-episode accuracies into ``results.json`` (written atomically) and print the table.
+    Every row is compared with ``reference`` (default: the first row) on the shared episodes
+    (:mod:`mtl.results.paired`); the per-episode results are kept."""
     cfg = run.cfg
+    accs = {label: acc.detach().cpu().numpy() for label, acc in scores.items()}
     rows = []
     for method, acc in scores.items():
         mean, ci = mean_ci(acc)
@@ -128,10 +137,12 @@ def publish(
         "rows": rows,
         "paper": cfg.paper.__dict__ if cfg.paper.acc is not None else None,
         **(extra or {}),
+        "differences": paired.differences(accs, reference or next(iter(accs))),
+        "per_episode": paired.per_episode_record(accs, cfg.meta.way * cfg.test.query),
     }
     table = results_table(results)
     # results.json first: the TensorBoard stream (which replaces the last run's) follows only a result.
-    run.write_text("results.json", json.dumps(results, indent=2) + "\n")
+    run.write_text("results.json", paired.dumps(results) + "\n")
     for method, acc in scores.items():
         run.monitor.accuracy(0, f"test/{method}", *mean_ci(acc))
     run.monitor.text("test/results", table)
@@ -141,8 +152,14 @@ def publish(
     return results
 
 
-def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: bool = False) -> dict:
-    """Evaluate; writes ``metatest/results.json`` and returns the same dict."""
+def metatest(
+    cfg: Config, checkpoints: str | Path = "checkpoints", *, reference: str | None = None, quiet: bool = False
+) -> dict:
+    """Evaluate; writes ``metatest/results.json`` and returns the same dict. Paired differences are
+    taken from the row of method ``reference`` (default: the pipeline's method)."""
+    if reference is not None and reference not in (cfg.method, *cfg.test.baselines):
+        rows = ", ".join(dict.fromkeys((cfg.method, *cfg.test.baselines)))
+        raise MtlError(f"--reference: '{reference}' is not a row of this metatest (rows: {rows})")
     with Run.open(cfg, "metatest", checkpoints, quiet=quiet) as run:
         cls = methods.get(cfg.method)
         trained = run.previous("metatrain") if cls.trains else None
@@ -151,7 +168,9 @@ def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
         method = scorer.method(cfg, trained, run.previous_path("metatrain"))
         scores = {cls.label: scorer.score(method)}
         scores.update(scorer.baselines([b for b in cfg.test.baselines if b != cfg.method]))
-        results = publish(run, scores, cfg.test.episodes, quiet=quiet)
+        results = publish(
+            run, scores, cfg.test.episodes, quiet=quiet, reference=_reference(reference, scores)
+        )
     if not quiet and trained is not None and _kept_epoch(trained) == 0:
         print(
             "note: meta-validation never improved on the untrained start, so the kept metatrain model is "
@@ -159,6 +178,16 @@ def metatest(cfg: Config, checkpoints: str | Path = "checkpoints", *, quiet: boo
             "the fine-tuned θ row)."
         )
     return results
+
+
+def _reference(name: str | None, scores: dict[str, torch.Tensor]) -> str | None:
+    """The label of method ``name``'s row (None: the first row, the pipeline's method)."""
+    if name is None:
+        return None
+    label = methods.get(name).label
+    if label not in scores:
+        raise MtlError(f"--reference: '{name}' is not a row of this metatest (rows: {', '.join(scores)})")
+    return label
 
 
 def _kept_epoch(ckpt: dict) -> int | None:

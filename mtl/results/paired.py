@@ -1,0 +1,112 @@
+"""Differences between rows scored on the same episodes, and what of them is noise.
+
+Rows of one table (metatest's baselines, ``mtl compare``, ``mtl ablate``) are scored on the same test
+episodes, so their per-episode accuracies are strongly correlated: the 95% CI of a row's *paired*
+difference from a reference row, ``1.96 · std(a − b) / √E``, is far tighter than either row's own CI.
+The p-value is that of the paired z-test (two-sided), the same normal approximation as the rows' own
+CIs (:func:`mtl.methods.episodic.mean_ci`); with hundreds of episodes it is the paired t-test's.
+
+``results.json`` keeps each row's correct queries per episode (``per_episode``), so any two rows can be
+compared later; this module reads and writes that record and makes the ``differences`` entry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Difference",
+    "difference_cells",
+    "differences",
+    "dumps",
+    "paired",
+    "per_episode_accuracy",
+    "per_episode_record",
+]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``row − reference`` in accuracy points (percent), its paired 95% CI half-width and p-value."""
+
+    diff: float
+    ci95: float
+    p: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"diff": round(self.diff, 2), "ci95": round(self.ci95, 2), "p": float(f"{self.p:.3g}")}
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> Difference:
+    """Per-episode accuracies ``a`` and ``b`` ``(E,)`` in ``[0, 1]`` on the same episodes -> the paired
+    difference ``mean(a − b)`` with ``1.96 · std(a − b) / √E`` (population std, as the rows' CIs) and the
+    two-sided p-value of ``z = mean / (std / √E)``."""
+    d = np.asarray(a, dtype=np.float64).reshape(-1) - np.asarray(b, dtype=np.float64).reshape(-1)
+    if d.size == 0:
+        raise ValueError("paired needs at least one episode")
+    mean, se = float(d.mean()), float(d.std() / math.sqrt(d.size))
+    p = 1.0 if mean == 0 else (0.0 if se == 0 else math.erfc(abs(mean / se) / math.sqrt(2)))
+    return Difference(100 * mean, 100 * 1.96 * se, p)
+
+
+def differences(scores: dict[str, np.ndarray], reference: str) -> dict:
+    """``{"reference": label, "rows": {label: {"diff", "ci95", "p"}}}`` of every other row of
+    ``scores`` (``{label: (E,) accuracies}``) against ``reference``."""
+    ref = scores[reference]
+    rows = {label: paired(acc, ref).as_dict() for label, acc in scores.items() if label != reference}
+    return {"reference": reference, "rows": rows}
+
+
+def per_episode_record(scores: dict[str, np.ndarray], queries: int) -> dict:
+    """Compact per-episode results: ``{"queries": queries per episode, "correct": {label: [int] * E}}``."""
+    return {
+        "queries": queries,
+        "correct": {
+            label: np.rint(np.asarray(acc) * queries).astype(int).tolist() for label, acc in scores.items()
+        },
+    }
+
+
+def per_episode_accuracy(results: dict) -> dict[str, np.ndarray]:
+    """``{label: (E,) accuracies}`` from a ``results.json``'s ``per_episode`` record (``{}`` for a file
+    written before it was kept)."""
+    record = results.get("per_episode")
+    if not isinstance(record, dict) or not record.get("queries"):
+        return {}
+    queries = record["queries"]
+    return {
+        label: np.asarray(c, dtype=np.float64) / queries for label, c in record.get("correct", {}).items()
+    }
+
+
+def dumps(results: dict) -> str:
+    """``results.json``'s text: indented, with each list of numbers on one line (a per-episode record
+    of 10,000 episodes is one line per row, not 10,000)."""
+    return re.sub(
+        r"\[\s*(-?\d[\d.e+-]*(?:,\s*-?\d[\d.e+-]*)*)\s*\]",
+        lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
+        json.dumps(results, indent=2),
+    )
+
+
+def difference_cells(results: dict, label: str) -> tuple[str, str]:
+    """The table cells of row ``label``'s paired difference: ``("+0.07 ± 0.05", "0.006")``;
+    ``("reference", "")`` for the reference row, ``("—", "—")`` where the file has none."""
+    record = results.get("differences")
+    if not isinstance(record, dict):
+        return "—", "—"
+    if label == record.get("reference"):
+        return "reference", ""
+    d = record.get("rows", {}).get(label)
+    if not isinstance(d, dict):
+        return "—", "—"
+    return f"{d['diff']:+.2f} ± {d['ci95']:.2f}", _p_text(d["p"])
+
+
+def _p_text(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"

@@ -1,0 +1,104 @@
+"""Paired differences on shared episodes: the maths against a plain computation, what results.json
+keeps, the tables and the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import PIPELINE
+
+from mtl.cli import main
+from mtl.results import paired
+from mtl.stages.compare import table
+
+
+def plain_paired(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """The paired difference in points, its 95% CI half-width and the two-sided p, by hand."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / n)
+    z = mean / (sd / math.sqrt(n))
+    p = 2 * (1 - 0.5 * (1 + math.erf(abs(z) / math.sqrt(2))))
+    return 100 * mean, 100 * 1.96 * sd / math.sqrt(n), p
+
+
+def test_the_paired_difference_equals_a_plain_computation():
+    a = [1.0, 0.8, 0.6, 1.0, 0.4, 0.8]
+    b = [0.8, 0.8, 0.4, 0.6, 0.4, 0.6]
+    got = paired.paired(np.array(a), np.array(b))
+    want = plain_paired(a, b)
+    assert got.diff == pytest.approx(want[0]) and got.ci95 == pytest.approx(want[1])
+    assert got.p == pytest.approx(want[2], rel=1e-9)
+    assert paired.paired(np.array(b), np.array(a)).diff == pytest.approx(-want[0])
+    same = paired.paired(np.array(a), np.array(a))
+    assert (same.diff, same.ci95, same.p) == (0.0, 0.0, 1.0)
+
+
+def test_correlated_rows_resolve_a_difference_their_own_cis_do_not():
+    rng = np.random.default_rng(0)
+    hardness = rng.uniform(0.3, 1.0, 2000)  # episodes differ far more than the two methods do
+    a = np.clip(hardness + rng.normal(0, 0.02, 2000), 0, 1)
+    b = np.clip(hardness - 0.01 + rng.normal(0, 0.02, 2000), 0, 1)
+    d = paired.paired(a, b)
+    own_ci = 100 * 1.96 * a.std() / math.sqrt(a.size)
+    assert d.ci95 < own_ci / 5 and d.diff - d.ci95 > 0 and d.p < 1e-6
+
+
+def test_per_episode_results_round_trip_compactly():
+    scores = {"a": np.array([1.0, 0.6, 14 / 15]), "b": np.array([0.0, 1 / 15, 1.0])}
+    record = paired.per_episode_record(scores, 15)
+    assert record == {"queries": 15, "correct": {"a": [15, 9, 14], "b": [0, 1, 15]}}
+    back = paired.per_episode_accuracy({"per_episode": record})
+    assert set(back) == {"a", "b"} and all(np.allclose(back[k], scores[k]) for k in scores)
+    assert paired.per_episode_accuracy({"rows": []}) == {}  # a file written before they were kept
+    text = paired.dumps({"per_episode": record, "rows": [{"method": "a", "acc": 84.0}]})
+    assert json.loads(text)["per_episode"] == record and '"a": [15, 9, 14]' in text
+
+
+def test_metatest_keeps_episodes_and_differences_and_takes_a_reference(tiny_copy):
+    sets, ckpts = tiny_copy
+    results = json.loads((ckpts / "tiny" / "metatest" / "results.json").read_text())
+    labels = [r["method"] for r in results["rows"]]
+    accs = paired.per_episode_accuracy(results)
+    assert list(accs) == labels and all(len(a) == results["episodes"] for a in accs.values())
+    for r in results["rows"]:  # the rows' own figures come from the same per-episode results
+        assert r["acc"] == pytest.approx(100 * accs[r["method"]].mean(), abs=0.006)
+    diffs = results["differences"]
+    assert diffs["reference"] == labels[0] and set(diffs["rows"]) == set(labels[1:])
+    for label, d in diffs["rows"].items():
+        want = paired.paired(accs[label], accs[labels[0]]).as_dict()
+        assert d == want
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["metatest", PIPELINE, *sets, "--checkpoints", str(ckpts), "--reference", "nc"]
+    )
+    assert result.exit_code == 0, result.output
+    again = json.loads((ckpts / "tiny" / "metatest" / "results.json").read_text())
+    nc = next(r["method"] for r in again["rows"] if "nearest centroid, pretrained" in r["method"])
+    assert again["differences"]["reference"] == nc
+    bad = runner.invoke(
+        main, ["metatest", PIPELINE, *sets, "--checkpoints", str(ckpts), "--reference", "maml"]
+    )
+    assert bad.exit_code == 2 and bad.output.startswith("error: --reference: 'maml' is not a row")
+
+
+def test_tables_show_the_differences_and_old_files_still_read():
+    base = {
+        "pipeline": "p", "way": 5, "shot": 1, "query": 15, "episodes": 3, "paper": None,
+        "rows": [{"method": "A", "acc": 80.0, "ci95": 1.0}, {"method": "B", "acc": 79.0, "ci95": 1.0}],
+        "seconds": {"total": 60.0}, "kept_epoch": {}, "published": {},
+    }  # fmt: skip
+    old = table(base)  # written before differences were kept
+    assert "| A | 80.00 | ± 1.00 | — | — |" in old
+    new = {
+        **base,
+        "differences": {"reference": "A", "rows": {"B": {"diff": -1.0, "ci95": 0.25, "p": 0.0002}}},
+    }
+    text = table(new)
+    assert "| A | 80.00 | ± 1.00 | reference |  |" in text
+    assert "| B | 79.00 | ± 1.00 | -1.00 ± 0.25 | < 0.001 |" in text and "reference: A" in text
