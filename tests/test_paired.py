@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import PIPELINE
 
@@ -102,3 +103,73 @@ def test_tables_show_the_differences_and_old_files_still_read():
     text = table(new)
     assert "| A | 80.00 | ± 1.00 | reference |  |" in text
     assert "| B | 79.00 | ± 1.00 | -1.00 ± 0.25 | < 0.001 |" in text and "reference: A" in text
+
+
+def plain_seeds(x: list[list[float]]) -> tuple[float, float]:
+    """Mean (points) and 95% CI half-width over seeds and episodes, by hand."""
+    s, e = len(x), len(x[0])
+    seed_means = [sum(r) / e for r in x]
+    mean = sum(seed_means) / s
+    between = sum((m - mean) ** 2 for m in seed_means) / (s - 1)
+    episode_means = [sum(x[k][j] for k in range(s)) / s for j in range(e)]
+    within = sum((m - mean) ** 2 for m in episode_means) / e
+    return 100 * mean, 100 * 1.96 * math.sqrt(between / s + within / e)
+
+
+def test_several_seeds_count_both_the_seeds_and_the_episodes():
+    x = [[1.0, 0.8, 0.6, 0.9], [0.8, 0.8, 0.4, 0.7], [0.9, 1.0, 0.6, 0.8]]
+    mean, ci, sd = paired.seed_summary(np.array(x))
+    want_mean, want_ci = plain_seeds(x)
+    assert mean == pytest.approx(want_mean) and ci == pytest.approx(want_ci)
+    seed_means = [sum(r) / 4 for r in x]
+    assert sd == pytest.approx(100 * float(np.std(seed_means, ddof=1)))
+    ref = np.array([0.8, 0.8, 0.5, 0.7])  # a row of one seed is paired with every seed
+    d = paired.paired(np.array(x), ref)
+    want_d, want_d_ci = plain_seeds([[a - b for a, b in zip(r, ref, strict=True)] for r in x])
+    assert d.diff == pytest.approx(want_d) and d.ci95 == pytest.approx(want_d_ci)
+    one = paired.seed_summary(np.array(x[0]))  # one seed: the rows' own CI (population std)
+    assert one[1] == pytest.approx(100 * 1.96 * np.std(x[0]) / 2) and one[2] == 0.0
+
+
+def test_seeds_train_different_runs_scored_on_identical_episodes(tiny_overrides, tmp_path):
+    from mtl import config
+    from mtl.runtime import checkpoint
+    from mtl.stages.compare import compare
+
+    cfg = config.load(None, [*tiny_overrides, "compare.episodes=40"])
+    one = compare(cfg, tmp_path, names=["nc", "mtl"], quiet=True)
+    three = compare(cfg, tmp_path, names=["nc", "mtl"], seeds=3, quiet=True)
+    folder = tmp_path / "tiny" / "compare"
+    # last.pt: the trained weights (best.pt may be the untrained start that every seed shares)
+    ckpts = [
+        checkpoint.load(folder / f / "last.pt", stage="metatrain") for f in ("mtl", "mtl-seed1", "mtl-seed2")
+    ]
+    assert [c["config"]["seed"] for c in ckpts] == [0, 1, 2]
+    thetas = [c["theta"]["W"] for c in ckpts]
+    assert not any(torch.equal(thetas[i], thetas[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
+    mtl_label = one["rows"][1]["method"]
+    correct_one, correct_three = one["per_episode"]["correct"], three["per_episode"]["correct"]
+    assert len(correct_three[mtl_label]) == 3 and all(len(c) == 40 for c in correct_three[mtl_label])
+    assert correct_three[mtl_label][0] == correct_one[mtl_label]  # the first seed is the same run
+    assert correct_three[one["rows"][0]["method"]] == correct_one[one["rows"][0]["method"]]  # same episodes
+    row = three["rows"][1]
+    assert row["seeds"] == 3 and len(row["per_seed"]) == 3 and row["seed_sd"] >= 0
+    assert row["acc"] == pytest.approx(sum(row["per_seed"]) / 3, abs=0.01)
+    nc_diff = three["differences"]["rows"][three["rows"][0]["method"]]
+    assert len(nc_diff["per_seed"]) == 3 and three["differences"]["reference"] == mtl_label
+    assert f"| {mtl_label} [3 seeds, sd {row['seed_sd']:.2f}] |" in table(three)
+
+
+def test_an_old_metatest_table_keeps_its_three_columns():
+    from mtl.results.report import results_table
+
+    old = {
+        "pipeline": "p",
+        "way": 5,
+        "shot": 1,
+        "query": 15,
+        "episodes": 3,
+        "rows": [{"method": "A", "acc": 80.0, "ci95": 1.0}],
+    }
+    lines = results_table(old).splitlines()
+    assert lines[2:] == ["| method | accuracy (%) | 95% CI |", "|---|---:|---:|", "| A | 80.00 | ± 1.00 |"]

@@ -59,6 +59,8 @@ def stage_command(name: str) -> click.Command:
         command = fresh_flag(command)
     if name in ("metatest", "ablate"):
         command = reference_option(command)
+    if name == "ablate":
+        command = seeds_option(command)
     return click.command(name=name, help=doc + PIPELINE_HELP, short_help=doc)(command)
 
 
@@ -66,6 +68,16 @@ reference_option = click.option(
     "--reference",
     metavar="ROW",
     help="The row every other row's paired difference is taken from [the pipeline's method].",
+)
+
+
+seeds_option = click.option(
+    "--seeds",
+    type=click.IntRange(1, 100),
+    default=1,
+    show_default=True,
+    help="Training runs (seeds) per trained row, all scored on the same episodes: the table gives the "
+    "mean, the between-seed spread and a CI over episodes and seeds.",
 )
 
 
@@ -79,6 +91,7 @@ reference_option = click.option(
 )
 @click.option("--list", "list_rows", is_flag=True, help="List the rows mtl compare knows and exit.")
 @reference_option
+@seeds_option
 @overrides
 @checkpoints
 @quiet
@@ -88,6 +101,7 @@ def compare_command(
     names: str | None,
     list_rows: bool,
     reference: str | None,
+    seeds: int,
     overrides: tuple,
     checkpoints: str,
     quiet: bool,
@@ -107,7 +121,7 @@ def compare_command(
     cfg = config.load(pipeline, overrides)
     rows = [n.strip() for n in names.split(",") if n.strip()] if names else None
     try:
-        compare(cfg, checkpoints, names=rows, reference=reference, quiet=quiet)
+        compare(cfg, checkpoints, names=rows, reference=reference, seeds=seeds, quiet=quiet)
     except MissingCheckpoint as exc:
         raise rerun_hint(exc, pipeline, overrides, checkpoints) from None
     out = checkpoint.stage_dir(checkpoints, cfg.name, "compare") / "results.json"

@@ -43,13 +43,35 @@ class Difference:
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> Difference:
-    """Per-episode accuracies ``a`` and ``b`` ``(E,)`` in ``[0, 1]`` on the same episodes -> the paired
-    difference ``mean(a − b)`` with ``1.96 · std(a − b) / √E`` (population std, as the rows' CIs) and the
-    two-sided p-value of ``z = mean / (std / √E)``."""
-    d = np.asarray(a, dtype=np.float64).reshape(-1) - np.asarray(b, dtype=np.float64).reshape(-1)
+    """Per-episode accuracies ``a`` and ``b`` in ``[0, 1]`` on the same episodes, ``(E,)`` or, with
+    several training seeds, ``(S, E)`` (a row of one seed is paired with every seed of the other) ->
+    the paired difference ``mean(a − b)`` in points, its 95% CI half-width and the two-sided p-value.
+
+    One seed: ``1.96 · std(a − b) / √E`` (population std, as the rows' own CIs). Several:
+    ``1.96 · √(s² / S + v / E)``, ``s`` the between-seed standard deviation of the per-seed mean
+    differences, ``v`` the variance over episodes of the seed-averaged difference: the training runs'
+    spread and the episodes' both count."""
+    d = np.atleast_2d(np.asarray(a, dtype=np.float64)) - np.atleast_2d(np.asarray(b, dtype=np.float64))
     if d.size == 0:
         raise ValueError("paired needs at least one episode")
-    mean, se = float(d.mean()), float(d.std() / math.sqrt(d.size))
+    return _estimate(d)
+
+
+def seed_summary(acc: np.ndarray) -> tuple[float, float, float]:
+    """Accuracies ``(E,)`` or ``(S, E)`` -> mean (percent), its 95% CI half-width (episodes and seeds,
+    as :func:`paired`) and the between-seed standard deviation of the seeds' means (0 for one seed)."""
+    acc = np.atleast_2d(np.asarray(acc, dtype=np.float64))
+    est = _estimate(acc)
+    sd = float(acc.mean(1).std(ddof=1)) if len(acc) > 1 else 0.0
+    return est.diff, est.ci95, 100 * sd
+
+
+def _estimate(x: np.ndarray) -> Difference:
+    """The mean of ``x`` ``(S, E)`` with the CI and p-value described in :func:`paired`."""
+    seeds, episodes = x.shape
+    mean = float(x.mean())
+    var = x.var() / episodes if seeds == 1 else x.mean(1).var(ddof=1) / seeds + x.mean(0).var() / episodes
+    se = math.sqrt(var)
     p = 1.0 if mean == 0 else (0.0 if se == 0 else math.erfc(abs(mean / se) / math.sqrt(2)))
     return Difference(100 * mean, 100 * 1.96 * se, p)
 
@@ -58,12 +80,23 @@ def differences(scores: dict[str, np.ndarray], reference: str) -> dict:
     """``{"reference": label, "rows": {label: {"diff", "ci95", "p"}}}`` of every other row of
     ``scores`` (``{label: (E,) accuracies}``) against ``reference``."""
     ref = scores[reference]
-    rows = {label: paired(acc, ref).as_dict() for label, acc in scores.items() if label != reference}
+    rows = {}
+    for label, acc in scores.items():
+        if label == reference:
+            continue
+        rows[label] = paired(acc, ref).as_dict()
+        if max(np.ndim(acc), np.ndim(ref)) == 2:  # several seeds: each seed's difference too
+            a, b = np.atleast_2d(acc), np.atleast_2d(ref)
+            n = max(len(a), len(b))
+            rows[label]["per_seed"] = [
+                paired(a[min(k, len(a) - 1)], b[min(k, len(b) - 1)]).as_dict() for k in range(n)
+            ]
     return {"reference": reference, "rows": rows}
 
 
 def per_episode_record(scores: dict[str, np.ndarray], queries: int) -> dict:
-    """Compact per-episode results: ``{"queries": queries per episode, "correct": {label: [int] * E}}``."""
+    """Compact per-episode results: ``{"queries": queries per episode, "correct": {label: [int] * E}}``
+    (a row of several seeds: a list per seed)."""
     return {
         "queries": queries,
         "correct": {
@@ -73,8 +106,8 @@ def per_episode_record(scores: dict[str, np.ndarray], queries: int) -> dict:
 
 
 def per_episode_accuracy(results: dict) -> dict[str, np.ndarray]:
-    """``{label: (E,) accuracies}`` from a ``results.json``'s ``per_episode`` record (``{}`` for a file
-    written before it was kept)."""
+    """``{label: (E,) accuracies}`` (``(S, E)`` for a row of several seeds) from a ``results.json``'s
+    ``per_episode`` record (``{}`` for a file written before it was kept)."""
     record = results.get("per_episode")
     if not isinstance(record, dict) or not record.get("queries"):
         return {}
@@ -110,3 +143,11 @@ def difference_cells(results: dict, label: str) -> tuple[str, str]:
 
 def _p_text(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def row_name(row: dict) -> str:
+    """A results row's name in a table, with its seeds when it has several: ``MTL [3 seeds, sd 0.12]``
+    (``sd``: the between-seed standard deviation of its accuracy, in points)."""
+    if row.get("seeds", 1) > 1:
+        return f"{row['method']} [{row['seeds']} seeds, sd {row['seed_sd']:.2f}]"
+    return row["method"]

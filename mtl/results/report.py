@@ -13,7 +13,7 @@ import yaml
 
 from mtl.errors import MtlError
 from mtl.methods import METHODS
-from mtl.results.paired import difference_cells
+from mtl.results.paired import difference_cells, row_name
 from mtl.runtime.stage_folders import METATEST, RESULT_FOLDERS, RESULTS_FILE
 
 
@@ -28,7 +28,7 @@ def results_table(results: dict[str, Any]) -> str:
     lines = [title, "", f"| method | accuracy (%) | 95% CI |{head}", "|---|---:|---:|" + "---:|" * 2 * paired]
     for row in results["rows"]:
         diff = " {} | {} |".format(*difference_cells(results, row["method"])) if paired else ""
-        lines.append(f"| {row['method']} | {row['acc']:.2f} | ± {row['ci95']:.2f} |{diff}")
+        lines.append(f"| {row_name(row)} | {row['acc']:.2f} | ± {row['ci95']:.2f} |{diff}")
     paper = results.get("paper")
     if paper and paper.get("acc") is not None:
         ci = f"± {paper['ci95']:.2f}" if paper.get("ci95") is not None else ""

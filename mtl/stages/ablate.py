@@ -70,17 +70,24 @@ def ablation_rows(cfg: Config) -> list[Row]:
 
 
 def ablate(
-    cfg: Config, checkpoints: str | Path = "checkpoints", *, reference: str | None = None, quiet: bool = False
+    cfg: Config,
+    checkpoints: str | Path = "checkpoints",
+    *,
+    reference: str | None = None,
+    seeds: int = 1,
+    quiet: bool = False,
 ) -> dict:
     """Run the ablation; writes ``ablation/results.json`` (metatest's shape plus wall-clock seconds and
     each row's training query accuracy per epoch). Paired differences are taken from row ``reference``
-    (``nc``, ``ft``, ``mtl``, ``mtl-random``, ``mtl-ht``, ``scratch``; default ``mtl``)."""
+    (``nc``, ``ft``, ``mtl``, ``mtl-random``, ``mtl-ht``, ``scratch``; default ``mtl``); ``seeds``
+    training runs per meta-trained row, scored on the same episodes."""
     todo = ablation_rows(cfg)
     reference = reference or todo[2].name  # the pipeline's method, no HT
     with holding(cfg, checkpoints, ABLATION.folder):
         results = score_rows(
             cfg, checkpoints, todo, folder=ABLATION.folder, episodes=cfg.ablation.episodes, quiet=quiet,
-            extra=lambda: {"query_acc_per_epoch": _per_epoch(cfg, todo, checkpoints)}, reference=reference,
+            extra=lambda: {"query_acc_per_epoch": _per_epoch(cfg, todo, checkpoints)},
+            reference=reference, seeds=seeds,
         )  # fmt: skip
     if not quiet:
         print(results_table(results))

@@ -12,15 +12,18 @@ with its training wall-clock and, where one exists, the published number for tha
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mtl import methods
 from mtl.config import Config, from_dict, pipeline_file
 from mtl.errors import MtlError
-from mtl.results.paired import difference_cells
+from mtl.results.paired import difference_cells, row_name
 from mtl.results.published import published
 from mtl.runtime import checkpoint
 from mtl.runtime.stage_folders import COMPARE
@@ -55,6 +58,18 @@ class Row:
     def needs_pretrained(self) -> bool:
         return not self.from_scratch and methods.get(self.cfg.method).needs_pretrained(self.cfg)
 
+    def runs(self, seeds: int) -> list[Row]:
+        """The row's training runs: seeds ``seed``, ``seed + 1``, ... (the first in the row's folder,
+        the others in ``<folder>-seed<k>``); one run for a row that does not train."""
+        if not self.trains:
+            return [self]
+        again = [
+            Row(self.label, dataclasses.replace(self.cfg, seed=self.cfg.seed + k), f"{self.folder}-seed{k}",
+                self.from_scratch)
+            for k in range(1, seeds)
+        ]  # fmt: skip
+        return [self, *again]
+
 
 def rows(cfg: Config, names: list[str] | None = None) -> dict[str, Row]:
     """``{row name: row}`` of the requested compare rows (default ``compare.methods``, else all)."""
@@ -80,6 +95,7 @@ def compare(
     *,
     names: list[str] | None = None,
     reference: str | None = None,
+    seeds: int = 1,
     quiet: bool = False,
 ) -> dict:
     """Train what needs training, score every row; writes ``compare/results.json`` (metatest's shape
@@ -91,7 +107,7 @@ def compare(
     with holding(cfg, checkpoints, COMPARE.folder):
         results = score_rows(
             cfg, checkpoints, list(todo.values()), folder=COMPARE.folder, episodes=cfg.compare.episodes,
-            quiet=quiet, extra=lambda: {"published": paper}, reference=reference,
+            quiet=quiet, extra=lambda: {"published": paper}, reference=reference, seeds=seeds,
         )  # fmt: skip
     if not quiet:
         print(table(results))
@@ -108,13 +124,15 @@ def score_rows(
     quiet: bool,
     extra: Callable[[], dict] = dict,
     reference: str | None = None,
+    seeds: int = 1,
 ) -> dict:
     """Meta-train the rows that train (after the pipeline's pretrain, if a row starts from it), then
     score every row on ``episodes`` shared test episodes and write ``<folder>/results.json``: metatest's
     shape plus ``seconds`` (of training, per row, and in all), ``kept_epoch`` and what ``extra()``
     returns once the training is done. Paired differences are taken from the row named ``reference``
-    (default: the first row of the pipeline's method, else the first row). The table is the caller's
-    to print."""
+    (default: the first row of the pipeline's method, else the first row). ``seeds``: each trained row
+    is trained that many times (:meth:`Row.runs`), every run scored on the same episodes. The table is
+    the caller's to print."""
     ref = reference_row(cfg, todo, reference)
     start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -126,18 +144,19 @@ def score_rows(
     for row in todo:
         if row.trains:
             t0 = time.perf_counter()
-            best = metatrain(
-                row.cfg, checkpoints, quiet=quiet, folder=row.folder, from_scratch=row.from_scratch
-            )
+            epochs = [
+                metatrain(r.cfg, checkpoints, quiet=quiet, folder=r.folder, from_scratch=r.from_scratch)[
+                    "epoch"
+                ]
+                for r in row.runs(seeds)
+            ]  # 0: validation never beat the untrained start
             seconds[row.label] = round(time.perf_counter() - t0, 1)
-            kept[row.label] = best["epoch"]  # 0: validation never beat the untrained start
+            kept[row.label] = epochs[0] if seeds == 1 else epochs
     with Run.open(cfg, folder, checkpoints, quiet=quiet) as run:
         scorer = Scorer(run, *test_episodes(run, episodes))
         # Every checkpoint is read and checked before the first row is scored.
-        scored = [(row, _method(scorer, row, checkpoints, cfg.name)) for row in todo]
-        scores = {
-            row.label: scorer.score(m, shares_pretrained=_plain(row), label=row.label) for row, m in scored
-        }
+        scored = [(row, [_method(scorer, r, checkpoints, cfg.name) for r in row.runs(seeds)]) for row in todo]
+        scores = {row.label: _scores(scorer, row, runs) for row, runs in scored}
         seconds["total"] = round(time.perf_counter() - start, 1)
         extra_entries = {"seconds": seconds, "kept_epoch": kept, **extra()}
         return publish(run, scores, episodes, quiet=True, extra=extra_entries, reference=ref.label)
@@ -151,6 +170,13 @@ def reference_row(cfg: Config, todo: list[Row], name: str | None) -> Row:
             raise MtlError(f"--reference: no row '{name}' (rows: {', '.join(r.name for r in todo)})")
         return found[0]
     return next((row for row in todo if row.cfg.method == cfg.method), todo[0])
+
+
+def _scores(scorer: Scorer, row: Row, runs: list[methods.Method]) -> torch.Tensor:
+    """Per-episode accuracy of the row: ``(E,)``, or ``(S, E)`` for a trained row of several seeds."""
+    if len(runs) == 1:
+        return scorer.score(runs[0], shares_pretrained=_plain(row), label=row.label)
+    return torch.stack([scorer.score(m, label=f"{row.label} (seed {k})") for k, m in enumerate(runs)])
 
 
 def _method(scorer: Scorer, row: Row, checkpoints: str | Path, name: str) -> methods.Method:
@@ -184,7 +210,7 @@ def table(results: dict) -> str:
         ci = f" ± {p['ci95']}" if p and p["ci95"] is not None else ""
         pub = f"{p['acc']}{ci} ({p['source']})" if p else "—"
         diff, pval = difference_cells(results, r["method"])
-        cells = [r["method"], f"{r['acc']:.2f}", f"± {r['ci95']:.2f}", diff, pval, train, epoch, pub]
+        cells = [row_name(r), f"{r['acc']:.2f}", f"± {r['ci95']:.2f}", diff, pval, train, epoch, pub]
         lines.append("| " + " | ".join(cells) + " |")
     if "pretrain" in seconds:
         lines.append(f"pretraining (shared by the rows that start from it): {seconds['pretrain']:.0f} s")

@@ -18,10 +18,10 @@ from mtl.data.episodes import ImageRows
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.methods import FeatureMethod, Method
-from mtl.methods.episodic import mean_ci
 from mtl.results import paired
 from mtl.results.report import results_table
 from mtl.runtime.checkpoint import MissingCheckpoint
+from mtl.runtime.monitor import episode_counts
 from mtl.training.run import Run
 
 MTL = methods.get("mtl").label
@@ -119,15 +119,20 @@ def publish(
     extra: dict | None = None,
     reference: str | None = None,
 ) -> dict:
-    """Turn per-episode accuracies into ``results.json`` (written atomically) and print the table.
-    Every row is compared with ``reference`` (default: the first row) on the shared episodes
-    (:mod:`mtl.results.paired`); the per-episode results are kept."""
+    """Turn per-episode accuracies (``(E,)``, or ``(S, E)`` for a row of S training seeds) into
+    ``results.json`` (written atomically) and print the table. Every row is compared with
+    ``reference`` (default: the first row) on the shared episodes (:mod:`mtl.results.paired`); the
+    per-episode results are kept."""
     cfg = run.cfg
     accs = {label: acc.detach().cpu().numpy() for label, acc in scores.items()}
     rows = []
-    for method, acc in scores.items():
-        mean, ci = mean_ci(acc)
-        rows.append({"method": method, "acc": round(mean, 2), "ci95": round(ci, 2)})
+    for method, acc in accs.items():
+        mean, ci, sd = paired.seed_summary(acc)
+        row = {"method": method, "acc": round(mean, 2), "ci95": round(ci, 2)}
+        if acc.ndim == 2:  # several training seeds: (S, E)
+            per_seed = [round(100 * float(m), 2) for m in acc.mean(1)]
+            row.update(seeds=len(acc), seed_sd=round(sd, 2), per_seed=per_seed)
+        rows.append(row)
     results = {
         "pipeline": cfg.name,
         "way": cfg.meta.way,
@@ -143,9 +148,13 @@ def publish(
     table = results_table(results)
     # results.json first: the TensorBoard stream (which replaces the last run's) follows only a result.
     run.write_text("results.json", paired.dumps(results) + "\n")
-    for method, acc in scores.items():
-        run.monitor.accuracy(0, f"test/{method}", *mean_ci(acc))
-    run.monitor.text("test/results", table)
+    for method, acc in accs.items():  # each row's estimate on more and more of the episodes
+        chart = f"{method}: test accuracy ± 95% CI (%) by episodes scored"
+        for n in episode_counts(acc.shape[-1]):
+            run.monitor.accuracy(n, method, *paired.seed_summary(acc[..., :n])[:2], chart=chart)
+    run.monitor.text("results", table)
+    settings = {key: results[key] for key in ("pipeline", "way", "shot", "query", "episodes")}
+    run.monitor.hparams({**settings, "method": cfg.method}, metrics=accs)
     run.monitor.close()
     if not quiet:
         print(table)
