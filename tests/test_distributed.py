@@ -108,7 +108,7 @@ def test_sigterm_to_a_two_process_metatrain_then_resume_is_bit_identical(runs, t
 
 
 @pytest.mark.parametrize(
-    ("stage", "tag"), [("pretrain", "pretrain/train/loss"), ("metatrain", "metatrain/train/query_loss")]
+    ("stage", "tag"), [("pretrain", "1 pretrain/loss"), ("metatrain", "2 metatrain/loss")]
 )
 def test_two_gloo_processes_follow_the_single_process_loss_curve(runs, stage, tag):
     one, two, two_pretrained = runs

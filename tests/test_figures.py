@@ -59,9 +59,9 @@ def write_curves(run: Path, stage: str, points: list[tuple[int, float, float]], 
     and the hard-task pool size per step."""
     monitor = Monitor(run / "tb" / stage, stage, quiet=True)
     for step, acc, ci in points:
-        monitor.accuracy(step, "val/acc", acc, ci, chart="validation accuracy ± 95% CI (%)")
+        monitor.accuracy(step, "validation accuracy", acc, ci, chart="validation accuracy ± 95% CI (%)")
     for step, size in enumerate(pool):
-        monitor.scalars(step, **{"hard/pool_size": size})
+        monitor.scalars(step, section="hard tasks", **{"pool size": size})
     monitor.close()
 
 

@@ -1,4 +1,4 @@
-"""TensorBoard as a user reads it: per-stage tags, percent units, one stream per stage run, margin
+"""TensorBoard as a user reads it: tags grouped by stage, percent units, one stream per stage run, margin
 charts of accuracy ± CI, and task grids with the support images framed."""
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def run(tmp_path_factory):
     return ckpts / "tiny" / "tb"
 
 
+GROUPS = {"pretrain": "1 pretrain", "metatrain": "2 metatrain", "metatest": "3 metatest"}
+
+
 def events(folder: Path) -> EventAccumulator:
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
@@ -49,56 +52,80 @@ def layout(folder: Path) -> layout_pb2.Layout:
     return found
 
 
-def test_every_tag_starts_with_its_stage_and_each_stage_has_one_stream(run):
-    for stage in ("pretrain", "metatrain", "metatest"):
+def test_every_tag_names_its_stage_and_each_stage_has_one_stream(run):
+    for stage, group in GROUPS.items():
         assert len(list((run / stage).glob("events.out.tfevents.*"))) == 1, stage
         tags = events(run / stage).Tags()
-        assert tags["scalars"] and all(t.startswith(f"{stage}/") for t in tags["scalars"]), tags
-    assert {"pretrain/val/acc", "pretrain/train/acc"} <= set(events(run / "pretrain").Tags()["scalars"])
-    assert {"metatrain/val/acc", "metatrain/train/query_acc", "metatrain/hard/hard_query_acc"} <= set(
-        events(run / "metatrain").Tags()["scalars"]
+        # In the stage's own group, or in a shared one (learning rate, CI bands...) behind the stage's name.
+        scalars = tags["scalars"]
+        named = [t.startswith(f"{group}/") or t.split("/", 1)[1].startswith(f"{stage} ") for t in scalars]
+        assert scalars and all(named), tags
+    assert {"1 pretrain/validation accuracy", "1 pretrain/train accuracy"} <= set(
+        events(run / "pretrain").Tags()["scalars"]
     )
+    assert {
+        "2 metatrain/validation accuracy",
+        "2 metatrain/train accuracy",
+        "6 hard tasks/metatrain query accuracy, extra tasks",
+    } <= set(events(run / "metatrain").Tags()["scalars"])
 
 
 def test_accuracies_are_in_percent_with_their_band(run):
     for stage, tags in {
-        "pretrain": ["val/acc", "train/acc"],
-        "metatrain": ["val/acc", "train/query_acc", "hard/normal_query_acc", "hard/hard_query_acc"],
+        "pretrain": ["1 pretrain/validation accuracy", "1 pretrain/train accuracy"],
+        "metatrain": [
+            "2 metatrain/validation accuracy",
+            "2 metatrain/train accuracy",
+            "6 hard tasks/metatrain query accuracy, normal tasks",
+            "6 hard tasks/metatrain query accuracy, extra tasks",
+        ],
     }.items():
         acc = events(run / stage)
         for tag in tags:
-            values = [e.value for e in acc.Scalars(f"{stage}/{tag}")]
+            values = [e.value for e in acc.Scalars(tag)]
             assert all(0 <= v <= 100 for v in values) and max(values) > 1, (tag, values)
         mid, low, high = (
-            np.array([e.value for e in acc.Scalars(f"{stage}/val/acc{s}")]) for s in ("", "_low", "_high")
+            np.array([e.value for e in acc.Scalars(tag)])
+            for tag in (
+                tags[0],
+                f"9 CI bands/{stage} validation accuracy low",
+                f"9 CI bands/{stage} validation accuracy high",
+            )
         )
         assert np.all(low <= mid) and np.any(low < mid) and np.allclose(high - mid, mid - low, atol=1e-4)
     test = events(run / "metatest")
-    (label,) = [t for t in test.Tags()["scalars"] if t.startswith("metatest/test/MTL") and "_" not in t[-5:]]
-    assert 0 < test.Scalars(label)[0].value <= 100
-    assert "metatest/test/results/text_summary" in test.Tags()["tensors"]  # the results table as text
+    (label,) = [t for t in test.Tags()["scalars"] if t.startswith("3 metatest/MTL")]
+    assert 0 < test.Scalars(label)[-1].value <= 100  # the last point: the result on every episode
+    assert "3 metatest/results/text_summary" in test.Tags()["tensors"]  # the results table as text
 
 
 def test_custom_scalars_layout_has_a_margin_chart_of_accuracy_and_its_ci(run):
-    for stage in ("pretrain", "metatrain"):
-        (category,) = layout(run / stage).category
-        assert category.title == stage
+    for stage, before in {"pretrain": [], "metatrain": ["1 pretrain"]}.items():
+        # The groups of the stages before it come first, empty: they keep the pipeline's order.
+        *earlier, category = layout(run / stage).category
+        assert [c.title for c in earlier] == before and not any(c.chart for c in earlier)
+        group = category.title
+        assert group == GROUPS[stage]
         (chart,) = category.chart
         assert chart.title == "validation accuracy ± 95% CI (%)"
         series = chart.margin.series[0]
-        assert (series.value, series.lower, series.upper) == tuple(
-            f"{stage}/val/acc{s}" for s in ("", "_low", "_high")
+        assert (series.value, series.lower, series.upper) == (
+            f"{group}/validation accuracy",
+            f"9 CI bands/{stage} validation accuracy low",
+            f"9 CI bands/{stage} validation accuracy high",
         )
-    charts = layout(run / "metatest").category[0].chart
+    *earlier, category = layout(run / "metatest").category
+    assert [c.title for c in earlier] == ["1 pretrain", "2 metatrain"] and category.title == "3 metatest"
+    charts = category.chart
     assert len(charts) >= 2 and all(c.HasField("margin") for c in charts)  # one per method row
 
 
 def test_task_grids_frame_support_images_in_green(tmp_path):
     monitor = Monitor(tmp_path, "metatrain")
     images = torch.full((3, 4, 8, 8, 3), 7, dtype=torch.uint8)  # way 3, shot 1 + query 3
-    monitor.task("train/task", images, 1, 0)
+    monitor.task("train task", images, 1, 0)
     monitor.close()
-    (image,) = events(tmp_path).Images("metatrain/train/task")
+    (image,) = events(tmp_path).Images("7 inputs/metatrain train task")
     import io
 
     from PIL import Image

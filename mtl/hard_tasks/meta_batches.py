@@ -82,21 +82,21 @@ class HardTasks:
         images: torch.Tensor | ImageStore,
         hard_tasks: np.ndarray,
     ) -> None:
-        monitor.scalars(step, **{"hard/normal_query_acc": 100 * acc, "hard/hard_query_acc": 100 * hard_acc})
-        monitor.scalars(step, **{"hard/pool_size": len(self.pool)})
+        accs = {"query accuracy, normal tasks": 100 * acc, "query accuracy, extra tasks": 100 * hard_acc}
+        monitor.scalars(step, section="hard tasks", **accs, **{"pool size": len(self.pool)})
         if step == 0:
-            monitor.task("hard/task", images[torch.from_numpy(hard_tasks[0])], self.shot, 0)
+            task = images[torch.from_numpy(hard_tasks[0])]
+            monitor.task("an extra task", task, self.shot, 0, section="hard tasks")
 
     def log_epoch(self, monitor: Monitor, step: int, class_names: list[str]) -> None:
         share = 100 * len(self.pool) / self.pool.num_classes
-        monitor.scalars(step, **{"hard/pool_share_of_base_classes": share})  # percent
+        monitor.scalars(step, section="hard tasks", **{"pool share of base classes (%)": share})
         chosen = np.repeat(np.arange(len(self.pool.chosen)), self.pool.chosen)
         if len(chosen):
-            monitor.histogram("hard/chosen_class", torch.from_numpy(chosen), step)
+            monitor.histogram("chosen class", torch.from_numpy(chosen), step, section="hard tasks")
         rows = [f"| {class_names[c]} | {100 * a:.1f} |" for c, a in self.pool.hardest(10)]
-        monitor.text(
-            "hard/hardest_classes", "\n".join(["| class | accuracy (%) |", "|---|---:|", *rows]), step
-        )
+        table = "\n".join(["| class | accuracy (%) |", "|---|---:|", *rows])
+        monitor.text("hardest classes", table, step, section="hard tasks")
 
     def record_epoch(self, epoch: int, normal_acc: float, extra_acc: float) -> None:
         """Keep an epoch's mean query accuracies (%) of the normal and the extra tasks."""

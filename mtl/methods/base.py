@@ -118,7 +118,8 @@ class Method(nn.Module, metaclass=ABCMeta):
         return self.loss(logits, targets), logits, targets
 
     def param_groups(self) -> list[dict]:
-        """Adam parameter groups, each with its ``lr`` and a ``name`` (TensorBoard's ``train/lr_<name>``)."""
+        """Adam parameter groups, each with its ``lr`` and a ``name`` (TensorBoard's chart
+        ``4 learning rate/metatrain <name>``)."""
         return []  # evaluation-only methods (``trains = False``) learn nothing
 
     def state(self) -> dict:

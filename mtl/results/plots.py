@@ -34,6 +34,7 @@ from mtl.results.bars import results_figure  # noqa: E402
 from mtl.results.figures import ACCURACY, POOL, Series, curves_figure, hard_tasks_figure  # noqa: E402
 from mtl.results.report import read_results  # noqa: E402
 from mtl.runtime.atomic import atomic_write  # noqa: E402
+from mtl.runtime.monitor import HARD_TASKS, accuracy_tags, tag  # noqa: E402
 from mtl.runtime.stage_folders import RESULT_FOLDERS, RESULTS_FILE  # noqa: E402
 
 __all__ = ["plot_all", "read_curves"]
@@ -104,12 +105,11 @@ def read_curves(run: Path) -> list[Series]:
             events.Reload()
         except (OSError, UnicodeError, ValueError, KeyError):
             raise MtlError(f"cannot read the TensorBoard events in {stage_dir}") from None
-        tags, acc, pool = set(events.Tags()["scalars"]), f"{stage}/val/acc", f"{stage}/hard/pool_size"
-        if {acc, f"{acc}_low", f"{acc}_high"} <= tags:
-            values, low, high = (
-                [e.value for e in events.Scalars(t)] for t in (acc, f"{acc}_low", f"{acc}_high")
-            )
-            steps = [e.step for e in events.Scalars(acc)]
+        tags, pool = set(events.Tags()["scalars"]), tag(stage, "pool size", HARD_TASKS)
+        acc = accuracy_tags(stage, "validation accuracy")  # the curve and its CI bounds
+        if set(acc) <= tags:
+            values, low, high = ([e.value for e in events.Scalars(t)] for t in acc)
+            steps = [e.step for e in events.Scalars(acc[0])]
             series.append(Series(stage, ACCURACY, steps, values, low, high))
         if pool in tags:
             points = events.Scalars(pool)

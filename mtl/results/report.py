@@ -33,8 +33,8 @@ def results_table(results: dict[str, Any]) -> str:
     if paper and paper.get("acc") is not None:
         ci = f"± {paper['ci95']:.2f}" if paper.get("ci95") is not None else ""
         lines.append(f"| {paper.get('method') or 'paper'} (published) | {paper['acc']:.2f} | {ci} |")
-    if paired:
-        lines.append(f"reference: {results['differences']['reference']}")
+    if paired:  # after a blank line: Markdown renderers would take it for a row of the table
+        lines += ["", f"reference: {results['differences']['reference']}"]
     return "\n".join(lines)
 
 

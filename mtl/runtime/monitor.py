@@ -2,11 +2,32 @@
 
 Event files go to ``<checkpoints>/<name>/tb/<stage>/``, one stream per stage run (a rerun replaces
 the last run's file; a resumed run continues it), so ``tensorboard --logdir checkpoints`` shows
-every stage of every pipeline side by side. Every tag starts with its stage (``pretrain/val/acc``,
-``metatrain/val/acc``): no two stages share a step axis. Accuracies are in percent everywhere; an
-accuracy with a CI is written with its band (``…_low``, ``…_high``) and gets a margin chart in the
-custom-scalars layout. Progress: :mod:`mtl.runtime.progress` (a bar on a terminal, heartbeat lines in
-a log).
+every stage of every pipeline side by side. No two stages share a tag (nor a step axis).
+
+Tags are laid out for TensorBoard's Scalars page, which groups charts by the part of a tag before its
+first ``/`` and sorts groups, and the charts in a group, by name (numbers by value). The groups read
+in pipeline order, each stage's "is it learning?" curves first::
+
+    1 pretrain/        loss, train accuracy, validation accuracy    (per epoch)
+    2 metatrain/       loss, train accuracy, validation accuracy    (loss, train: its tasks' queries)
+    3 metatest/        <method>: test accuracy by episodes scored   (the last point is the result)
+    4 learning rate/   <stage> <parameter group>
+    5 throughput/      <stage> images per s | tasks per s
+    6 hard tasks/      <stage> pool size, query accuracy of the normal and of the extra tasks, ...
+    7 inputs/          <stage> train batch | train task             (images)
+    8 parameters/      <stage> <tensor>                             (histograms)
+    9 CI bands/        <stage> <accuracy> low | high
+
+A stage folder other than pretrain and metatrain is numbered 3 (metatest, ablation, compare: they
+score), and a row of ``ablation/`` or ``compare/`` that meta-trains (folder ``compare/mtl``) 2. Texts
+go to their stage's group (``3 metatest/results``) unless given a section, as do any other scalars.
+
+Accuracies are in percent everywhere. An accuracy with a 95% CI is one margin chart with its band on
+the custom-scalars page (under its stage's group, in pipeline order); its raw bounds, clipped to
+[0, 100], go to the trailing ``9 CI bands`` group. A margin chart names its tags as they are (TensorBoard
+escapes them itself) and draws no series whose tag has a parenthesis: tags have brackets instead. The
+results of metatest are its Markdown table (Text page) and one HParams session (the pipeline's settings,
+each method's accuracy a metric). Progress: :mod:`mtl.runtime.progress`.
 """
 
 from __future__ import annotations
@@ -27,6 +48,39 @@ from mtl.errors import MtlError
 from mtl.runtime.progress import heard, progress
 
 T = TypeVar("T")
+
+STAGE_NUMBER = {"pretrain": 1, "metatrain": 2}  # any other stage folder scores (3); see the docstring
+LEARNING_RATE, THROUGHPUT, HARD_TASKS = "learning rate", "throughput", "hard tasks"
+INPUTS, PARAMETERS, BANDS = "inputs", "parameters", "CI bands"
+SECTIONS = (LEARNING_RATE, THROUGHPUT, HARD_TASKS, INPUTS, PARAMETERS, BANDS)  # after the stages' groups
+SECTION_NUMBER = {section: number for number, section in enumerate(SECTIONS, 4)}
+_NO_PARENTHESES = str.maketrans("()", "[]")  # a margin chart draws no series whose tag has one
+
+
+def stage_group(stage: str) -> str:
+    """The Scalars-page group of ``stage``'s own charts, numbered in pipeline order (``2 metatrain``)."""
+    number = 2 if "/" in stage else STAGE_NUMBER.get(stage, 3)  # a row under ablation/ or compare/ trains
+    return f"{number} {stage}"
+
+
+def tag(stage: str, name: str, section: str | None = None) -> str:
+    """The tag of ``name`` logged by ``stage``: in the stage's group, or in ``section``'s group (one of
+    :data:`SECTIONS`) with the stage in front of the name (``4 learning rate/metatrain theta``)."""
+    name = name.translate(_NO_PARENTHESES)
+    if section is None:
+        return f"{stage_group(stage)}/{name}"
+    return f"{SECTION_NUMBER[section]} {section}/{' '.join(filter(None, (stage, name)))}"
+
+
+def accuracy_tags(stage: str, name: str) -> tuple[str, str, str]:
+    """The tags of accuracy ``name`` and of its CI band's lower and upper bound."""
+    return tag(stage, name), tag(stage, f"{name} low", BANDS), tag(stage, f"{name} high", BANDS)
+
+
+def episode_counts(episodes: int, points: int = 20) -> list[int]:
+    """Up to ``points`` evenly spaced episode counts ending at ``episodes``, from 2 on where there are
+    two: the x axis of a test accuracy estimated on more and more of the episodes."""
+    return sorted({max(min(2, episodes), -(-k * episodes // points)) for k in range(1, points + 1)})
 
 
 def _utf8(path: Path) -> bool:
@@ -115,8 +169,9 @@ class Monitor:
         except OSError as exc:
             raise _cannot(self.log_dir, exc) from None
 
-    def tag(self, name: str) -> str:
-        return f"{self.stage}/{name}"
+    def tag(self, name: str, section: str | None = None) -> str:
+        """This stage's tag of ``name`` (:func:`tag`)."""
+        return tag(self.stage, name, section)
 
     def resume_at(self, step: int) -> None:
         """Continue a resumed run's curves: the interrupted run's events after ``step`` are dropped."""
@@ -125,41 +180,83 @@ class Monitor:
 
     # ---- TensorBoard
     @_events
-    def scalars(self, step: int, **values: float | torch.Tensor) -> None:
+    def scalars(self, step: int, *, section: str | None = None, **values: float | torch.Tensor) -> None:
+        """Each of ``values`` at ``step``, in the stage's group or in ``section``'s (:func:`tag`)."""
         if not self.enabled:
             return
         for key, value in values.items():
-            self.writer.add_scalar(self.tag(key), float(value), step)
+            self.writer.add_scalar(self.tag(key, section), float(value), step)
 
     @_events
     def accuracy(self, step: int, name: str, acc: float, ci: float, *, chart: str | None = None) -> None:
-        """Accuracy ``name`` (percent) with its 95% CI band, and a margin chart of the three."""
-        self.scalars(step, **{name: acc, f"{name}_low": acc - ci, f"{name}_high": acc + ci})
-        if not self.enabled or name in self._charts:
-            return
-        self._charts[name] = [
-            chart or f"{name} ± 95% CI (%)",
-            [self.tag(t) for t in (name, f"{name}_low", f"{name}_high")],
-        ]
-        layout = {self.stage: {title: ["Margin", tags] for title, tags in self._charts.values()}}
-        self.writer.add_custom_scalars(layout)  # TensorBoard reads the last layout of each run
-
-    @_events
-    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        """Accuracy ``name`` (percent) in the stage's group, the bounds of its 95% CI (clipped to
+        [0, 100]) in the CI-band group, and a custom-scalars margin chart of the three, titled ``chart``."""
         if not self.enabled:
             return
-        self.writer.add_histogram(self.tag(tag), values.detach().float().cpu(), step)
+        acc, ci = float(acc), float(ci)
+        tags = accuracy_tags(self.stage, name)
+        for key, value in zip(tags, (acc, max(acc - ci, 0.0), min(acc + ci, 100.0)), strict=True):
+            self.writer.add_scalar(key, value, step)
+        if name not in self._charts:
+            self._charts[name] = [chart or f"{name} ± 95% CI (%)", list(tags)]
+            self.writer.add_custom_scalars(self._layout())  # TensorBoard reads the last layout of a run
+
+    def _layout(self) -> dict[str, dict[str, list]]:
+        """The margin charts under the stage's group, after the (empty) groups of the earlier stages that
+        have a stream beside this one: TensorBoard merges the layouts of the runs in the order of their
+        names (metatest before pretrain), keeping each group where it first met it."""
+        own = stage_group(self.stage)
+        beside = [] if "/" in self.stage else [s for s in STAGE_NUMBER if (self.log_dir.parent / s).is_dir()]
+        earlier = [group for group in map(stage_group, beside) if group < own]
+        charts = {title: ["Margin", tags] for title, tags in self._charts.values()}
+        return {**{group: {} for group in earlier}, own: charts}
 
     @_events
-    def images(self, tag: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
+    def hparams(self, values: dict[str, str | int | float], metrics: Iterable[str]) -> None:
+        """One session of the HParams page: the settings ``values`` and, as its metrics, the accuracies
+        named ``metrics`` (as given to :meth:`accuracy`; TensorBoard shows the last point of each)."""
+        if not self.enabled:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.plugins.hparams import api_pb2 as api
+        from tensorboard.plugins.hparams import metadata, plugin_data_pb2, summary_v2
+
+        number, kind = api.DATA_TYPE_FLOAT64, {str: api.DATA_TYPE_STRING, bool: api.DATA_TYPE_BOOL}
+        infos = [api.HParamInfo(name=k, type=kind.get(type(v), number)) for k, v in values.items()]
+        shown = [
+            api.MetricInfo(name=api.MetricName(tag=self.tag(m)), display_name=f"{m} (%)") for m in metrics
+        ]
+        data = plugin_data_pb2.HParamsPluginData(
+            experiment=api.Experiment(hparam_infos=infos, metric_infos=shown)
+        )
+        config = Summary()
+        config.value.add(tag=metadata.EXPERIMENT_TAG, tensor=metadata.NULL_TENSOR)
+        config.value[0].metadata.CopyFrom(metadata.create_summary_metadata(data))
+        for summary in (config, summary_v2.hparams_pb(values)):
+            self.writer.file_writer.add_summary(summary)
+
+    @_events
+    def histogram(
+        self, tag: str, values: torch.Tensor, step: int, *, section: str | None = PARAMETERS
+    ) -> None:
+        if not self.enabled:
+            return
+        self.writer.add_histogram(self.tag(tag, section), values.detach().float().cpu(), step)
+
+    @_events
+    def images(
+        self, tag: str, images: torch.Tensor, step: int, nrow: int = 8, *, section: str | None = INPUTS
+    ) -> None:
         """Log uint8 ``(B, H, W, C)`` images as one grid."""
         if not self.enabled:
             return
         grid = make_grid(images.detach().cpu().permute(0, 3, 1, 2), nrow=nrow, padding=2, pad_value=255)
-        self.writer.add_image(self.tag(tag), grid, step)
+        self.writer.add_image(self.tag(tag, section), grid, step)
 
     @_events
-    def task(self, tag: str, images: torch.Tensor, shot: int, step: int) -> None:
+    def task(
+        self, tag: str, images: torch.Tensor, shot: int, step: int, *, section: str | None = INPUTS
+    ) -> None:
         """One task's uint8 images ``(way, shot + query, H, W, C)`` as a grid, a row per class: support
         images framed in green, queries in grey."""
         if not self.enabled:
@@ -171,13 +268,14 @@ class Monitor:
         framed = frame[..., None, None].expand(-1, -1, -1, *(s + 4 for s in x.shape[3:])).clone()
         framed[..., 2:-2, 2:-2] = x
         grid = make_grid(framed.flatten(0, 1), nrow=n, padding=2, pad_value=255)
-        self.writer.add_image(self.tag(tag), grid, step)
+        self.writer.add_image(self.tag(tag, section), grid, step)
 
     @_events
-    def text(self, tag: str, text: str, step: int = 0) -> None:
+    def text(self, tag: str, text: str, step: int = 0, *, section: str | None = None) -> None:
+        """Markdown ``text`` (tables render as tables on the Text page)."""
         if not self.enabled:
             return
-        self.writer.add_text(self.tag(tag), text, step)
+        self.writer.add_text(self.tag(tag, section), text, step)
 
     @_events
     def close(self) -> None:

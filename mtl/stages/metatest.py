@@ -153,8 +153,7 @@ def publish(
         for n in episode_counts(acc.shape[-1]):
             run.monitor.accuracy(n, method, *paired.seed_summary(acc[..., :n])[:2], chart=chart)
     run.monitor.text("results", table)
-    settings = {key: results[key] for key in ("pipeline", "way", "shot", "query", "episodes")}
-    run.monitor.hparams({**settings, "method": cfg.method}, metrics=accs)
+    run.monitor.hparams({key: results[key] for key in ("pipeline", "way", "shot", "query", "episodes")}, accs)
     run.monitor.close()
     if not quiet:
         print(table)

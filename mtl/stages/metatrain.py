@@ -137,7 +137,7 @@ class MetaTraining(Training):
         acc, ci = validate(self.method, self.run, *self.val)
         self.keep(0, acc, ci)
         self.run.monitor.line(f"before meta-training: val {acc:.2f} ± {ci:.2f}%")
-        self.run.monitor.accuracy(0, "val/acc", acc, ci, chart="validation accuracy ± 95% CI (%)")
+        self.run.monitor.accuracy(0, "validation accuracy", acc, ci, chart="validation accuracy ± 95% CI (%)")
 
     def begin_epoch(self, epoch: int, fresh_epoch: bool) -> None:
         self.method.train()
@@ -172,7 +172,7 @@ class MetaTraining(Training):
             self.hard.log(self.run.monitor, step, acc, extra_acc, self.images, batch[m.meta_batch :])
         self.sums += torch.stack([loss, acc, extra_acc])
         if step == 0:
-            self.run.monitor.task("train/task", self.images[torch.from_numpy(tasks[0])], m.shot, 0)
+            self.run.monitor.task("train task", self.images[torch.from_numpy(tasks[0])], m.shot, 0)
 
     def status(self, steps: int) -> str:
         loss, acc, _ = (self.sums / max(steps, 1)).tolist()
@@ -183,16 +183,10 @@ class MetaTraining(Training):
         run, m, step = self.run, self.m, (epoch + 1) * self.steps
         train_loss, train_acc, extra_acc = (self.sums / self.steps).unbind()
         acc, ci = validate(self.method, run, *self.val)
-        run.monitor.scalars(
-            step,
-            **{
-                "train/query_loss": train_loss,
-                "train/query_acc": 100 * train_acc,
-                "train/tasks_per_s": self.speed(),
-            },
-            **{f"train/lr_{name}": lr for name, lr in self.lrs.items()},
-        )
-        run.monitor.accuracy(step, "val/acc", acc, ci, chart="validation accuracy ± 95% CI (%)")
+        run.monitor.scalars(step, **{"loss": train_loss, "train accuracy": 100 * train_acc})
+        run.monitor.accuracy(step, "validation accuracy", acc, ci, chart="validation accuracy ± 95% CI (%)")
+        run.monitor.scalars(step, section="learning rate", **self.lrs)
+        run.monitor.scalars(step, section="throughput", **{"tasks per s": self.speed()})
         self.method.log_epoch(run.monitor, step)
         note = ""
         if self.hard is not None:

@@ -191,21 +191,18 @@ class Pretraining(Training):
         total = world.sum(self.sums)
         train_loss, correct = total[0] / (steps * world.size), total[1]
         if epoch == 0:
-            run.monitor.images("train/batch", self.images[self.perm[:32]], 0)
+            run.monitor.images("train batch", self.images[self.perm[:32]], 0)
         feats = run.features(self.model, self.val[0])
         acc, ci = mean_ci(nearest_centroid(feats, self.val[1], self.shot))
         run.monitor.scalars(
-            (epoch + 1) * steps,
-            **{
-                "train/loss": train_loss,
-                "train/acc": 100 * correct / (steps * batch),
-                "train/lr": self.lrs["0"],
-            },
-            **{"train/images_per_s": self.done * batch / max(self.seconds, 1e-9)},
+            (epoch + 1) * steps, **{"loss": train_loss, "train accuracy": 100 * correct / (steps * batch)}
         )
         run.monitor.accuracy(
-            (epoch + 1) * steps, "val/acc", acc, ci, chart="validation accuracy ± 95% CI (%)"
+            (epoch + 1) * steps, "validation accuracy", acc, ci, chart="validation accuracy ± 95% CI (%)"
         )
+        run.monitor.scalars((epoch + 1) * steps, section="learning rate", **{"encoder + head": self.lrs["0"]})
+        speed = self.done * batch / max(self.seconds, 1e-9)
+        run.monitor.scalars((epoch + 1) * steps, section="throughput", **{"images per s": speed})
         way = run.cfg.meta.way
         line = (
             f"epoch {epoch + 1}/{self.epochs}  loss {float(train_loss):.3f}  "
