@@ -173,3 +173,20 @@ def test_an_old_metatest_table_keeps_its_three_columns():
     }
     lines = results_table(old).splitlines()
     assert lines[2:] == ["| method | accuracy (%) | 95% CI |", "|---|---:|---:|", "| A | 80.00 | ± 1.00 |"]
+
+
+def test_report_reads_the_per_episode_results(tiny_copy):
+    from mtl.results.report import collect
+
+    _, ckpts = tiny_copy
+    path = ckpts / "tiny" / "metatest" / "results.json"
+    results = json.loads(path.read_text())
+    accs = paired.per_episode_accuracy(results)
+    first, second = (r["method"] for r in results["rows"][:2])
+    d = paired.paired(accs[second], accs[first])
+    line = collect(ckpts).splitlines()[-1]
+    assert line.startswith(f"glyphs 1-shot (3-way), − {first} (paired 95% CI): ")
+    assert f"{second} {d.diff:+.2f} ± {d.ci95:.2f} (p " in line
+    del results["per_episode"], results["differences"]  # a file written before they were kept
+    path.write_text(json.dumps(results))
+    assert "paired" not in collect(ckpts)

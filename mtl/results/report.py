@@ -13,7 +13,7 @@ import yaml
 
 from mtl.errors import MtlError
 from mtl.methods import METHODS
-from mtl.results.paired import difference_cells, row_name
+from mtl.results.paired import difference_cells, differences, per_episode_accuracy, row_name
 from mtl.runtime.stage_folders import METATEST, RESULT_FOLDERS, RESULTS_FILE
 
 
@@ -84,7 +84,24 @@ def collect(checkpoints: str | Path) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("| paper | " + " | ".join(_paper(c) for c in columns) + " |")
     lines.append("| ours (MTL) − paper | " + " | ".join(_difference(c) for c in columns) + " |")
-    return "\n".join([*lines, "", _note(columns, root)])
+    return "\n".join([*lines, "", _note(columns, root), *_paired_lines(columns)])
+
+
+def _paired_lines(columns: list[dict]) -> list[str]:
+    """Each column's rows against its reference row, recomputed from the per-episode results its
+    ``results.json`` keeps (columns written before they were kept have none)."""
+    lines = []
+    for c in columns:
+        diffs = c["differences"]
+        if diffs is None or not diffs["rows"]:
+            continue
+        cells = [f"{m} {d['diff']:+.2f} ± {d['ci95']:.2f} (p {_p(d['p'])})" for m, d in diffs["rows"].items()]
+        lines.append(f"{c['label']}, − {diffs['reference']} (paired 95% CI): " + "; ".join(cells))
+    return ["", *lines] if lines else []
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def _method_rank(method: str) -> int:
@@ -188,7 +205,22 @@ def _column(path: Path) -> dict[str, Any]:
         "rows": rows,
         "paper": results.get("paper"),
         "episodes": episodes,
+        "differences": _differences(results),
     }
+
+
+def _differences(results: dict[str, Any]) -> dict | None:
+    """The paired differences of a results file's rows, from its per-episode record (None: it has
+    none, or one that does not fit its rows)."""
+    try:
+        accs = per_episode_accuracy(results)
+        rows = [r["method"] for r in results["rows"]]
+        if set(accs) != set(rows) or len({a.shape[-1] for a in accs.values()}) != 1:
+            return None
+        ref = (results.get("differences") or {}).get("reference", rows[0])
+        return differences(accs, ref if ref in accs else rows[0])
+    except (TypeError, ValueError, KeyError, AttributeError):  # a damaged record: the table still reads
+        return None
 
 
 def _label(setting: str, notes: list[str]) -> str:
