@@ -18,6 +18,7 @@ from mtl.data.prepared import Split
 from mtl.data.store import ImageStore
 from mtl.hard_tasks.pool import HardTaskPool, per_class_scores
 from mtl.runtime.monitor import Monitor
+from mtl.runtime.tb_layout import HARD_TASKS
 
 
 class HardTasks:
@@ -83,20 +84,20 @@ class HardTasks:
         hard_tasks: np.ndarray,
     ) -> None:
         accs = {"query accuracy, normal tasks": 100 * acc, "query accuracy, extra tasks": 100 * hard_acc}
-        monitor.scalars(step, section="hard tasks", **accs, **{"pool size": len(self.pool)})
+        monitor.scalars(step, section=HARD_TASKS, **accs, **{"pool size": len(self.pool)})
         if step == 0:
             task = images[torch.from_numpy(hard_tasks[0])]
-            monitor.task("an extra task", task, self.shot, 0, section="hard tasks")
+            monitor.task("an extra task", task, self.shot, 0, section=HARD_TASKS)
 
     def log_epoch(self, monitor: Monitor, step: int, class_names: list[str]) -> None:
         share = 100 * len(self.pool) / self.pool.num_classes
-        monitor.scalars(step, section="hard tasks", **{"pool share of base classes (%)": share})
+        monitor.scalars(step, section=HARD_TASKS, **{"pool share of base classes (%)": share})
         chosen = np.repeat(np.arange(len(self.pool.chosen)), self.pool.chosen)
         if len(chosen):
-            monitor.histogram("chosen class", torch.from_numpy(chosen), step, section="hard tasks")
+            monitor.histogram("chosen class", torch.from_numpy(chosen), step, section=HARD_TASKS)
         rows = [f"| {class_names[c]} | {100 * a:.1f} |" for c, a in self.pool.hardest(10)]
         table = "\n".join(["| class | accuracy (%) |", "|---|---:|", *rows])
-        monitor.text("hardest classes", table, step, section="hard tasks")
+        monitor.text("hardest classes", table, step, section=HARD_TASKS)
 
     def record_epoch(self, epoch: int, normal_acc: float, extra_acc: float) -> None:
         """Keep an epoch's mean query accuracies (%) of the normal and the extra tasks."""

@@ -34,8 +34,8 @@ from mtl.results.bars import results_figure  # noqa: E402
 from mtl.results.figures import ACCURACY, POOL, Series, curves_figure, hard_tasks_figure  # noqa: E402
 from mtl.results.report import read_results  # noqa: E402
 from mtl.runtime.atomic import atomic_write  # noqa: E402
-from mtl.runtime.monitor import HARD_TASKS, accuracy_tags, tag  # noqa: E402
 from mtl.runtime.stage_folders import RESULT_FOLDERS, RESULTS_FILE  # noqa: E402
+from mtl.runtime.tb_layout import HARD_TASKS, accuracy_tags, tag  # noqa: E402
 
 __all__ = ["plot_all", "read_curves"]
 

@@ -21,7 +21,7 @@ from mtl.methods import FeatureMethod, Method
 from mtl.results import paired
 from mtl.results.report import results_table
 from mtl.runtime.checkpoint import MissingCheckpoint
-from mtl.runtime.monitor import episode_counts
+from mtl.runtime.tb_layout import episode_counts
 from mtl.training.run import Run
 
 MTL = methods.get("mtl").label

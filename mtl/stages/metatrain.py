@@ -24,6 +24,7 @@ from mtl.hard_tasks import HardTasks
 from mtl.methods import Method, meta_update
 from mtl.methods.episodic import mean_ci
 from mtl.runtime import device as devices
+from mtl.runtime.tb_layout import LEARNING_RATE, THROUGHPUT
 from mtl.training.loop import Training
 from mtl.training.run import Run
 from mtl.training.schedule import meta_factor
@@ -185,8 +186,8 @@ class MetaTraining(Training):
         acc, ci = validate(self.method, run, *self.val)
         run.monitor.scalars(step, **{"loss": train_loss, "train accuracy": 100 * train_acc})
         run.monitor.accuracy(step, "validation accuracy", acc, ci, chart="validation accuracy ± 95% CI (%)")
-        run.monitor.scalars(step, section="learning rate", **self.lrs)
-        run.monitor.scalars(step, section="throughput", **{"tasks per s": self.speed()})
+        run.monitor.scalars(step, section=LEARNING_RATE, **self.lrs)
+        run.monitor.scalars(step, section=THROUGHPUT, **{"tasks per s": self.speed()})
         self.method.log_epoch(run.monitor, step)
         note = ""
         if self.hard is not None:

@@ -23,6 +23,7 @@ from mtl.methods.episodic import mean_ci, nearest_centroid
 from mtl.runtime import checkpoint
 from mtl.runtime import device as devices
 from mtl.runtime.distributed import sync_batch_norm
+from mtl.runtime.tb_layout import LEARNING_RATE, THROUGHPUT
 from mtl.training import keys
 from mtl.training.loop import Training
 from mtl.training.run import Run
@@ -200,9 +201,9 @@ class Pretraining(Training):
         run.monitor.accuracy(
             (epoch + 1) * steps, "validation accuracy", acc, ci, chart="validation accuracy ± 95% CI (%)"
         )
-        run.monitor.scalars((epoch + 1) * steps, section="learning rate", **{"encoder + head": self.lrs["0"]})
+        run.monitor.scalars((epoch + 1) * steps, section=LEARNING_RATE, **{"encoder + head": self.lrs["0"]})
         speed = self.done * batch / max(self.seconds, 1e-9)
-        run.monitor.scalars((epoch + 1) * steps, section="throughput", **{"images per s": speed})
+        run.monitor.scalars((epoch + 1) * steps, section=THROUGHPUT, **{"images per s": speed})
         way = run.cfg.meta.way
         line = (
             f"epoch {epoch + 1}/{self.epochs}  loss {float(train_loss):.3f}  "
