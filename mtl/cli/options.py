@@ -4,6 +4,7 @@ that turns a user's mistake into one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 import time
@@ -59,6 +60,15 @@ PIPELINE_HELP = (
     "\n\nPIPELINE is a YAML file or the name of a pipeline that ships with mtl (`mtl pipelines` "
     f"lists them), so it works from any folder; default: {DEFAULT}."
 )
+
+
+def pipeline_help(command: click.Command) -> click.Command:
+    """``command`` with :data:`PIPELINE_HELP` after its docstring's help (dedented first: click
+    dedents a docstring only when it is the whole help)."""
+    command.help = inspect.cleandoc(command.help or "") + PIPELINE_HELP
+    return command
+
+
 overrides = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline key (repeatable)."
 )

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import click
 
-from mtl.cli.options import PIPELINE_HELP, checkpoints, done, overrides, pipeline, quiet, user_errors
+from mtl.cli.options import (
+    checkpoints,
+    done,
+    overrides,
+    pipeline,
+    pipeline_help,
+    quiet,
+    user_errors,
+)
 from mtl.errors import MtlError
 from mtl.runtime.stage_folders import COMPARE, FOLDERS, MissingCheckpoint
 
@@ -61,7 +69,7 @@ def stage_command(name: str) -> click.Command:
         command = reference_option(command)
     if name == "ablate":
         command = seeds_option(command)
-    return click.command(name=name, help=doc + PIPELINE_HELP, short_help=doc)(command)
+    return pipeline_help(click.command(name=name, help=doc, short_help=doc)(command))
 
 
 reference_option = click.option(
@@ -128,7 +136,7 @@ def compare_command(
     done(f"compare: wrote {out}", started, quiet)
 
 
-compare_command.help += PIPELINE_HELP
+pipeline_help(compare_command)
 
 
 @click.command("config", short_help="Print the resolved pipeline and what it will run.")
@@ -149,14 +157,15 @@ def show_config(pipeline: str, overrides: tuple[str, ...], as_json: bool, key_li
     import json
 
     from mtl import config
-    from mtl.config import recipe
+    from mtl.config import recipe, sections
 
     if key_list:
         from mtl.config.key_reference import key_reference
 
         click.echo(key_reference())
         return
-    cfg = config.load(pipeline, overrides)
+    with sections.from_files():  # printed, not run: no need to import the methods (and torch)
+        cfg = config.load(pipeline, overrides)
     if as_json:
         click.echo(json.dumps({"config": cfg.to_dict(), "derived": recipe.derived(cfg)}, indent=2))
         return
@@ -164,7 +173,7 @@ def show_config(pipeline: str, overrides: tuple[str, ...], as_json: bool, key_li
     click.echo(f"\n# what {cfg.name} will run\n{recipe.describe(cfg)}")
 
 
-show_config.help += PIPELINE_HELP
+pipeline_help(show_config)
 
 
 @click.command("pipelines", short_help="List the pipelines that ship with mtl.")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import shlex
 import time
 
 import click
 
-from mtl.cli.options import PIPELINE_HELP, checkpoints, done, overrides, pipeline, user_errors
+from mtl.cli.options import checkpoints, done, overrides, pipeline, pipeline_help, user_errors
 from mtl.runtime.stage_folders import FOLDERS
 
 __all__ = ["export_command", "import_command"]
@@ -59,7 +58,7 @@ def import_command(
     done(f"import: wrote {result.path}", started, False)
 
 
-import_command.help = inspect.cleandoc(import_command.help) + PIPELINE_HELP  # one indentation
+pipeline_help(import_command)
 
 
 @click.command("export", short_help="Write a checkpoint's weights as a model-hub folder (safetensors).")
