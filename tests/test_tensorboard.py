@@ -138,3 +138,27 @@ def test_task_grids_frame_support_images_in_green(tmp_path):
         support, query = grid[y, 2 : 2 + 12], grid[y, 2 + cell : 2 + cell + 12]
         assert (support == [40, 200, 40]).all() and (query == [150, 150, 150]).all()
         assert (grid[y + 2 : y + 10, 4 : 4 + 8] == 7).all()  # the image itself, inside its frame
+
+
+def test_training_curves_have_ten_points_an_epoch_that_average_to_the_epoch(tmp_path, capsys):
+    from conftest import TINY
+
+    from mtl.training.loop import CURVE_POINTS
+
+    sets = [*TINY, f"data.root={tmp_path / 'data'}", "pretrain.epochs=1", "pretrain.batch_size=8"]
+    pretrain(config.load(None, sets), tmp_path / "ck")
+    line = next(
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("[pretrain] epoch 1/1")
+    )
+    acc = events(tmp_path / "ck" / "tiny" / "tb" / "pretrain")
+    loss, hits = acc.Scalars("1 pretrain/loss"), acc.Scalars("1 pretrain/train accuracy")
+    steps = [e.step for e in loss]
+    every = -(-steps[-1] // CURVE_POINTS)
+    assert steps[-1] > CURVE_POINTS and steps == [*range(every, steps[-1], every), steps[-1]]
+    assert [e.step for e in hits] == steps
+    # Each point is the mean of the steps since the one before: weighted, they give the epoch's numbers.
+    weights = np.diff([0, *steps])
+    epoch_loss = float(line.split("loss ")[1].split()[0])
+    epoch_acc = float(line.split("train-acc ")[1].split("%")[0])
+    assert np.average([e.value for e in loss], weights=weights) == pytest.approx(epoch_loss, abs=6e-4)
+    assert np.average([e.value for e in hits], weights=weights) == pytest.approx(epoch_acc, abs=0.06)

@@ -175,6 +175,10 @@ class MetaTraining(Training):
         if step == 0:
             self.run.monitor.task("train task", self.images[torch.from_numpy(tasks[0])], m.shot, 0)
 
+    def curve(self, sums: torch.Tensor, steps: int) -> dict[str, float]:
+        loss, acc, _ = (sums / steps).tolist()  # of the gathered logits: the same on every rank
+        return {"loss": loss, "train accuracy": 100 * acc}
+
     def status(self, steps: int) -> str:
         loss, acc, _ = (self.sums / max(steps, 1)).tolist()
         return f"query-loss {loss:.3f}, query-acc {acc:.1%}"
@@ -184,7 +188,6 @@ class MetaTraining(Training):
         run, m, step = self.run, self.m, (epoch + 1) * self.steps
         train_loss, train_acc, extra_acc = (self.sums / self.steps).unbind()
         acc, ci = validate(self.method, run, *self.val)
-        run.monitor.scalars(step, **{"loss": train_loss, "train accuracy": 100 * train_acc})
         run.monitor.accuracy(step, "validation accuracy", acc, ci, chart="validation accuracy ± 95% CI (%)")
         run.monitor.scalars(step, section=LEARNING_RATE, **self.lrs)
         run.monitor.scalars(step, section=THROUGHPUT, **{"tasks per s": self.speed()})

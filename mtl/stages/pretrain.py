@@ -187,27 +187,29 @@ class Pretraining(Training):
     def status(self, steps: int) -> str:
         return f"loss {float(self.sums[0]) / max(steps, 1):.3f}"
 
+    def curve(self, sums: torch.Tensor, steps: int) -> dict[str, float]:
+        world = self.run.world
+        loss, hits = world.sum(sums).tolist()  # every rank's share of the global batch
+        return {"loss": loss / (steps * world.size), "train accuracy": 100 * hits / (steps * self.batch)}
+
     def validate(self, epoch: int) -> tuple[float, float, str]:
-        run, world, steps, batch = self.run, self.run.world, self.steps, self.batch
-        total = world.sum(self.sums)
-        train_loss, correct = total[0] / (steps * world.size), total[1]
+        run, steps = self.run, self.steps
+        curve = self.curve(self.sums, steps)
+        train_loss, train_acc = curve["loss"], curve["train accuracy"]
         if epoch == 0:
             run.monitor.images("train batch", self.images[self.perm[:32]], 0)
         feats = run.features(self.model, self.val[0])
         acc, ci = mean_ci(nearest_centroid(feats, self.val[1], self.shot))
-        run.monitor.scalars(
-            (epoch + 1) * steps, **{"loss": train_loss, "train accuracy": 100 * correct / (steps * batch)}
-        )
         run.monitor.accuracy(
             (epoch + 1) * steps, "validation accuracy", acc, ci, chart="validation accuracy ± 95% CI (%)"
         )
         run.monitor.scalars((epoch + 1) * steps, section=LEARNING_RATE, **{"encoder + head": self.lrs["0"]})
-        speed = self.done * batch / max(self.seconds, 1e-9)
+        speed = self.done * self.batch / max(self.seconds, 1e-9)
         run.monitor.scalars((epoch + 1) * steps, section=THROUGHPUT, **{"images per s": speed})
         way = run.cfg.meta.way
         line = (
-            f"epoch {epoch + 1}/{self.epochs}  loss {float(train_loss):.3f}  "
-            f"train-acc {float(correct) / (steps * batch):.1%}  "
+            f"epoch {epoch + 1}/{self.epochs}  loss {train_loss:.3f}  "
+            f"train-acc {train_acc / 100:.1%}  "
             f"val {way}-way {self.shot}-shot {acc:.2f} ± {ci:.2f}%"
         )
         return acc, ci, line

@@ -4,7 +4,8 @@ watch, best/last checkpoints and exact resume.
 A stage subclasses :class:`Training` and says what it does in four hooks: what its checkpoints hold
 (:meth:`~Training.weights`, :meth:`~Training.restore`), how an epoch starts (:meth:`~Training.begin_epoch`),
 one step (:meth:`~Training.step`) and the end of an epoch (:meth:`~Training.validate`, returning the
-metric ``best.pt`` is kept by, and the epoch's console line). :meth:`Training.fit` does the rest.
+metric ``best.pt`` is kept by, and the epoch's console line); its training curve's values come from
+:meth:`~Training.curve`, written :data:`CURVE_POINTS` times an epoch. :meth:`Training.fit` does the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from mtl.runtime.timing import timer
 from mtl.training import resume
 from mtl.training.run import Run
 
-__all__ = ["Training"]
+__all__ = ["CURVE_POINTS", "Training"]
+
+# Loss and train-accuracy points per epoch in TensorBoard: a curve even for a run of a few epochs.
+CURVE_POINTS = 10
 
 
 class Training(ABC):
@@ -155,6 +159,12 @@ class Training(ABC):
         """``"  123 img/s"``: the last epoch's throughput, for its console line."""
         return ""
 
+    def curve(self, sums: torch.Tensor, steps: int) -> dict[str, float]:
+        """The training curve's values (``loss``, ``train accuracy`` in %) over ``steps`` steps whose
+        running sums are ``sums`` (a slice of the epoch's ``sums``). Called on every process at the
+        same steps, so it may use a collective."""
+        return {}
+
     def status(self, steps: int) -> str:
         """The current loss or accuracy after ``steps`` steps of the epoch, for a heartbeat line (this
         process's share of the batch: reading it costs one host sync and no collective)."""
@@ -167,6 +177,8 @@ class Training(ABC):
         first = self.first if epoch == self.epoch else 0
         self.begin_epoch(epoch, first == 0)
         label = f"{self.stage} {epoch + 1}/{self.epochs}"
+        every_point = -(-self.steps // CURVE_POINTS)
+        mark = (self.sums.clone(), first)  # the sums and step of the curve's last point
         with timer() as elapsed:
             steps = run.monitor.progress(
                 range(first, self.steps), length=self.steps - first, label=label,
@@ -176,6 +188,11 @@ class Training(ABC):
                 self.step(epoch, i)
                 if self.schedule_per_step:
                     self.step_schedule()
+                if (i + 1) % every_point == 0 or i + 1 == self.steps:
+                    run.monitor.scalars(
+                        epoch * self.steps + i + 1, **self.curve(self.sums - mark[0], i + 1 - mark[1])
+                    )
+                    mark = (self.sums.clone(), i + 1)
                 boundary = bool(every) and (epoch * self.steps + i + 1) % every == 0
                 if i + 1 < self.steps and (boundary or (stop["signum"] and not run.world.active)):
                     self.save_last(epoch, i + 1)
