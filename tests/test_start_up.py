@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from mtl import config
 from mtl.cli import main
-from mtl.config import sections
+from mtl.config import declared, sections
 from mtl.errors import MtlError
 
 HEAVY = ("torch", "timm", "torchvision")
@@ -68,7 +68,7 @@ def _fields(settings: type | None) -> list[tuple] | None:
 
 def test_the_methods_read_from_their_files_are_the_registered_methods():
     registered = sections.methods()  # imports mtl.methods
-    read = sections.read_method_files()
+    read = declared.methods()
     assert list(read) == list(registered)  # names, in the results tables' order
     assert {name: _fields(s) for name, s in read.items()} == {
         name: _fields(s) for name, s in registered.items()
@@ -76,11 +76,31 @@ def test_the_methods_read_from_their_files_are_the_registered_methods():
     assert sum(s is not None for s in read.values()) >= 4
 
 
+def test_the_backbones_read_from_their_files_are_the_ones_timm_registered():
+    from mtl.models.backbone import own_backbones
+
+    assert declared.backbones() == own_backbones()
+    assert {"resnet12", "resnet12_tf", "resnet25", "conv4"} <= set(declared.backbones())
+
+
+def test_the_key_reference_read_from_files_is_the_imported_one(monkeypatch):
+    from mtl.config.key_reference import key_reference
+
+    imported = key_reference()
+    with monkeypatch.context() as hidden:
+        for package in ("mtl.methods", "mtl.models"):
+            hidden.delitem(sys.modules, package)
+        with declared.from_files():
+            read = key_reference()
+        assert "mtl.methods" not in sys.modules and "mtl.models" not in sys.modules
+    assert read == imported
+
+
 @pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
 def test_every_shipped_pipeline_resolves_the_same_read_from_files(path, monkeypatch):
     with monkeypatch.context() as hidden:
         hidden.delitem(sys.modules, "mtl.methods")
-        with sections.from_files():
+        with declared.from_files():
             printed = config.load(path)
         assert "mtl.methods" not in sys.modules
     assert printed.to_dict() == config.load(path).to_dict()
@@ -95,7 +115,7 @@ def test_errors_read_from_files_are_the_errors_a_stage_gives(overrides, monkeypa
         config.load(None, overrides)
     with monkeypatch.context() as hidden:
         hidden.delitem(sys.modules, "mtl.methods")
-        with sections.from_files(), pytest.raises(MtlError) as read:
+        with declared.from_files(), pytest.raises(MtlError) as read:
             config.load(None, overrides)
         assert "mtl.methods" not in sys.modules
     assert str(read.value) == str(imported.value)
@@ -103,16 +123,16 @@ def test_errors_read_from_files_are_the_errors_a_stage_gives(overrides, monkeypa
 
 def test_a_method_file_the_reading_cannot_follow_is_imported(monkeypatch):
     def unreadable(*args):
-        raise sections._Unreadable("a settings class built by a function")
+        raise declared.Unreadable("a settings class built by a function")
 
     from mtl.methods import METHODS
 
-    monkeypatch.setattr(sections, "_run_settings", unreadable)
+    monkeypatch.setattr(declared, "_run_settings", unreadable)
     monkeypatch.delitem(sys.modules, "mtl.methods")  # as in a fresh `mtl config`
-    with sections.from_files():
+    with declared.from_files():
         assert sections.methods() == {name: cls.settings for name, cls in METHODS.items()}
-    with pytest.raises(sections._Unreadable):
-        sections.read_method_files()
+    with pytest.raises(declared.Unreadable):
+        declared.methods()
 
 
 def test_help_texts_have_no_stray_spaces():

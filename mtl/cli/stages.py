@@ -157,14 +157,13 @@ def show_config(pipeline: str, overrides: tuple[str, ...], as_json: bool, key_li
     import json
 
     from mtl import config
-    from mtl.config import recipe, sections
+    from mtl.config import declared, recipe
+    from mtl.config.key_reference import key_reference
 
-    if key_list:
-        from mtl.config.key_reference import key_reference
-
-        click.echo(key_reference())
-        return
-    with sections.from_files():  # printed, not run: no need to import the methods (and torch)
+    with declared.from_files():  # printed, not run: the methods and backbones read, not imported
+        if key_list:
+            click.echo(key_reference())
+            return
         cfg = config.load(pipeline, overrides)
     if as_json:
         click.echo(json.dumps({"config": cfg.to_dict(), "derived": recipe.derived(cfg)}, indent=2))

@@ -4,12 +4,14 @@ hand."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 import textwrap
 import typing
 from typing import Any
 
-from mtl.config import sections
+from mtl.config import declared, sections
 from mtl.config.schema import Config
 
 __all__ = ["Key", "key_groups", "key_reference"]
@@ -29,12 +31,10 @@ class Key:
 def key_groups() -> list[tuple[str, list[Key]]]:
     """``[(heading, keys)]``: the core sections (one heading), then each method's own section. The
     values of ``method`` and ``backbone.name`` are read off their registries."""
-    from mtl.models.backbone import own_backbones  # timm's registry: only when the reference is asked
-
     registry = sections.methods()
     registries = {
         "method": " | ".join(registry),
-        "backbone.name": " | ".join([*own_backbones(), "timm:<model>"]),
+        "backbone.name": " | ".join([*_backbones(), "timm:<model>"]),
     }
     core = [
         dataclasses.replace(k, allowed=registries.get(k.name, k.allowed))
@@ -45,6 +45,16 @@ def key_groups() -> list[tuple[str, list[Key]]]:
         if settings is not None:
             out.append((f"{name}: settings of method '{name}'", list(_walk(settings, f"{name}."))))
     return out
+
+
+def _backbones() -> list[str]:
+    """mtl's own backbones: timm's registry, or their files' reading (:mod:`mtl.config.declared`)."""
+    if declared.active() and "mtl.models" not in sys.modules:
+        with contextlib.suppress(declared.Unreadable):
+            return declared.backbones()
+    from mtl.models.backbone import own_backbones  # timm's registry: only when the reference is asked
+
+    return own_backbones()
 
 
 def key_reference() -> str:
