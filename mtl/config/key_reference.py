@@ -4,9 +4,7 @@ hand."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import sys
 import textwrap
 import typing
 from typing import Any
@@ -49,12 +47,13 @@ def key_groups() -> list[tuple[str, list[Key]]]:
 
 def _backbones() -> list[str]:
     """mtl's own backbones: timm's registry, or their files' reading (:mod:`mtl.config.declared`)."""
-    if declared.active() and "mtl.models" not in sys.modules:
-        with contextlib.suppress(declared.Unreadable):
-            return declared.backbones()
-    from mtl.models.backbone import own_backbones  # timm's registry: only when the reference is asked
 
-    return own_backbones()
+    def registered() -> list[str]:
+        from mtl.models.backbone import own_backbones  # timm's registry: only when the reference is asked
+
+        return own_backbones()
+
+    return declared.either("mtl.models", declared.backbones, registered)
 
 
 def key_reference() -> str:

@@ -17,9 +17,7 @@ registered from outside the package), the built-in methods are then read from th
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import sys
 
 from mtl.config import declared
 
@@ -28,8 +26,9 @@ __all__ = ["methods"]
 
 def methods() -> dict[str, type | None]:
     """``{method name: its settings dataclass, or None}`` of every registered method, in order."""
-    if declared.active() and "mtl.methods" not in sys.modules:  # imported: every registered method
-        with contextlib.suppress(declared.Unreadable):
-            return declared.methods()
+    return declared.either("mtl.methods", declared.methods, _registered)
+
+
+def _registered() -> dict[str, type | None]:
     registry = importlib.import_module("mtl.methods").METHODS  # see the module's docstring
     return {name: cls.settings for name, cls in registry.items()}
