@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import subprocess
 import time
 from pathlib import Path
@@ -48,6 +49,15 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
 @pytest.fixture
 def tiny_cfg(tiny_overrides: list[str]) -> config.Config:
     return config.load(None, tiny_overrides)
+
+
+def digests(folder: Path) -> dict[str, str | None]:
+    """The sha256 of every file under ``folder`` and every sub-folder (``None``), by relative path:
+    equal before and after a refused command means it added, changed and removed nothing."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def wait_for_mid_epoch_checkpoint(proc: subprocess.Popen, last: Path) -> None:

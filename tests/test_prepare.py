@@ -181,7 +181,7 @@ def test_prepare_never_replaces_what_is_not_a_prepared_dataset(tmp_path, dest):
         target.mkdir()
         (target / "me.jpg").write_bytes(b"keep me")
     else:
-        target, message = tmp_path, "is not empty and not a prepared dataset (it holds 'own')"
+        target, message = tmp_path, f"holds --source {tmp_path / 'own'}, which it reads"
     before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
     result = invoke("data", "prepare", "folder", "--source", tmp_path / "own", "--dest", target)
     assert result.exit_code == 2

@@ -188,10 +188,19 @@ def test_export_refusals(trained, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    refused(run("export", trained["pretrain"], out), "exists (a folder)", "--force")
+    refused(run("export", trained["pretrain"], out), "exists (a folder); choose a new folder")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # --force replaces an earlier export only: a folder of the user's own files is left alone.
+    refused(
+        run("export", trained["pretrain"], out, "--force"), "is a folder but not an mtl export", "keep.txt"
+    )
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
     result = run("export", trained["pretrain"], out, "--force")
-    assert result.exit_code == 0 and (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+    assert result.exit_code == 0 and (out / "model.safetensors").is_file()
+    refused(run("export", trained["pretrain"], out), "exists (an earlier export)", "add --force")
+    result = run("export", trained["metatrain"], out, "--force")
+    assert result.exit_code == 0 and _strict_json(out / "config.json")["stage"] == "metatrain"
     refused(run("export", tmp_path / "nope.pt", tmp_path / "o1"), "no stage checkpoint at")
     (tmp_path / "p.yaml").write_text("name: x\n")
     refused(run("export", tmp_path / "p.yaml", tmp_path / "o2"), "pipeline (YAML) file")

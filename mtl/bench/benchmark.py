@@ -14,7 +14,6 @@ initialised ResNet-12 with SS (speed does not depend on the weights; equality ch
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -33,13 +32,12 @@ from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess, TrainAugment
 from mtl.data.episodes import EpisodeSampler, fixed_episodes
 from mtl.data.glyphs import render_class
-from mtl.errors import MtlError
 from mtl.methods import meta_update
 from mtl.methods.episodic import extract_features, finetune_theta
 from mtl.methods.mtl import MTL
 from mtl.models import ss
 from mtl.models.backbone import build_backbone
-from mtl.runtime import atomic
+from mtl.runtime import atomic, outputs
 from mtl.runtime import device as devices
 from mtl.runtime.timing import PeakMemory, timed
 from mtl.stages.pretrain import train_step
@@ -69,6 +67,7 @@ class Setup:
 # ablation-sized evaluation (2,000 episodes), the paper's inner loop, a 4-task meta-batch
 QUICK = Setup((16, 32, 64, 128), 32, 20, 60, 2000, 40, 4, 2.0, 128)
 FULL = Setup((64, 160, 320, 640), 84, 20, 120, 2000, 100, 4, 10.0, 128)
+BENCH_JSON = outputs.starts_with("a benchmark JSON (mtl bench)", b'{\n  "mode": ')  # what --out replaces
 
 
 def _images(s: Setup) -> tuple[np.ndarray, np.ndarray]:
@@ -266,9 +265,7 @@ def run_bench(
     ``setup`` replaces the QUICK / FULL sizes (tests use a tiny one; its ``precision`` is mtl's).
     """
     s = setup or (QUICK if quick else FULL)
-    out = Path(out).expanduser()
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise MtlError(f"--out {out}: {out.parent} is not a writable folder")
+    out = outputs.check_file("--out", Path(out).expanduser(), BENCH_JSON, example="bench.json")
     dev = devices.resolve(device)
     started = time.perf_counter()
     images, labels = _images(s)

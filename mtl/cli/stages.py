@@ -69,6 +69,8 @@ def stage_command(name: str) -> click.Command:
         command = reference_option(command)
     if name == "ablate":
         command = seeds_option(command)
+    if name in ("metatest", "ablate"):
+        command = allow_chance_option(command)
     return pipeline_help(click.command(name=name, help=doc, short_help=doc)(command))
 
 
@@ -76,6 +78,14 @@ reference_option = click.option(
     "--reference",
     metavar="ROW",
     help="The row every other row's paired difference is taken from [the pipeline's method].",
+)
+
+
+allow_chance_option = click.option(
+    "--allow-chance",
+    is_flag=True,
+    help="Replace an earlier results.json even with results whose every row scored exactly chance with "
+    "zero spread (refused by default: inputs that reached the model as constants score that).",
 )
 
 
@@ -100,6 +110,7 @@ seeds_option = click.option(
 @click.option("--list", "list_rows", is_flag=True, help="List the rows mtl compare knows and exit.")
 @reference_option
 @seeds_option
+@allow_chance_option
 @overrides
 @checkpoints
 @quiet
@@ -110,6 +121,7 @@ def compare_command(
     list_rows: bool,
     reference: str | None,
     seeds: int,
+    allow_chance: bool,
     overrides: tuple,
     checkpoints: str,
     quiet: bool,
@@ -129,7 +141,10 @@ def compare_command(
     cfg = config.load(pipeline, overrides)
     rows = [n.strip() for n in names.split(",") if n.strip()] if names else None
     try:
-        compare(cfg, checkpoints, names=rows, reference=reference, seeds=seeds, quiet=quiet)
+        compare(
+            cfg, checkpoints, names=rows, reference=reference, seeds=seeds, quiet=quiet,
+            allow_chance=allow_chance,
+        )  # fmt: skip
     except MissingCheckpoint as exc:
         raise rerun_hint(exc, pipeline, overrides, checkpoints) from None
     out = checkpoint.stage_dir(checkpoints, cfg.name, "compare") / "results.json"

@@ -29,10 +29,21 @@ def report(checkpoints: str, out: str | None, plot: str | None) -> None:
     from pathlib import Path
 
     from mtl.errors import MtlError
-    from mtl.results.report import collect
+    from mtl.results.report import REPORT_TABLE, collect
     from mtl.runtime.atomic import atomic_write
+    from mtl.runtime.outputs import Input, check_file, check_folder
 
     started = time.perf_counter()
+    reads = [Input("CHECKPOINTS", Path(checkpoints).expanduser())]
+    if out is not None:  # every output is checked before anything is written or printed
+        check_file("--out", Path(out).expanduser(), REPORT_TABLE, inputs=reads, example="report.md")
+    if plot is not None:
+        check_folder("--plot", Path(plot).expanduser(), inputs=reads, holds="the figures")
+    figures = None
+    if plot is not None:  # figures are planned (inputs read, files checked) before anything is printed
+        from mtl.results.plots import plan_figures, write_figures
+
+        figures = plan_figures(checkpoints, plot)
     try:
         table = collect(checkpoints)
     except MtlError:
@@ -42,13 +53,11 @@ def report(checkpoints: str, out: str | None, plot: str | None) -> None:
     if table is not None:
         click.echo(table)
         if out:
-            with atomic_write(Path(out), "w", encoding="utf-8") as f:
+            with atomic_write(Path(out).expanduser(), "w", encoding="utf-8") as f:
                 f.write(table + "\n")
-    if plot is not None:
-        from mtl.results.plots import plot_all
-
-        figures = plot_all(checkpoints, plot)
-        done(f"report: wrote {len(figures)} figures to {plot}", started, False)
+    if figures is not None:
+        written = write_figures(figures, plot)
+        done(f"report: wrote {len(written)} figures to {plot}", started, False)
 
 
 @click.command("adapt", short_help="Classify your own images with a trained model.")

@@ -1,7 +1,8 @@
 """The limits of the settings, and the constraints that involve more than one key.
 
-Each limit is far beyond any real run: it refuses what would need absurd memory or time, or what the
-libraries cannot take (numpy seeds are 32-bit). The schema (:mod:`mtl.config.schema`) declares the
+Each limit is far beyond any real run: it refuses what would need absurd memory or time, what the
+libraries cannot take (numpy seeds are 32-bit), or a normalisation that turns the images into numbers
+the encoder cannot tell from a constant. The schema (:mod:`mtl.config.schema`) declares the
 per-key ranges with these constants; :func:`check` runs after every key has passed on its own.
 """
 
@@ -26,6 +27,10 @@ __all__ = [
     "MAX_CLASSES",
     "MAX_GLYPHS_BYTES",
     "MAX_NAME",
+    "MIN_MEAN",
+    "MAX_MEAN",
+    "MIN_STD",
+    "MAX_STD",
     "check",
 ]
 
@@ -46,6 +51,17 @@ MAX_CLASSES = 100_000  # glyphs classes, and images per glyphs class
 MAX_GLYPHS_BYTES = 16 * 2**30  # the generated glyphs dataset, all splits, in memory and on disk
 MAX_NAME = 100  # characters of a run name (one folder name)
 
+# data.mean and data.std, of pixels / 255 (in [0, 1]); the encoder sees (pixels / 255 - mean) / std.
+# A mean in [-1, 2] keeps |pixels / 255 - mean| <= 2, where bf16's 8 significant bits still tell apart
+# pixel values two levels (of 255) apart; a 0-255 mean (123.7) leaves bf16 one or two values per image,
+# a constant to the encoder. A std in [1e-3, 10] keeps the input finite (|input| <= 2,000, where a
+# subnormal std gives inf and NaN in fp32) and its variance far above batch norm's epsilon (1e-5); a
+# real channel's std lies in (0, 0.5], and 1e-3 is a quarter of one pixel level.
+MIN_MEAN = -1.0
+MAX_MEAN = 2.0
+MIN_STD = 1e-3
+MAX_STD = 10.0
+
 
 def check(cfg: Config) -> None:
     """Constraints that involve more than one key, and the run names."""
@@ -62,8 +78,6 @@ def check(cfg: Config) -> None:
             raise MtlError(
                 f"data.{key}: expected {cfg.data.channels} values (data.channels), got {len(stats)}"
             )
-    if cfg.data.std is not None and min(cfg.data.std) <= 0:
-        raise MtlError("data.std: values must be > 0")
     if cfg.data.resize is not None and cfg.data.resize < cfg.data.image_size:
         raise MtlError(
             f"data.resize: {cfg.data.resize} is smaller than data.image_size {cfg.data.image_size} "

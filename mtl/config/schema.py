@@ -15,11 +15,15 @@ from mtl.config.limits import (
     MAX_EPOCHS,
     MAX_IMAGE_SIZE,
     MAX_LR,
+    MAX_MEAN,
     MAX_SEED,
+    MAX_STD,
     MAX_STEPS,
     MAX_TASKS,
     MAX_UPDATES,
     MAX_WIDTH,
+    MIN_MEAN,
+    MIN_STD,
 )
 from mtl.config.sections import methods as registered_methods
 from mtl.config.validation import option
@@ -49,6 +53,12 @@ class GlyphsConfig:
     seed: int = _seed("the dataset's own seed (independent of the training seed)")
 
 
+_OF_PIXELS = (
+    "statistics of pixels / 255, in [0, 1]: divide 0-255 ones by 255; outside the range the model's input "
+    "is infinite or constant"
+)
+
+
 @dataclass
 class DataConfig:
     dataset: str = option("glyphs", doc="'glyphs' (built in) or the name of a dataset prepared at data.root")
@@ -57,8 +67,23 @@ class DataConfig:
     )
     image_size: int = option(84, min=8, max=MAX_IMAGE_SIZE, doc="side of the square images the model sees")
     channels: int = option(3, choices=(1, 3), doc="1: grey images (Omniglot), 3: colour")
-    mean: list[float] | None = option(None, doc="per-channel normalisation mean (default: ImageNet / 0.5)")
-    std: list[float] | None = option(None, doc="per-channel normalisation std (default: ImageNet / 0.5)")
+    # The ranges keep the normalised input finite and distinct in fp32 and bf16 (mtl.config.limits).
+    mean: list[float] | None = option(
+        None,
+        min=MIN_MEAN,
+        max=MAX_MEAN,
+        doc="per-channel normalisation mean, of pixels / 255 in [0, 1] (default: ImageNet / 0.5); the "
+        "model sees (pixels / 255 - mean) / std",
+        why=_OF_PIXELS,
+    )
+    std: list[float] | None = option(
+        None,
+        min=MIN_STD,
+        max=MAX_STD,
+        doc="per-channel normalisation std, of pixels / 255 (default: ImageNet / 0.5); smaller makes the "
+        "input infinite, larger hides it under batch norm's epsilon",
+        why=_OF_PIXELS,
+    )
     resize: int | None = option(
         None,
         min=8,

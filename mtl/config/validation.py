@@ -28,10 +28,21 @@ def option(
     above: float | None = None,
     below: float | None = None,
     doc: str = "",
+    why: str = "",
 ):
     """A dataclass field with validation metadata: ``choices``, or bounds (``min`` <= value <= ``max``,
-    ``above`` < value < ``below``). The bounds of a list field apply to each of its values."""
-    meta = {"choices": choices, "min": min, "max": max, "above": above, "below": below, "doc": doc}
+    ``above`` < value < ``below``). The bounds of a list field apply to each of its values. ``why``:
+    what the bounds protect; a value out of them is then refused naming the whole range and saying why
+    (``data.std[0]: must be within [0.001, 10.0], got 1e-320 (...)``)."""
+    meta = {
+        "choices": choices,
+        "min": min,
+        "max": max,
+        "above": above,
+        "below": below,
+        "doc": doc,
+        "why": why,
+    }
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     if dataclasses.is_dataclass(default):
@@ -99,6 +110,10 @@ def _in_range(key: str, value: Any, meta: typing.Mapping) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     low, high, above, below = (meta.get(k) for k in ("min", "max", "above", "below"))
+    if meta.get("why") and not _within(value, low, high, above, below):
+        raise MtlError(
+            f"{key}: must be within {_range(low, high, above, below)}, got {value!r} ({meta['why']})"
+        )
     if low is not None and value < low:
         raise MtlError(f"{key}: must be >= {low}, got {value!r}")
     if high is not None and value > high:
@@ -107,6 +122,25 @@ def _in_range(key: str, value: Any, meta: typing.Mapping) -> None:
         raise MtlError(f"{key}: must be > {above}, got {value!r}")
     if below is not None and value >= below:
         raise MtlError(f"{key}: must be < {below}, got {value!r}")
+
+
+def _within(
+    value: float, low: float | None, high: float | None, above: float | None, below: float | None
+) -> bool:
+    """Whether ``value`` is within the bounds (``None``: no such bound)."""
+    return not (
+        (low is not None and value < low)
+        or (high is not None and value > high)
+        or (above is not None and value <= above)
+        or (below is not None and value >= below)
+    )
+
+
+def _range(low: float | None, high: float | None, above: float | None, below: float | None) -> str:
+    """The bounds as a range: ``[0.001, 10.0]``, ``(0.0, 1.0)``, ``[0, ∞)``."""
+    left = f"[{low}" if low is not None else f"({above}" if above is not None else "(-∞"
+    right = f"{high}]" if high is not None else f"{below})" if below is not None else "∞)"
+    return f"{left}, {right}"
 
 
 def _shown(value: Any) -> str:

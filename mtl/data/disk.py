@@ -15,6 +15,7 @@ import io
 import os
 import shutil
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from mtl.errors import MtlError
 
 __all__ = [
     "check_space",
+    "check_writable",
     "failed_write",
     "folder_bytes",
     "make_room",
@@ -75,9 +77,49 @@ def size_text(n: int) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
+def read_only(folder: Path) -> bool:
+    """Whether ``folder`` is on a file system mounted read-only (a system that cannot tell: no)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 0))
+    except OSError:
+        return False
+
+
+def check_writable(folder: Path) -> tuple[Path, str] | None:
+    """Whether files can be made in ``folder`` (or, where it does not exist yet, in the nearest folder
+    above it that does), without making anything there to stay: None, or that folder and why not
+    (``"read-only"``, ``"not writable (permission denied)"``, ...).
+
+    A read-only mount often reports no free space, so this comes before :func:`check_space`, whose
+    "not enough space" would send the user looking for room. ``os.access`` says yes to root even on a
+    read-only mount: a probe file tells the truth.
+    """
+    existing = Path(folder)
+    with contextlib.suppress(OSError):
+        while not existing.is_dir() and existing != existing.parent:
+            existing = existing.parent
+    if read_only(existing):
+        return existing, "read-only"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mtl-write-check.", suffix=".probe", dir=existing)
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            return existing, "read-only"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return existing, "not writable (permission denied)"
+        return existing, f"not writable ({exc.strerror or exc})"
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return None
+
+
 def check_space(folder: Path, need: int, kept: Path | None = None) -> None:
     """Refuse before any work if ``folder``'s file system has less than ``need`` bytes free. ``kept``: an
-    earlier dataset that the new one replaces, which keeps its space until the new one is complete."""
+    earlier dataset that the new one replaces, which keeps its space until the new one is complete.
+    A read-only file system is named as such (it often reports no free space)."""
+    if read_only(folder):
+        raise MtlError(f"cannot write in {folder}: a read-only file system; nothing was written")
     free = shutil.disk_usage(folder).free
     if need > free:
         need_text, free_text = size_text(need), size_text(free)
@@ -102,8 +144,7 @@ def make_room(dest: Path, sizes: list[int]) -> bool:
     replacing = dest.is_dir() and any(dest.iterdir())
     for folder, what in ((dest.parent, "write in"), (dest, "replace the dataset in")):
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-            read_only = bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
-            why = "a read-only file system" if read_only else "permission denied"
+            why = "a read-only file system" if read_only(folder) else "permission denied"
             kept = "it is left as it was" if folder == dest else "nothing was written"
             raise MtlError(f"cannot {what} {folder}: {why}; {kept}")
     check_space(dest.parent, on_disk(sizes, dest.parent), dest if replacing else None)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mtl.data import glyph_families
+from mtl.data import disk, glyph_families
 from mtl.data.glyph_splits import SPLITS, split_class_ids
 from mtl.data.prepared import Split, load_manifest, load_split, save_dataset
 from mtl.data.strokes import Template, assemble, cubic, curve_points, splat, stroke
@@ -219,6 +219,16 @@ def ensure_glyphs(
     recorded = json.loads(json.dumps(recorded))
     if _cached(dest, recorded):
         return dest
+    # Before the images are drawn: a cache that cannot be written is one line naming the folder.
+    if (problem := disk.check_writable(dest.parent)) is not None:
+        folder, why = problem
+        where = f"{folder} is {why}"
+        if folder != dest.parent:
+            where = f"{dest.parent} cannot be made, {where}"
+        raise MtlError(
+            f"cannot write the glyphs dataset cache: {where}; nothing was written; "
+            "use --set data.root=DIR with a writable folder"
+        )
     try:
         return save_dataset(dest, generate(**params), source_format="glyphs", extra={"glyphs": recorded})
     except OSError as exc:  # a full or read-only disk: save_dataset has removed its temporary folder

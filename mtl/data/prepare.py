@@ -30,6 +30,7 @@ from mtl.data.images import BadImage, TooLarge, to_pixels
 from mtl.data.limits import PIXELS, human
 from mtl.data.stopping import Interrupted, StopSignals, terminate_workers, worker_signals
 from mtl.errors import MtlError
+from mtl.runtime.outputs import Input, check_not_input, check_run_folder
 from mtl.runtime.progress import progress, show_progress
 
 _CHUNK = 256  # images per worker job
@@ -107,9 +108,11 @@ def _check_request(
     source, dest = Path(source).expanduser(), Path(dest).expanduser().resolve()
     if not source.exists():
         raise MtlError(f"source not found: {source}")
+    reads = [Input("--source", source)]
+    reads += [Input("--split-lists", Path(split_lists).expanduser())] if split_lists is not None else []
+    check_run_folder("--dest", dest)
+    check_not_input("--dest", dest, reads, whole=True)  # the dataset folder is replaced whole
     prepared.check_replaceable(dest)
-    if dest == source.resolve() or source.resolve() in dest.parents:
-        raise MtlError(f"--dest {dest} must not be inside the source {source}")
     size = image_size or spec.image_size
     if size < 8:
         raise MtlError(f"--image-size must be at least 8, got {size}")

@@ -33,10 +33,11 @@ import torch
 
 from mtl.data.formats.common import class_dirs, image_files
 from mtl.errors import MtlError
-from mtl.inference.classifier import Classifier, embed, load_trained
-from mtl.inference.predictions import Predictions, check_out
+from mtl.inference.classifier import CLASSIFIER_FILE, Classifier, embed, load_trained
+from mtl.inference.predictions import CONFUSION, CONFUSION_TABLE, PREDICTIONS, Predictions
+from mtl.runtime.outputs import Input, check_file
 
-__all__ = ["adapt_folders", "query_files"]
+__all__ = ["adapt_folders", "check_outputs", "query_files"]
 
 
 def adapt_folders(
@@ -60,10 +61,13 @@ def adapt_folders(
         ``"written"``: the files written (CSV, confusion matrix, classifier).
     """
     support, query = Path(support).expanduser(), Path(query).expanduser()
-    out_path = check_out(Path(out).expanduser(), make_folder=True) if out is not None else None
-    save_path = check_out(Path(save).expanduser(), "--save", "classifier.pt") if save is not None else None
+    out_path, save_path = (Path(p).expanduser() if p is not None else None for p in (out, save))
+    reads = [Input("--checkpoint", Path(checkpoint_path).expanduser()), Input("--support", support)]
+    reads.append(Input("--query", query))
+    check_outputs(reads, out_path, save_path, labelled=False)
     by_class = _support_files(support)
     queries = query_files(query, list(by_class))
+    check_outputs(reads, out_path, save_path, labelled=queries[0][1] is not None)
     cfg, method, dev = load_trained(checkpoint_path, device, steps)
 
     classes = list(by_class)
@@ -99,6 +103,22 @@ def adapt_folders(
         "theta_init": start,
         "written": written,
     }
+
+
+def check_outputs(reads: list[Input], out: Path | None, save: Path | None, *, labelled: bool) -> None:
+    """Refuse, before any work, outputs that would replace an input, a run's file or a file of another
+    kind (:mod:`mtl.runtime.outputs`): ``out`` the predictions CSV (``labelled``: and the confusion
+    matrix beside it), ``save`` the classifier."""
+    if out is not None:
+        also = [Input("--save", save)] if save is not None else []
+        check_file("--out", out, PREDICTIONS, inputs=reads, others=also, example="predictions.csv",
+                   make_folder=True)  # fmt: skip
+        if labelled:
+            matrix = out.parent / CONFUSION
+            check_file("--out's", matrix, CONFUSION_TABLE, inputs=reads, others=also, make_folder=True)
+    if save is not None:
+        also = [Input("--out", out)] if out is not None else []
+        check_file("--save", save, CLASSIFIER_FILE, inputs=reads, others=also, example="classifier.pt")
 
 
 def _check_dir(folder: Path, what: str) -> None:

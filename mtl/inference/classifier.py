@@ -26,13 +26,17 @@ from mtl.data.images import BadImage, to_pixels
 from mtl.errors import MtlError
 from mtl.methods import Method
 from mtl.methods.episodic import extract_features
-from mtl.runtime import checkpoint
+from mtl.runtime import checkpoint, outputs
 from mtl.runtime import device as devices
 from mtl.runtime.stage_folders import CLASSIFIER
 
-__all__ = ["STAGE", "Classifier", "embed", "load_trained"]
+__all__ = ["CLASSIFIER_FILE", "STAGE", "Classifier", "embed", "load_trained"]
 
 STAGE = CLASSIFIER
+# What a classifier may be saved over: only an earlier classifier (never a pretrain or metatrain one).
+CLASSIFIER_FILE = outputs.Kind(
+    "a classifier that mtl adapt --save wrote", lambda path: checkpoint.stage_of(path) == STAGE
+)
 
 
 def _config(saved: dict, path: Path) -> config.Config:
@@ -113,9 +117,7 @@ def embed(cfg: config.Config, method: Method, paths: list[Path], dev: torch.devi
         try:
             pixels[i] = to_pixels(path, size, d.channels)
         except BadImage as exc:
-            # PIL's reason often repeats the file name, which already leads the message.
-            reason = str(exc).replace(f" '{path}'", "")
-            raise MtlError(f"{path}: cannot decode image ({reason})") from None
+            raise MtlError(exc.about(path)) from None  # "x.png is a PDF document, not an image"
     return embed_pixels(cfg, method, pixels, dev)
 
 
@@ -182,8 +184,11 @@ class Classifier:
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
     def save(self, path: str | Path) -> None:
-        """Write the classifier (what ``mtl adapt --save`` writes and ``mtl predict`` reads)."""
-        path, d = Path(path), self.cfg.data
+        """Write the classifier (what ``mtl adapt --save`` writes and ``mtl predict`` reads). It
+        replaces only an earlier classifier, and never writes inside a run folder
+        (:mod:`mtl.runtime.outputs`)."""
+        path, d = Path(path).expanduser(), self.cfg.data
+        outputs.check_file("Classifier.save", path, CLASSIFIER_FILE, example="classifier.pt")
         checkpoint.save(
             path,
             {

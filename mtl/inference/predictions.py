@@ -6,8 +6,6 @@ labelled images the accuracy and the confusion matrix (printed, and a CSV beside
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,34 +13,17 @@ from sklearn.metrics import confusion_matrix
 
 from mtl.errors import MtlError
 from mtl.runtime.atomic import atomic_write
+from mtl.runtime.outputs import starts_with
 
-__all__ = ["CONFUSION", "Predictions", "check_out"]
+__all__ = ["CONFUSION", "CONFUSION_TABLE", "PREDICTIONS", "Predictions"]
 
 SHOWN = 20  # rows printed; the rest go to the CSV only
 CONFUSION = "confusion_matrix.csv"  # written beside --out for labelled images
-
-
-def check_out(
-    out: Path, option: str = "--out", example: str = "predictions.csv", *, make_folder: bool = False
-) -> Path:
-    """Fail before any work if ``out`` cannot be written: a probe file proves the folder is writable
-    (``os.access`` says yes to root even on read-only mounts). ``make_folder``: a missing folder is
-    made when the file is written (:meth:`Predictions.write`), so the nearest existing one is probed."""
-    if out.is_dir():
-        raise MtlError(f"{option} {out} is a folder; give a file name such as {out / example}")
-    folder = out.parent
-    while make_folder and not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        problem = "is not a folder" if folder.exists() else "does not exist"
-        raise MtlError(f"{option} {out}: {folder} {problem}")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise MtlError(f"{option} {out}: cannot write to {folder} ({exc.strerror or exc})") from None
-    return out
+_HEADER = ["image", "prediction", "probability"]  # the first columns of the CSV
+_CORNER = "true \\ predicted"  # the confusion matrix's first cell
+# What --out may replace: the CSVs written here before, recognised by their first cells.
+PREDICTIONS = starts_with("a predictions CSV", ",".join(_HEADER).encode() + b",")
+CONFUSION_TABLE = starts_with("a confusion matrix CSV", _CORNER.encode() + b",")
 
 
 class Predictions:
@@ -77,7 +58,7 @@ class Predictions:
 
     def write(self, out: Path) -> list[Path]:
         """The CSV (and, labelled, the confusion matrix beside it); each written atomically."""
-        header = ["image", "prediction", "probability", *(["label", "correct"] if self.labelled else [])]
+        header = [*_HEADER, *(["label", "correct"] if self.labelled else [])]
         header += [f"p({c})" for c in self.classes]
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +76,7 @@ class Predictions:
         matrix = out.parent / CONFUSION
         with atomic_write(matrix, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["true \\ predicted", *self.classes])
+            writer.writerow([_CORNER, *self.classes])
             for c, counts in zip(self.classes, self.confusion(), strict=True):
                 writer.writerow([c, *map(int, counts)])
         return [out, matrix]

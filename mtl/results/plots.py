@@ -32,16 +32,29 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mtl.errors import MtlError  # noqa: E402
 from mtl.results.bars import results_figure  # noqa: E402
 from mtl.results.figures import ACCURACY, POOL, Series, curves_figure, hard_tasks_figure  # noqa: E402
-from mtl.results.report import read_results  # noqa: E402
+from mtl.results.report import MAX_COUNT, is_number, read_results  # noqa: E402
+from mtl.runtime import outputs  # noqa: E402
 from mtl.runtime.atomic import atomic_write  # noqa: E402
 from mtl.runtime.stage_folders import RESULT_FOLDERS, RESULTS_FILE  # noqa: E402
 from mtl.runtime.tb_layout import HARD_TASKS, accuracy_tags, tag  # noqa: E402
 
-__all__ = ["plot_all", "read_curves"]
+__all__ = ["FIGURE", "plan_figures", "plot_all", "read_curves", "write_figures"]
+
+FIGURE = outputs.starts_with("a PNG figure", b"\x89PNG\r\n\x1a\n")  # what a figure may replace
+
+
+Figures = list[tuple[Callable[[], Figure], Path]]  # (draw the figure, its file), in the order written
 
 
 def plot_all(checkpoints: str | Path, out: str | Path) -> list[Path]:
     """Write every figure of the runs under ``checkpoints`` into ``out``; returns the files."""
+    return write_figures(plan_figures(checkpoints, out), out)
+
+
+def plan_figures(checkpoints: str | Path, out: str | Path) -> Figures:
+    """Every figure of the runs under ``checkpoints`` and its file in ``out``, once every file they
+    draw on is read and checked and every figure's file may be written (an earlier figure may be
+    replaced, a file of another kind may not): nothing is drawn or written yet."""
     root, out = Path(checkpoints).expanduser(), Path(out).expanduser()
     found: set[Path] = set()
     if root.is_dir():
@@ -54,23 +67,51 @@ def plot_all(checkpoints: str | Path, out: str | Path) -> list[Path]:
         )
     if out.exists() and not out.is_dir():
         raise MtlError(f"--plot {out} is a file; give a folder for the figures")
-    todo = _figures(runs, out)  # every file is read and checked before the first figure (or the folder)
+    todo = _figures(runs, out)
+    for _, path in todo:
+        outputs.check_file("--plot", path, FIGURE, make_folder=True)
+    return todo
+
+
+def write_figures(todo: Figures, out: str | Path) -> list[Path]:
+    """Draw and write the figures :func:`plan_figures` planned into ``out`` (made if missing); a full
+    disk ends in one line saying which figures were written and which were not."""
+    out = Path(out).expanduser()
     made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MtlError(f"--plot {out}: cannot make the folder ({exc.strerror or exc})") from None
+    written: list[Path] = []
     try:
-        return [_save(draw(), path) for draw, path in todo]
+        for i, (draw, path) in enumerate(todo):
+            try:
+                written.append(_save(draw(), path))
+            except MtlError as exc:  # a full disk, a read-only folder: say which figures are new
+                raise MtlError(_unfinished(str(exc), written, [p for _, p in todo[i:]])) from None
+        return written
     except BaseException:
         if made and not any(out.iterdir()):
             out.rmdir()  # a failed first figure leaves no empty folder behind
         raise
 
 
-def _figures(runs: list[Path], out: Path) -> list[tuple[Callable[[], Figure], Path]]:
+def _unfinished(error: str, written: list[Path], missing: list[Path]) -> str:
+    """The one line of a figure that could not be written (``error``, :func:`atomic_write`'s line, which
+    names it and why) with the figures this call wrote before it and those it did not write."""
+    if not written:
+        return error  # its "nothing was written" is then true of every figure
+    # atomic_write's "nothing was written" is of its one file: here others were, and the line lists them
+    error = error.removesuffix("; nothing was written")
+    return (
+        f"{error}; figures written: {', '.join(p.name for p in written)}; "
+        f"not written: {', '.join(p.name for p in missing)}"
+    )
+
+
+def _figures(runs: list[Path], out: Path) -> Figures:
     """``(build the figure, its file)`` of every figure of ``runs`` that has something to show."""
-    todo: list[tuple[Callable[[], Figure], Path]] = []
+    todo: Figures = []
     for run in runs:
         if curves := read_curves(run):
             todo.append((partial(curves_figure, run.name, curves), out / f"{run.name}-curves.png"))
@@ -88,9 +129,11 @@ def _figures(runs: list[Path], out: Path) -> list[tuple[Callable[[], Figure], Pa
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)  # also after a failed write: pyplot keeps every open figure alive
     return path
 
 
@@ -122,9 +165,8 @@ def _read_hard_tasks(path: Path) -> dict:
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
         classes = summary["classes"]
-        ok = isinstance(summary["hard_task_updates"], int) and isinstance(summary["window"], int)
-        ok = ok and all(
-            isinstance(c["chosen"], int) and isinstance(c["failures"], int) for c in classes.values()
+        ok = all(_count(summary[key]) for key in ("hard_task_updates", "window")) and all(
+            _count(c["chosen"]) and _count(c["failures"]) for c in classes.values()
         )
     except OSError as exc:
         raise MtlError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -133,3 +175,8 @@ def _read_hard_tasks(path: Path) -> dict:
     if not ok:
         raise MtlError(f"{path} is not a hard-task summary (hard_tasks.json as metatrain writes it)")
     return summary
+
+
+def _count(value: object) -> bool:
+    """Whether ``value`` is a count the figure can draw: a whole number, not a bool, not past a float."""
+    return is_number(value, 0, MAX_COUNT, integer=True)

@@ -1,19 +1,21 @@
 """Results tables: one run's rows (accuracy ± 95% CI) beside the published number, the collected
 table of every finished metatest, ablation and compare, laid out like the paper's, and the table of
-``mtl bench``."""
+``mtl bench``; and the check that keeps an earlier ``results.json`` from being replaced by a table of
+nothing but chance (:func:`refuse_chance_results`)."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from mtl.errors import MtlError
 from mtl.methods import METHODS
 from mtl.results.paired import difference_cells, differences, per_episode_accuracy, row_name
+from mtl.runtime.outputs import starts_with
 from mtl.runtime.stage_folders import METATEST, RESULT_FOLDERS, RESULTS_FILE
 
 
@@ -47,6 +49,10 @@ DATASET_LABELS = {
 }
 # Rows in the registry's order of methods (older results' FT label starts with "θ fine-tuned").
 _METHOD_ORDER = (*(cls.label for cls in METHODS.values()), "θ fine-tuned")
+
+
+# What `mtl report --out` may replace: a table it wrote before (collect's first line begins so).
+REPORT_TABLE = starts_with("a report table (mtl report --out)", b"| method |")
 
 
 def collect(checkpoints: str | Path) -> str:
@@ -127,6 +133,47 @@ def _note(columns: list[dict], root: Path) -> str:
     )
 
 
+ALLOW_CHANCE = "--allow-chance"  # the option of metatest, compare and ablate that writes such a table
+
+
+def all_rows_at_chance(results: dict[str, Any]) -> bool:
+    """Whether every row of ``results`` (the ``results.json`` of metatest, compare or ablate) scored
+    exactly chance, ``100 / way`` %, with zero spread: ``way`` of the queries of every episode (and
+    every training seed) correct, read off the per-episode record; what a model scores whose every
+    logit is the same constant, as when every input reached it as one number. A file without that
+    record is read off its rows' rounded accuracy and CI. No rows: False."""
+    way, rows = results.get("way"), results.get("rows")
+    if not isinstance(way, int) or way < 2 or not rows:
+        return False
+    record = results.get("per_episode")
+    if isinstance(record, dict) and isinstance(record.get("correct"), dict):
+        correct, queries = record["correct"], record.get("queries")
+        if set(correct) == {row["method"] for row in rows} and isinstance(queries, int):
+            # Integer counts: exact, where accuracies in floats would round.
+            return all(np.size(c) > 0 and np.all(np.asarray(c) * way == queries) for c in correct.values())
+    return all(
+        row["acc"] == round(100 / way, 2) and row["ci95"] == 0 and not row.get("seed_sd") for row in rows
+    )
+
+
+def refuse_chance_results(results: dict[str, Any], path: Path, *, allow: bool) -> str | None:
+    """Before ``results`` are written to ``path``: where every row scored exactly chance with zero
+    spread (:func:`all_rows_at_chance`) and an earlier results file is at ``path``, raise one line
+    that keeps it (unless ``allow``: :data:`ALLOW_CHANCE`). Such a table is what inputs that reached the
+    model as constants score (a normalisation that overflowed), never a result worth an earlier one.
+    Returns the warning to print when such a table is written anyway (no earlier file, or ``allow``),
+    else None. Reads ``path``'s existence only: call it before anything of the run is written."""
+    if not all_rows_at_chance(results):
+        return None
+    what = (
+        f"every row scored exactly chance ({100 / results['way']:.2f}%) with zero spread: the inputs likely "
+        "reached the model as constants (check data.mean and data.std)"
+    )
+    if path.exists() and not allow:
+        raise MtlError(f"{what}; the earlier {path} is kept ({ALLOW_CHANCE} replaces it)")
+    return f"warning: {what}; {path} written all the same"
+
+
 def read_results(path: Path) -> dict[str, Any]:
     """A ``results.json`` (metatest, ablation or compare), every entry the tables and figures read
     checked, or one line saying which is wrong (never what the file holds)."""
@@ -141,16 +188,33 @@ def read_results(path: Path) -> dict[str, Any]:
     return results
 
 
+MAX_COUNT = 2**53  # the largest whole number a float (and so numpy) holds exactly
+PERCENT = (0.0, 100.0)  # an accuracy, a published number or a CI half-width, in points
+
+
+def is_number(value: Any, low: float, high: float, *, integer: bool = False) -> bool:
+    """Whether ``value``, as :func:`json.loads` gives it, is a number in ``[low, high]`` (a whole one
+    where ``integer``). Never a bool, a string, a list or an object, nor NaN or ±Infinity (the ``NaN``,
+    ``Infinity`` and ``1e400`` literals), nor an integer past a float's range (``10**400``), on which
+    ``math.isfinite`` and numpy raise ``OverflowError``: every number read from a ``results.json`` or a
+    ``hard_tasks.json`` is checked here, before anything converts it."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return False
+    return low <= value <= high  # exact for an int of any size; False for NaN
+
+
 def _results_problem(results: Any) -> str | None:
     """What is missing or of the wrong type in a parsed ``results.json``, or None."""
     if not isinstance(results, dict):
         return "not a JSON object"
-    for key, kind in (("pipeline", str), ("way", int), ("shot", int), ("query", int), ("episodes", int)):
+    if not isinstance(results.get("pipeline"), str):
+        return "'pipeline' is missing or not a string"
+    for key in ("way", "shot", "query", "episodes"):
         value = results.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return f"'{key}' is missing or not {'a string' if kind is str else 'an integer'}"
-    if results["way"] < 1:  # the figures draw chance at 100 / way
-        return "'way' is not a positive integer"
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"'{key}' is missing or not an integer"
+        if not is_number(value, 1, MAX_COUNT, integer=True):  # the figures draw chance at 100 / way
+            return f"'{key}' is not a positive integer" if value < 1 else f"'{key}' is too large"
     rows = results.get("rows")
     if not isinstance(rows, list):
         return "'rows' is missing or not a list"
@@ -160,7 +224,11 @@ def _results_problem(results: Any) -> str | None:
         ):
             return f"rows[{i}] is not a row of method, acc and ci95"
     paper = results.get("paper")
-    if paper is not None and not (isinstance(paper, dict) and _numbers(paper, "acc", "ci95", optional=True)):
+    if paper is not None and not (
+        isinstance(paper, dict)
+        and _numbers(paper, "acc", "ci95", optional=True)
+        and isinstance(paper.get("method"), (str, type(None)))  # the figures' legend names it
+    ):
         return "'paper' is not a published number of acc and ci95"
     published = results.get("published")
     if published is not None and not (
@@ -173,17 +241,30 @@ def _results_problem(results: Any) -> str | None:
 
 
 def _numbers(entry: dict, *keys: str, optional: bool = False) -> bool:
-    """Whether each of ``keys`` in ``entry`` is a finite number (or, ``optional``, null or absent); a
-    ``ci95`` is a half-width, never negative."""
-    for key in keys:
-        value = entry.get(key)
-        if value is None and optional:
-            continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            return False
-        if key == "ci95" and value < 0:
-            return False
-    return True
+    """Whether each of ``keys`` in ``entry`` is a number of points in [0, 100] (an accuracy, or a CI
+    half-width, never negative) or, ``optional``, null or absent."""
+    return all((optional and entry.get(key) is None) or is_number(entry.get(key), *PERCENT) for key in keys)
+
+
+def _per_episode(results: dict[str, Any]) -> bool:
+    """Whether ``results`` has a per-episode record :func:`per_episode_accuracy` can read: ``queries``
+    a positive integer, ``correct`` a mapping of rows to their correct queries per episode, each count
+    in ``[0, queries]`` (a row of several seeds: a list of those lists, one per seed)."""
+    record = results.get("per_episode")
+    if not isinstance(record, dict) or not is_number(record.get("queries"), 1, MAX_COUNT, integer=True):
+        return False
+    correct = record.get("correct")
+    return isinstance(correct, dict) and all(_counts(c, record["queries"]) for c in correct.values())
+
+
+def _counts(value: Any, queries: int, seeds: bool = True) -> bool:
+    """Whether ``value`` is a non-empty list of counts in ``[0, queries]`` or, where ``seeds``, a
+    non-empty list of such lists (lists of unequal lengths are left to numpy, which refuses them)."""
+    if not isinstance(value, list) or not value:
+        return False
+    if all(is_number(c, 0, queries, integer=True) for c in value):
+        return True
+    return seeds and all(_counts(v, queries, seeds=False) for v in value)
 
 
 def _column(path: Path) -> dict[str, Any]:
@@ -211,14 +292,16 @@ def _column(path: Path) -> dict[str, Any]:
 
 def _differences(results: dict[str, Any]) -> dict | None:
     """The paired differences of a results file's rows, from its per-episode record (None: it has
-    none, or one that does not fit its rows)."""
+    none, or one that does not fit its rows or holds what is not a count of correct queries)."""
+    if not _per_episode(results):
+        return None
     try:
         accs = per_episode_accuracy(results)
         rows = [r["method"] for r in results["rows"]]
         if set(accs) != set(rows) or len({a.shape[-1] for a in accs.values()}) != 1:
             return None
         ref = (results.get("differences") or {}).get("reference", rows[0])
-        return differences(accs, ref if ref in accs else rows[0])
+        return differences(accs, ref if isinstance(ref, str) and ref in accs else rows[0])
     except (TypeError, ValueError, KeyError, AttributeError):  # a damaged record: the table still reads
         return None
 

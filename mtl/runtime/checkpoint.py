@@ -12,6 +12,7 @@ Each stage keeps ``best.pt`` (chosen on validation classes) and ``last.pt`` in
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -161,6 +162,24 @@ def fitting(path: Path, what: str = "this pipeline's model") -> Iterator[None]:
         raise MtlError(f"{path} does not fit {what}: it has no '{exc.args[0]}' entry") from None
     except (TypeError, ValueError, AttributeError, IndexError, RuntimeError):
         raise MtlError(f"{path} does not fit {what}: its entries are not what mtl saves") from None
+
+
+def stage_of(path: Path) -> str | None:
+    """The ``stage`` entry of an mtl checkpoint file, or None for anything else (a peek: the tensors
+    are memory-mapped, not read)."""
+    try:
+        if not path.is_file():  # a FIFO is not opened: that would wait for a writer
+            return None
+        with open(path, "rb") as f:
+            if f.read(2) != b"PK":
+                return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not a checkpoint
+        return None
+    stage = ckpt.get("stage") if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT else None
+    return stage if isinstance(stage, str) else None
 
 
 def _check_header(path: Path, stage: str) -> None:

@@ -76,18 +76,20 @@ def ablate(
     reference: str | None = None,
     seeds: int = 1,
     quiet: bool = False,
+    allow_chance: bool = False,
 ) -> dict:
     """Run the ablation; writes ``ablation/results.json`` (metatest's shape plus wall-clock seconds and
     each row's training query accuracy per epoch). Paired differences are taken from row ``reference``
     (``nc``, ``ft``, ``mtl``, ``mtl-random``, ``mtl-ht``, ``scratch``; default ``mtl``); ``seeds``
-    training runs per meta-trained row, scored on the same episodes."""
+    training runs per meta-trained row, scored on the same episodes. ``allow_chance``: let a table of
+    nothing but chance replace an earlier one (:func:`mtl.stages.metatest.publish`)."""
     todo = ablation_rows(cfg)
     reference = reference or todo[2].name  # the pipeline's method, no HT
     with holding(cfg, checkpoints, ABLATION.folder):
         results = score_rows(
             cfg, checkpoints, todo, folder=ABLATION.folder, episodes=cfg.ablation.episodes, quiet=quiet,
             extra=lambda: {"query_acc_per_epoch": _per_epoch(cfg, todo, checkpoints)},
-            reference=reference, seeds=seeds,
+            reference=reference, seeds=seeds, allow_chance=allow_chance,
         )  # fmt: skip
     if not quiet:
         print(results_table(results))

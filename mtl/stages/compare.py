@@ -97,17 +97,20 @@ def compare(
     reference: str | None = None,
     seeds: int = 1,
     quiet: bool = False,
+    allow_chance: bool = False,
 ) -> dict:
     """Train what needs training, score every row; writes ``compare/results.json`` (metatest's shape
     plus ``seconds`` of training per row and ``published`` numbers) and returns it. Each row's paired
     difference is taken from row ``reference`` (default: the first row of the pipeline's method). The
-    ``compare`` folder is held from the first row's training to the table."""
+    ``compare`` folder is held from the first row's training to the table. ``allow_chance``: let a
+    table of nothing but chance replace an earlier one (:func:`mtl.stages.metatest.publish`)."""
     todo = rows(cfg, names)
     paper = {row.label: n for name, row in todo.items() if (n := published(name, cfg)) is not None}
     with holding(cfg, checkpoints, COMPARE.folder):
         results = score_rows(
             cfg, checkpoints, list(todo.values()), folder=COMPARE.folder, episodes=cfg.compare.episodes,
             quiet=quiet, extra=lambda: {"published": paper}, reference=reference, seeds=seeds,
+            allow_chance=allow_chance,
         )  # fmt: skip
     if not quiet:
         print(table(results))
@@ -125,6 +128,7 @@ def score_rows(
     extra: Callable[[], dict] = dict,
     reference: str | None = None,
     seeds: int = 1,
+    allow_chance: bool = False,
 ) -> dict:
     """Meta-train the rows that train (after the pipeline's pretrain, if a row starts from it), then
     score every row on ``episodes`` shared test episodes and write ``<folder>/results.json``: metatest's
@@ -132,7 +136,8 @@ def score_rows(
     returns once the training is done. Paired differences are taken from the row named ``reference``
     (default: the first row of the pipeline's method, else the first row). ``seeds``: each trained row
     is trained that many times (:meth:`Row.runs`), every run scored on the same episodes. The table is
-    the caller's to print."""
+    the caller's to print. Scores of nothing but chance keep an earlier ``results.json`` unless
+    ``allow_chance`` (:func:`mtl.stages.metatest.publish`); the rows' training is kept either way."""
     ref = reference_row(cfg, todo, reference)
     start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -159,7 +164,10 @@ def score_rows(
         scores = {row.label: _scores(scorer, row, runs) for row, runs in scored}
         seconds["total"] = round(time.perf_counter() - start, 1)
         extra_entries = {"seconds": seconds, "kept_epoch": kept, **extra()}
-        return publish(run, scores, episodes, quiet=True, extra=extra_entries, reference=ref.label)
+        return publish(
+            run, scores, episodes, quiet=True, extra=extra_entries, reference=ref.label,
+            allow_chance=allow_chance,
+        )  # fmt: skip
 
 
 def reference_row(cfg: Config, todo: list[Row], name: str | None) -> Row:

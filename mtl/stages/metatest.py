@@ -8,6 +8,7 @@ raw pixels) are scored on the same episodes, each from features computed once pe
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
@@ -19,8 +20,9 @@ from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.methods import FeatureMethod, Method
 from mtl.results import paired
-from mtl.results.report import results_table
+from mtl.results.report import refuse_chance_results, results_table
 from mtl.runtime.checkpoint import MissingCheckpoint
+from mtl.runtime.stage_folders import RESULTS_FILE
 from mtl.runtime.tb_layout import episode_counts
 from mtl.training.run import Run
 
@@ -118,11 +120,15 @@ def publish(
     quiet: bool,
     extra: dict | None = None,
     reference: str | None = None,
+    allow_chance: bool = False,
 ) -> dict:
     """Turn per-episode accuracies (``(E,)``, or ``(S, E)`` for a row of S training seeds) into
     ``results.json`` (written atomically) and print the table. Every row is compared with
     ``reference`` (default: the first row) on the shared episodes (:mod:`mtl.results.paired`); the
-    per-episode results are kept."""
+    per-episode results are kept. Results whose every row is exactly chance with zero spread do not
+    replace an earlier ``results.json`` unless ``allow_chance`` (:func:`refuse_chance_results`): the
+    refusal comes before anything of the run's folder or its TensorBoard stream is written; without an
+    earlier file they are written, with a warning on stderr (with ``quiet`` too, as an error would be)."""
     cfg = run.cfg
     accs = {label: acc.detach().cpu().numpy() for label, acc in scores.items()}
     rows = []
@@ -146,8 +152,11 @@ def publish(
         "per_episode": paired.per_episode_record(accs, cfg.meta.way * cfg.test.query),
     }
     table = results_table(results)
+    warning = refuse_chance_results(results, run.out / RESULTS_FILE, allow=allow_chance)
     # results.json first: the TensorBoard stream (which replaces the last run's) follows only a result.
-    run.write_text("results.json", paired.dumps(results) + "\n")
+    run.write_text(RESULTS_FILE, paired.dumps(results) + "\n")
+    if warning is not None and run.world.main:
+        print(warning, file=sys.stderr)
     for method, acc in accs.items():  # each row's estimate on more and more of the episodes
         chart = f"{method}: test accuracy ± 95% CI (%) by episodes scored"
         for n in episode_counts(acc.shape[-1]):
@@ -161,10 +170,16 @@ def publish(
 
 
 def metatest(
-    cfg: Config, checkpoints: str | Path = "checkpoints", *, reference: str | None = None, quiet: bool = False
+    cfg: Config,
+    checkpoints: str | Path = "checkpoints",
+    *,
+    reference: str | None = None,
+    quiet: bool = False,
+    allow_chance: bool = False,
 ) -> dict:
     """Evaluate; writes ``metatest/results.json`` and returns the same dict. Paired differences are
-    taken from the row of method ``reference`` (default: the pipeline's method)."""
+    taken from the row of method ``reference`` (default: the pipeline's method). ``allow_chance``: let
+    a table of nothing but chance replace an earlier one (:func:`publish`)."""
     if reference is not None and reference not in (cfg.method, *cfg.test.baselines):
         rows = ", ".join(dict.fromkeys((cfg.method, *cfg.test.baselines)))
         raise MtlError(f"--reference: '{reference}' is not a row of this metatest (rows: {rows})")
@@ -177,8 +192,9 @@ def metatest(
         scores = {cls.label: scorer.score(method)}
         scores.update(scorer.baselines([b for b in cfg.test.baselines if b != cfg.method]))
         results = publish(
-            run, scores, cfg.test.episodes, quiet=quiet, reference=_reference(reference, scores)
-        )
+            run, scores, cfg.test.episodes, quiet=quiet, reference=_reference(reference, scores),
+            allow_chance=allow_chance,
+        )  # fmt: skip
     if not quiet and trained is not None and _kept_epoch(trained) == 0:
         print(
             "note: meta-validation never improved on the untrained start, so the kept metatrain model is "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import signal
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +102,16 @@ def load_resume(
     """The checkpoint to continue from and its path (``last.pt``, or ``last.prev.pt`` when ``last.pt``
     is unreadable), or None to start over.
 
-    ``fresh`` ignores them. Falling back to ``last.prev.pt`` is said through ``note``. A checkpoint whose
-    resolved config differs in a key that ``matters`` (default: any key but
-    :data:`~mtl.training.keys.NOT_TRAINING`) is an error naming the keys.
+    ``fresh`` ignores them. Falling back to ``last.prev.pt`` is said through ``note``. When one of them
+    is there but none can be read, this is an error that changes nothing: starting over would, after
+    one epoch, put a barely trained model in the place of the run's ``best.pt``; ``--fresh`` is how the
+    user says so. A run that starts over says (``note``) that it keeps the ``best.pt`` it finds as
+    ``best.prev.pt`` (:meth:`~mtl.training.run.Run.save` does that). A checkpoint whose resolved config
+    differs in a key that ``matters`` (default: any key but :data:`~mtl.training.keys.NOT_TRAINING`) is
+    an error naming the keys.
     """
-    if fresh:
-        return None
-    ckpt, path = None, out / "last.pt"
-    for name in ("last.pt", "last.prev.pt"):
+    ckpt, path, unusable = None, out / "last.pt", []
+    for name in () if fresh else ("last.pt", "last.prev.pt"):
         path = out / name
         if not path.is_file():
             continue
@@ -117,9 +119,20 @@ def load_resume(
             ckpt = checkpoint.load(path, stage=stage)
             break
         except MtlError as exc:
-            note(f"{exc}; trying the checkpoint before it")
+            unusable.append(exc)
     if ckpt is None:
+        if unusable:
+            raise MtlError(_nothing_to_resume(out, stage, unusable))
+        if (best := describe_best(out, stage)) is not None:
+            how = "--fresh" if fresh else f"no last.pt in {out}"
+            older = " (replacing the best.prev.pt there)" if (out / "best.prev.pt").exists() else ""
+            note(
+                f"{how}: training from the start; {best} is kept as best.prev.pt{older} once this run "
+                "writes its own"
+            )
         return None
+    if unusable:  # last.pt is unreadable and last.prev.pt is fine: continue from there
+        note(f"{unusable[0]}; trying the checkpoint before it")
     if not isinstance(ckpt.get("resume"), dict):
         raise MtlError(f"{path} has no resume state (older mtl); run with --fresh to start over")
     matters = matters or (lambda key: not key.startswith(NOT_TRAINING))
@@ -130,6 +143,43 @@ def load_resume(
             "run with --fresh to start over, or restore those settings to resume"
         )
     return ckpt, path
+
+
+def describe_best(out: Path, stage: str) -> str | None:
+    """``"best.pt (epoch 7, val 61.20 ± 0.45%)"`` for the ``best.pt`` in ``out``, ``"best.pt"`` if it
+    cannot be read, None if there is none."""
+    path = out / "best.pt"
+    if not path.is_file():
+        return None
+    try:
+        m = checkpoint.load(path, stage=stage)["metric"]
+        return f"best.pt (epoch {m['epoch']:d}, val {m['val_acc']:.2f} ± {m['val_ci95']:.2f}%)"
+    except (MtlError, KeyError, TypeError, ValueError):
+        return "best.pt"
+
+
+def _nothing_to_resume(out: Path, stage: str, unusable: list[MtlError]) -> str:
+    """The refusal when ``last.pt`` / ``last.prev.pt`` are there but none of them can be read (their
+    ``unusable`` errors): what is wrong, that nothing changed, and what ``--fresh`` does to ``best.pt``."""
+    missing = [name for name in ("last.pt", "last.prev.pt") if not (out / name).is_file()]
+    why = "; ".join(str(exc) for exc in unusable)
+    why += f", and there is no {missing[0]} to resume from" if missing else ""
+    best = describe_best(out, stage)
+    kept = f"nothing was changed, {best} is kept" if best else "nothing was changed"
+    then = " (best.pt is then kept as best.prev.pt)" if best else ""
+    return f"cannot resume {stage}: {why}; {kept}; run with --fresh to start over{then}"
+
+
+def settle_best(run: Any, resumed_from: Path, best: dict) -> None:
+    """Tell ``run`` whether the ``best.pt`` in its folder is this training's own (so a better model simply
+    replaces it) or an earlier training's (kept as ``best.prev.pt`` when replaced), for a run resumed
+    from ``resumed_from`` whose kept metric is ``best``. It is its own when the training had kept one
+    (``val_acc`` is -1 until then), or when it was written after ``resumed_from``: the run stopped
+    between writing ``best.pt`` and its ``last.pt``."""
+    own = best.get("val_acc", -1) >= 0
+    with suppress(OSError):  # no best.pt: nothing to keep
+        own = own or (run.out / "best.pt").stat().st_mtime_ns >= resumed_from.stat().st_mtime_ns
+    run.own_best = own
 
 
 def training_state(
@@ -155,6 +205,7 @@ def restore_training(
     sched.load_state_dict(r["scheduler"])
     set_rng_state(r["rng"], generators)
     epoch, step = r["epoch"], r["step"]
+    settle_best(run, path, r["best"])
     run.monitor.resume_at(epoch * steps_per_epoch + step)
     if epoch >= epochs:
         run.monitor.line(

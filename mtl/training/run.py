@@ -41,6 +41,10 @@ class Run:
     pre: Preprocess
     world: World
     lock: run_lock.RunLock | None = None
+    # Whether the folder's best.pt is this training's: set on resume (resume.settle_best) and by the first
+    # save of best.pt. Until then it is an earlier training's, maybe of days, that a new run's first epoch
+    # must not silently replace.
+    own_best: bool = False
 
     @classmethod
     def open(
@@ -168,11 +172,18 @@ class Run:
             atomic.write_text(self.out / name, text)
 
     def save(self, name: str, payload: dict, *, keep_previous: bool = False) -> None:
+        """Write checkpoint ``name`` atomically (rank 0 only); ``keep_previous`` keeps the file it replaces
+        as ``<stem>.prev.pt``. The first ``best.pt`` of a run that started over keeps an earlier
+        training's ``best.pt`` that way too (replacing an older ``best.prev.pt``)."""
         if not self.world.main:
             return
         self.save_config()
         payload = {"stage": self.stage, "config": self.cfg.to_dict(), **payload}
+        if name == "best.pt":
+            keep_previous = keep_previous or not self.own_best
         checkpoint.save(self.out / name, payload, keep_previous=keep_previous)
+        if name == "best.pt":
+            self.own_best = True
 
 
 def take_folder(out: Path, world: World) -> run_lock.RunLock | None:

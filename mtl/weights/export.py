@@ -29,14 +29,15 @@ from mtl.config import Config, from_dict
 from mtl.data.augment import Preprocess
 from mtl.errors import MtlError
 from mtl.models.backbone import backbone_for
-from mtl.runtime import atomic, checkpoint
+from mtl.runtime import atomic, checkpoint, outputs
 from mtl.runtime.stage_folders import CHECKPOINT_STAGES
 from mtl.weights import card, files
 from mtl.weights.files import EXPORT_WEIGHTS, Source
 
-__all__ = ["EXPORT_FORMAT", "export", "from_source", "read_payload"]
+__all__ = ["EXPORT_FOLDER", "EXPORT_FORMAT", "export", "from_source", "read_payload"]
 
 EXPORT_FORMAT = 1
+EXPORT_FILES = (EXPORT_WEIGHTS, "config.json", "README.md")
 # Checkpoint entries that are not weights: JSON-able ones travel in config.json's "checkpoint".
 _CARRIED = ("method", "class_names", "metric", "classes", "preprocess", "adapted", "imported")
 _DROPPED = ("format", "version", "stage", "config", "resume", "hard_tasks")  # training state, or rebuilt
@@ -130,18 +131,37 @@ def flatten(payload: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]
     return tensors, groups, skipped
 
 
+def _is_export_folder(folder: Path) -> bool:
+    """Whether ``folder`` is empty or an earlier export: its own three files and nothing else, with a
+    config.json that says so."""
+    try:
+        names = {p.name for p in folder.iterdir()}
+        if not names:
+            return True
+        info = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return names == set(EXPORT_FILES) and isinstance(info, dict) and info.get("mtl_export") == EXPORT_FORMAT
+
+
+# What `mtl export --force` may replace: an earlier export (or an empty folder), nothing else.
+EXPORT_FOLDER = outputs.Kind("an mtl export", _is_export_folder)
+
+
 def export(checkpoint_path: str | Path, out: str | Path, *, force: bool = False) -> tuple[Path, dict]:
     """Write the export folder ``out`` of a stage checkpoint; returns it and its description.
 
-    ``out`` must not exist (or, with ``force``, is replaced only once the new folder is complete).
+    ``out`` must not exist or, with ``force``, be an earlier export (or an empty folder), replaced
+    only once the new folder is complete; it is never a run folder, nor holds or lies in the input.
     """
-    out = Path(out).expanduser()
-    if out.exists() and not (force and out.is_dir()):
-        what = "a file" if out.is_file() else "a folder" if any(out.iterdir()) else "an empty folder"
-        raise MtlError(
-            f"{out} exists ({what}); choose a new folder" + (" or add --force" if out.is_dir() else "")
-        )
-    payload = read_payload(checkpoint_path)
+    out, source = Path(out).expanduser(), Path(checkpoint_path).expanduser()
+    if out.is_dir() and not force:
+        empty, earlier = not any(out.iterdir()), _is_export_folder(out)
+        what = "an empty folder" if empty else "an earlier export" if earlier else "a folder"
+        hint = " or add --force to replace it" if earlier else ""
+        raise MtlError(f"{out} exists ({what}); choose a new folder{hint}")
+    outputs.check_folder("OUT", out, inputs=[outputs.Input("CHECKPOINT", source)], whole=EXPORT_FOLDER)
+    payload = read_payload(source)
     tensors, groups, skipped = flatten(payload)
     info = _info(payload, groups, len(tensors))
     # safetensors refuses tensors that share memory or are not contiguous: every one gets its own copy.

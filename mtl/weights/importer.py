@@ -20,6 +20,7 @@ the pipeline's ``config.yaml`` beside it.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +31,13 @@ from mtl.config import Config
 from mtl.errors import MtlError
 from mtl.models.backbone import backbone_for
 from mtl.runtime import atomic, checkpoint, run_lock
+from mtl.runtime.stage_folders import CHECKPOINT_FILE, FOLDERS
 from mtl.weights import batchnorm, files, layouts
 from mtl.weights.convert import Converted, Layout, check_tensors
 
 __all__ = ["Imported", "import_weights"]
+
+STAGES = tuple(s.folder for s in FOLDERS if s.checkpoint)  # the stage checkpoints an import may write
 
 
 @dataclass
@@ -52,11 +56,12 @@ def import_weights(
     """Convert the weights at ``spec`` (a file, an export folder, ``hf-hub:<repo>``) for pipeline ``cfg``
     and write ``<checkpoints>/<run name>/<stage>/best.pt`` with ``config.yaml`` beside it."""
     layout = layouts.by_name(fmt) if fmt else None  # an unknown --format fails before any reading
+    _check_not_written(spec, cfg, checkpoints)
     source = files.read(spec)
     layout = layout or layouts.recognise(source, cfg)
     layout.check(source, cfg, layout)
     stage = layout.stage_for(source)
-    out = checkpoint.stage_dir(checkpoints, cfg.run_name(stage), stage) / "best.pt"
+    out = checkpoint.stage_dir(checkpoints, cfg.run_name(stage), stage) / CHECKPOINT_FILE
     if out.exists() and not force:
         raise MtlError(f"{out} exists; add --force to replace it with the imported weights")
     encoder = backbone_for(cfg)
@@ -82,6 +87,16 @@ def import_weights(
         lines.append(f"note: {out.parent / 'last.pt'} of an earlier run is left as it is")
     _write(out, cfg, payload)
     return Imported(out, stage, layout, lines)
+
+
+def _check_not_written(spec: str, cfg: Config, checkpoints: str | Path) -> None:
+    """Refuse a FILE that is one of the checkpoints an import of this pipeline writes: an import never
+    writes over what it reads."""
+    given = Path(spec).expanduser()
+    for stage in STAGES:
+        out = checkpoint.stage_dir(checkpoints, cfg.run_name(stage), stage) / CHECKPOINT_FILE
+        if given.is_file() and out.is_file() and os.path.samefile(given, out):
+            raise MtlError(f"{spec} is the {stage} best.pt this import would write; it is left as it is")
 
 
 def _payload(stage: str, cfg: Config, encoder: nn.Module, conv: Converted, lines: list[str]) -> dict:
