@@ -109,31 +109,27 @@ def _in_range(key: str, value: Any, meta: typing.Mapping) -> None:
         raise MtlError(f"{key}: must be a finite number, got {value}")
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
-    low, high, above, below = (meta.get(k) for k in ("min", "max", "above", "below"))
-    if meta.get("why") and not _within(value, low, high, above, below):
-        raise MtlError(
-            f"{key}: must be within {_range(low, high, above, below)}, got {value!r} ({meta['why']})"
-        )
-    if low is not None and value < low:
-        raise MtlError(f"{key}: must be >= {low}, got {value!r}")
-    if high is not None and value > high:
-        raise MtlError(f"{key}: must be <= {high:,}, got {value:,}")
-    if above is not None and value <= above:
-        raise MtlError(f"{key}: must be > {above}, got {value!r}")
-    if below is not None and value >= below:
-        raise MtlError(f"{key}: must be < {below}, got {value!r}")
+    bounds = tuple(meta.get(k) for k in ("min", "max", "above", "below"))
+    if (broken := _broken(value, *bounds)) is None:
+        return
+    if meta.get("why"):  # the whole range, and what it protects
+        broken = f"must be within {_range(*bounds)}, got {value!r} ({meta['why']})"
+    raise MtlError(f"{key}: {broken}")
 
 
-def _within(
+def _broken(
     value: float, low: float | None, high: float | None, above: float | None, below: float | None
-) -> bool:
-    """Whether ``value`` is within the bounds (``None``: no such bound)."""
-    return not (
-        (low is not None and value < low)
-        or (high is not None and value > high)
-        or (above is not None and value <= above)
-        or (below is not None and value >= below)
-    )
+) -> str | None:
+    """The first bound ``value`` breaks, as ``"must be >= 1, got 0"`` (``None``: no such bound)."""
+    if low is not None and value < low:
+        return f"must be >= {low}, got {value!r}"
+    if high is not None and value > high:
+        return f"must be <= {high:,}, got {value:,}"
+    if above is not None and value <= above:
+        return f"must be > {above}, got {value!r}"
+    if below is not None and value >= below:
+        return f"must be < {below}, got {value!r}"
+    return None
 
 
 def _range(low: float | None, high: float | None, above: float | None, below: float | None) -> str:

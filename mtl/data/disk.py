@@ -15,17 +15,16 @@ import io
 import os
 import shutil
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from mtl.errors import MtlError
+from mtl.runtime.outputs import read_only
 
 __all__ = [
     "check_space",
-    "check_writable",
     "failed_write",
     "folder_bytes",
     "make_room",
@@ -75,43 +74,6 @@ def folder_bytes(folder: Path) -> int:
 
 def size_text(n: int) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
-
-
-def read_only(folder: Path) -> bool:
-    """Whether ``folder`` is on a file system mounted read-only (a system that cannot tell: no)."""
-    try:
-        return bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 0))
-    except OSError:
-        return False
-
-
-def check_writable(folder: Path) -> tuple[Path, str] | None:
-    """Whether files can be made in ``folder`` (or, where it does not exist yet, in the nearest folder
-    above it that does), without making anything there to stay: None, or that folder and why not
-    (``"read-only"``, ``"not writable (permission denied)"``, ...).
-
-    A read-only mount often reports no free space, so this comes before :func:`check_space`, whose
-    "not enough space" would send the user looking for room. ``os.access`` says yes to root even on a
-    read-only mount: a probe file tells the truth.
-    """
-    existing = Path(folder)
-    with contextlib.suppress(OSError):
-        while not existing.is_dir() and existing != existing.parent:
-            existing = existing.parent
-    if read_only(existing):
-        return existing, "read-only"
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".mtl-write-check.", suffix=".probe", dir=existing)
-    except OSError as exc:
-        if exc.errno == errno.EROFS:
-            return existing, "read-only"
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            return existing, "not writable (permission denied)"
-        return existing, f"not writable ({exc.strerror or exc})"
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
-    return None
 
 
 def check_space(folder: Path, need: int, kept: Path | None = None) -> None:

@@ -26,11 +26,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mtl.data import disk, glyph_families
+from mtl.data import glyph_families
 from mtl.data.glyph_splits import SPLITS, split_class_ids
 from mtl.data.prepared import Split, load_manifest, load_split, save_dataset
 from mtl.data.strokes import Template, assemble, cubic, curve_points, splat, stroke
 from mtl.errors import MtlError
+from mtl.runtime import outputs
 
 
 @dataclass(frozen=True)
@@ -220,8 +221,8 @@ def ensure_glyphs(
     if _cached(dest, recorded):
         return dest
     # Before the images are drawn: a cache that cannot be written is one line naming the folder.
-    if (problem := disk.check_writable(dest.parent)) is not None:
-        folder, why = problem
+    folder = outputs.nearest_folder(dest.parent)
+    if (why := outputs.unwritable(folder)) is not None:
         where = f"{folder} is {why}"
         if folder != dest.parent:
             where = f"{dest.parent} cannot be made, {where}"

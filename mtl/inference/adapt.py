@@ -37,7 +37,7 @@ from mtl.inference.classifier import CLASSIFIER_FILE, Classifier, embed, load_tr
 from mtl.inference.predictions import CONFUSION, CONFUSION_TABLE, PREDICTIONS, Predictions
 from mtl.runtime.outputs import Input, check_file
 
-__all__ = ["adapt_folders", "check_outputs", "query_files"]
+__all__ = ["adapt_folders", "check_confusion", "check_outputs", "query_files"]
 
 
 def adapt_folders(
@@ -64,10 +64,11 @@ def adapt_folders(
     out_path, save_path = (Path(p).expanduser() if p is not None else None for p in (out, save))
     reads = [Input("--checkpoint", Path(checkpoint_path).expanduser()), Input("--support", support)]
     reads.append(Input("--query", query))
-    check_outputs(reads, out_path, save_path, labelled=False)
+    check_outputs(reads, out_path, save_path)
     by_class = _support_files(support)
     queries = query_files(query, list(by_class))
-    check_outputs(reads, out_path, save_path, labelled=queries[0][1] is not None)
+    if queries[0][1] is not None:
+        check_confusion(reads, out_path, save_path)
     cfg, method, dev = load_trained(checkpoint_path, device, steps)
 
     classes = list(by_class)
@@ -105,20 +106,24 @@ def adapt_folders(
     }
 
 
-def check_outputs(reads: list[Input], out: Path | None, save: Path | None, *, labelled: bool) -> None:
+def check_outputs(reads: list[Input], out: Path | None, save: Path | None) -> None:
     """Refuse, before any work, outputs that would replace an input, a run's file or a file of another
-    kind (:mod:`mtl.runtime.outputs`): ``out`` the predictions CSV (``labelled``: and the confusion
-    matrix beside it), ``save`` the classifier."""
+    kind (:mod:`mtl.runtime.outputs`): ``out`` the predictions CSV, ``save`` the classifier."""
     if out is not None:
         also = [Input("--save", save)] if save is not None else []
         check_file("--out", out, PREDICTIONS, inputs=reads, others=also, example="predictions.csv",
                    make_folder=True)  # fmt: skip
-        if labelled:
-            matrix = out.parent / CONFUSION
-            check_file("--out's", matrix, CONFUSION_TABLE, inputs=reads, others=also, make_folder=True)
     if save is not None:
         also = [Input("--out", out)] if out is not None else []
         check_file("--save", save, CLASSIFIER_FILE, inputs=reads, others=also, example="classifier.pt")
+
+
+def check_confusion(reads: list[Input], out: Path | None, save: Path | None) -> None:
+    """For labelled images: the confusion matrix written beside ``out`` is checked as ``out`` is."""
+    if out is not None:
+        also = [Input("--save", save)] if save is not None else []
+        check_file("--out's", out.parent / CONFUSION, CONFUSION_TABLE, inputs=reads, others=also,
+                   make_folder=True)  # fmt: skip
 
 
 def _check_dir(folder: Path, what: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtl.errors import MtlError
-from mtl.inference.adapt import check_outputs, query_files
+from mtl.inference.adapt import check_confusion, check_outputs, query_files
 from mtl.inference.classifier import Classifier
 from mtl.inference.predictions import Predictions
 from mtl.runtime.outputs import Input
@@ -37,7 +37,7 @@ def predict(
     out_path = Path(out).expanduser() if out is not None else None
     reads = [Input("CLASSIFIER", Path(classifier_path).expanduser())]
     reads += [Input("IMAGES", Path(arg).expanduser()) for arg in images]
-    check_outputs(reads, out_path, None, labelled=False)
+    check_outputs(reads, out_path, None)
     classifier = Classifier.load(Path(classifier_path).expanduser(), device)
     paths, names, labels = [], [], []
     for arg in images:
@@ -51,7 +51,8 @@ def predict(
             raise MtlError(f"image or folder not found: {path}")
     if len({label is None for label in labels}) > 1:
         raise MtlError("some images are labelled (in class folders) and some are not: classify them apart")
-    check_outputs(reads, out_path, None, labelled=labels[0] is not None)
+    if labels[0] is not None:
+        check_confusion(reads, out_path, None)
     found = Predictions(classifier.classes, names, labels, classifier.probabilities(paths))
     written = found.write(out_path) if out_path is not None else []
     if not quiet:

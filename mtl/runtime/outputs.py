@@ -34,9 +34,11 @@ bench ``--out``        a benchmark JSON                              :mod:`mtl.b
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +52,11 @@ __all__ = [
     "check_folder",
     "check_not_input",
     "check_run_folder",
+    "nearest_folder",
+    "read_only",
     "run_folder",
     "starts_with",
+    "unwritable",
 ]
 
 # What a stage folder holds once its stage has run (``best.prev.pt``: the best.pt a --fresh run set aside).
@@ -137,21 +142,50 @@ def check_file(
 
 
 def _probe(option: str, out: Path, make_folder: bool) -> None:
-    """Fail before any work if ``out`` cannot be written: a probe file proves its folder writable
-    (``os.access`` says yes to root even on read-only mounts). ``make_folder``: the nearest existing
-    folder is probed."""
-    folder = out.parent
-    while make_folder and not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    """Fail before any work if ``out`` cannot be written (:func:`unwritable`). ``make_folder``: the
+    nearest existing folder is probed."""
+    folder = nearest_folder(out.parent) if make_folder else out.parent
     if not folder.is_dir():
         problem = "is not a folder" if folder.exists() else "does not exist"
         raise MtlError(f"{option} {out}: {folder} {problem}")
+    if (why := unwritable(folder)) is not None:
+        raise MtlError(f"{option} {out}: {folder} is {why}")
+
+
+def nearest_folder(path: Path) -> Path:
+    """``path``, or the nearest folder above it that exists (where a missing one would be made)."""
+    with suppress(OSError):  # a name too long, a loop of links: the caller's check says so
+        while not path.exists() and path != path.parent:
+            path = path.parent
+    return path
+
+
+def read_only(folder: Path) -> bool:
+    """Whether ``folder`` is on a file system mounted read-only (a system that cannot tell: no)."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        return bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 0))
+    except OSError:
+        return False
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why no file can be made in the existing folder ``folder`` (``"read-only"``, ``"not writable
+    (permission denied)"``, ...), or None. A probe file, made and removed at once, tells the truth:
+    ``os.access`` says yes to root even on a read-only mount."""
+    if read_only(folder):
+        return "read-only"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mtl-write-check.", suffix=".probe", dir=folder)
     except OSError as exc:
-        raise MtlError(f"{option} {out}: cannot write to {folder} ({exc.strerror or exc})") from None
+        if exc.errno == errno.EROFS:
+            return "read-only"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return "not writable (permission denied)"
+        return f"not writable ({exc.strerror or exc})"
+    os.close(fd)
+    with suppress(OSError):
+        os.unlink(probe)
+    return None
 
 
 def check_folder(

@@ -17,8 +17,6 @@ import math
 import os
 import shutil
 import tempfile
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +50,7 @@ def read_payload(path: str | Path) -> dict[str, Any]:
         if not is_export(source):
             raise MtlError(f"{source.label} is a safetensors file but not an mtl export (no 'mtl' metadata)")
         return from_source(source)
-    try:  # peek at the stage, then load through mtl.runtime.checkpoint's checks
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            head = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-        stage = head.get("stage") if isinstance(head, dict) else None
-    except Exception:  # unreadable: checkpoint.load below says why in its words
-        stage = None
+    stage = checkpoint.stage_of(path)  # a peek; the load below checks the whole file
     if stage not in CHECKPOINT_STAGES:
         checkpoint.load(path, stage="stage")  # raises its one-line reason (missing, empty, YAML, corrupt)
         raise MtlError(f"{path} is a {stage} checkpoint; mtl exports pretrain, metatrain and classifier ones")
