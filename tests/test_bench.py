@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from mtl.bench.benchmark import Setup, run_bench
+from mtl.bench.table import bench_table
 from mtl.cli import main
 from mtl.runtime import device as devices
 
@@ -105,3 +106,12 @@ def test_bench_in_fp32_runs_every_mtl_path_in_fp32(tmp_path):
     assert r["metatest"]["episodes_equal_fast"] == TINY.ref_episodes
     bad = CliRunner().invoke(main, ["bench", "--quick", "--precision", "fp16"])
     assert bad.exit_code == 2 and "fp16" in bad.output
+
+
+@pytest.mark.parametrize("key", ["meta_lstm", "tadam", "mann"])
+def test_bench_rows_of_the_other_methods_batched_equal_their_per_task_loops(bench, key):
+    _, r = bench
+    q, out = r[key], "\n".join(bench_table(r))
+    assert r[f"{key}_speedup"] == q["speedup"] > 0 and q["batched_tasks_per_s"] > 0
+    assert q["first_step_loss_batched"] == pytest.approx(q["first_step_loss_per_task"], rel=1e-5)
+    assert f"| {q['label']} (" in out and f"{q['label']} first-step loss: batched" in out

@@ -72,7 +72,7 @@ def test_its_keys_are_in_the_key_reference():
     assert lines[at + 2].strip() == "the distances are divided by it before the softmax"
     assert lines[at + 3].split()[:4] == ["scaled_centroids.lr", "float", "=", "0.001"]
     method_line = next(line for line in lines if line.startswith("method "))
-    assert method_line.endswith("| maml | scaled_centroids)")
+    assert method_line.endswith("| maml | meta-lstm | tadam | mann | scaled_centroids)")
 
 
 def test_its_keys_are_in_the_cli_errors():
@@ -85,7 +85,8 @@ def test_its_keys_are_in_the_cli_errors():
         "error: scaled_centroids.temprature: unknown key (did you mean 'scaled_centroids.temperature'?)\n"
     )
     unknown = mtl_cli("config", "--set", "method=scaled")
-    assert unknown.exit_code == 2 and unknown.output.rstrip().endswith("maml, scaled_centroids)")
+    assert unknown.exit_code == 2
+    assert unknown.output.rstrip().endswith("maml, meta-lstm, tadam, mann, scaled_centroids)")
     section = mtl_cli(
         "config", "--json", "--set", "method=scaled_centroids", "--set", "scaled_centroids.temperature=2"
     )

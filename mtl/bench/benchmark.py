@@ -8,7 +8,9 @@ initialised ResNet-12 with SS (speed does not depend on the weights; equality ch
 2. meta-train tasks/s: :func:`mtl.methods.meta_update` of MTL on a whole meta-batch vs
    :func:`mtl.bench.reference.meta_loss` per task, both second order, both with the Adam step;
 3. pretrain images/s: :func:`mtl.stages.pretrain.train_step` fed by the stage's uint8 gather and
-   batched augmentation vs a fixed batch; 4. peak memory; 5. meta-train scaling (steps, way × shot).
+   batched augmentation vs a fixed batch; 4. peak memory; 5. meta-train scaling (steps, way × shot);
+6. the methods that adapt per task or run a sequence per task (MAML, Meta-LSTM, TADAM, MANN): their
+   meta-update batched over a meta-batch vs a plain per-task loop of the same maths (:data:`METHOD_ROWS`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from torch import nn
 from mtl.bench import reference
 from mtl.bench.floors import bench_floors, bench_paper_protocol, encode_fn
 from mtl.bench.maml import bench_maml
+from mtl.bench.mann import bench_mann
+from mtl.bench.meta_lstm import bench_meta_lstm
 from mtl.bench.table import bench_table
+from mtl.bench.tadam import bench_tadam
 from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess, TrainAugment
 from mtl.data.episodes import EpisodeSampler, fixed_episodes
@@ -42,7 +47,16 @@ from mtl.runtime import device as devices
 from mtl.runtime.timing import PeakMemory, timed
 from mtl.stages.pretrain import train_step
 
-__all__ = ["FULL", "QUICK", "Setup", "run_bench"]
+__all__ = ["FULL", "METHOD_ROWS", "QUICK", "Setup", "run_bench"]
+
+# bench.json key -> (the row's label, what its network and loop are, the measurement): each returns the
+# keys of :func:`mtl.bench.maml.bench_maml`, its ``speedup`` also at ``<key>_speedup``.
+METHOD_ROWS: dict[str, tuple[str, str, Callable[..., dict]]] = {
+    "maml": ("MAML", "Conv-4, {inner_steps} steps, second order", bench_maml),
+    "meta_lstm": ("Meta-LSTM", "Conv-4, {inner_steps} LSTM-learner steps", bench_meta_lstm),
+    "tadam": ("TADAM", "ResNet-12 with FiLM, no inner steps", bench_tadam),
+    "mann": ("MANN", "pixels, {inner_steps} recurrent steps", bench_mann),
+}
 
 
 @dataclass(frozen=True)
@@ -280,14 +294,17 @@ def run_bench(
         "metatrain": bench_metatrain(s, images, labels, dev),
         "pretrain": bench_pretrain(s, images, labels, dev),
         "scaling": bench_scaling(s, images, labels, dev),
-        "maml": bench_maml(s, images, labels, dev),
+        **{
+            key: {**bench(s, images, labels, dev), "label": label, "what": what}
+            for key, (label, what, bench) in METHOD_ROWS.items()
+        },
         "floors": bench_floors(s, images, labels, dev, _encoder),
         "paper_protocol": bench_paper_protocol(s, dev, quick, _images, _encoder, _plain_encoder),
     }
     result["metatest_speedup"] = result["metatest"]["speedup"]
     result["metatrain_speedup"] = result["metatrain"]["speedup"]
     result["pretrain_efficiency"] = result["pretrain"]["efficiency"]
-    result["maml_speedup"] = result["maml"]["speedup"]
+    result.update({f"{key}_speedup": result[key]["speedup"] for key in METHOD_ROWS})
     result["metatrain_efficiency"] = result["floors"]["metatrain"]["efficiency"]
     result["metatest_efficiency"] = result["paper_protocol"]["efficiency"]
     result["metatest_speedup_paper_protocol"] = result["paper_protocol"]["speedup"]

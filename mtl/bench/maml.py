@@ -13,13 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mtl.bench.per_task import batched_vs_per_task, meta_batch
 from mtl.config import Config, MetaConfig
-from mtl.data.augment import Preprocess
-from mtl.data.episodes import EpisodeSampler, episode_targets
-from mtl.methods import meta_update
+from mtl.data.episodes import episode_targets
 from mtl.methods.maml import MAML, MAMLSettings
 from mtl.models.backbone import build_backbone
-from mtl.runtime.timing import PeakMemory, timed
 
 __all__ = ["bench_maml"]
 
@@ -60,43 +58,12 @@ def _per_task_loss(maml: MAML, x: torch.Tensor, way: int, shot: int) -> torch.Te
 
 def bench_maml(s, images: np.ndarray, labels: np.ndarray, dev: torch.device) -> dict:
     """Tasks/s, peak memory and first-step loss of both paths on one meta-batch of ``s.meta_batch``."""
-    pre = Preprocess(s.image_size, 3)
-    on_device = torch.from_numpy(images).to(dev)
-    sampler = EpisodeSampler(labels, s.way, s.shot, s.query, seed=0)
-    tasks = np.stack([sampler.sample() for _ in range(s.meta_batch)])
-    T, way, n = tasks.shape
-    x = pre(on_device[torch.from_numpy(tasks).reshape(-1)]).view(T, way, n, 3, s.image_size, s.image_size)
-    result = {}
+    batch = meta_batch(s, images, labels, dev)
+    way = batch.tasks.shape[1]
+    x = batch.x
     fast = _maml(way, s.shot, s.image_size, dev)
-    fast_opt = torch.optim.Adam(fast.param_groups())
     slow = _maml(way, s.shot, s.image_size, dev)
-    slow_opt = torch.optim.Adam(slow.param_groups())
-
-    def slow_step() -> torch.Tensor:
-        loss = _per_task_loss(slow, x, way, s.shot)
-        slow_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        slow_opt.step()
-        return loss.detach()
-
-    paths = {"batched": lambda: meta_update(fast, fast_opt, on_device, tasks, pre)[0], "per_task": slow_step}
-    for name, step in paths.items():
-        first: list[torch.Tensor] = []
-        with PeakMemory(dev) as mem:
-            seconds, calls = timed(
-                lambda step=step, first=first: first.append(step()) if not first else step(),
-                dev,
-                s.min_seconds,
-            )
-        result[name] = {"tasks_per_s": calls * T / seconds, "peak_mb": mem.mb, "loss": float(first[0])}
-    b, p = result["batched"], result["per_task"]
-    return {
-        "batched_tasks_per_s": b["tasks_per_s"],
-        "per_task_tasks_per_s": p["tasks_per_s"],
-        "speedup": b["tasks_per_s"] / p["tasks_per_s"],
-        "batched_peak_mb": b["peak_mb"],
-        "per_task_peak_mb": p["peak_mb"],
-        "first_step_loss_batched": b["loss"],
-        "first_step_loss_per_task": p["loss"],
-        "inner_steps": INNER_STEPS,
-    }
+    return batched_vs_per_task(
+        fast, slow, lambda: _per_task_loss(slow, x, way, s.shot), batch,
+        dev=dev, min_seconds=s.min_seconds, inner_steps=INNER_STEPS,
+    )  # fmt: skip

@@ -1,22 +1,36 @@
 """The benchmark's table: what ``mtl bench`` prints from its ``bench.json`` (the headline ratios
-against the official code's structure and the hardware floor, and the MAML row)."""
+against the official code's structure and the hardware floor, and the rows of the methods batched
+over a meta-batch against their per-task loops)."""
 
 from __future__ import annotations
 
 
-def _maml_lines(r: dict) -> list[str]:
-    """The MAML row of ``bench.json`` (absent from files of earlier versions)."""
-    if "maml" not in r:
+def _method_lines(r: dict) -> list[str]:
+    """The rows of the methods batched over a meta-batch against their per-task loops (files of
+    earlier versions have MAML's alone, without its label)."""
+    keys = [key for key in ("maml", "meta_lstm", "tadam", "mann") if key in r]
+    if not keys:
         return []
-    q, s = r["maml"], r["setup"]
-    return [
-        f"| MAML meta-train, tasks/s (Conv-4, {q['inner_steps']} steps, second order, meta-batch "
-        f"{s['meta_batch']}) | batched {q['batched_tasks_per_s']:.2f} | "
-        f"per task {q['per_task_tasks_per_s']:.2f} | "
-        f"**{q['speedup']:.1f}x** | {q['batched_peak_mb']:.0f} / {q['per_task_peak_mb']:.0f} |",
-        f"MAML first-step loss: batched {q['first_step_loss_batched']:.6f}, per task "
-        f"{q['first_step_loss_per_task']:.6f} (fp32).",
+    lines = [
+        "| method, meta-train tasks/s | batched | per-task loop | ratio | peak MB (batched / loop) |",
+        "|---|---:|---:|---:|---:|",
     ]
+    for key in keys:
+        q, s = r[key], r["setup"]
+        label = q.get("label", "MAML")
+        what = q.get("what", "Conv-4, {inner_steps} steps, second order").format(**q)
+        lines += [
+            f"| {label} ({what}, meta-batch {s['meta_batch']}) | "
+            f"{q['batched_tasks_per_s']:.2f} | {q['per_task_tasks_per_s']:.2f} | "
+            f"**{q['speedup']:.1f}x** | {q['batched_peak_mb']:.0f} / {q['per_task_peak_mb']:.0f} |",
+        ]
+    for key in keys:
+        q = r[key]
+        lines.append(
+            f"{q.get('label', 'MAML')} first-step loss: batched {q['first_step_loss_batched']:.6f}, "
+            f"per task {q['first_step_loss_per_task']:.6f} (fp32)."
+        )
+    return lines
 
 
 def _headline_lines(r: dict) -> list[str]:
@@ -81,7 +95,7 @@ def bench_table(r: dict) -> list[str]:
         f"equal). Meta-train first-step loss: reference {m['first_step_loss_reference']:.6f}, mtl in fp32 "
         f"{m['first_step_loss_fast_fp32']:.6f}, as run {m['first_step_loss_fast']:.6f}.",
         "",
-        *_maml_lines(r),
+        *_method_lines(r),
         "",
         "| meta-train scaling | mtl tasks/s | reference tasks/s | ratio |",
         "|---|---:|---:|---:|",

@@ -105,7 +105,8 @@ seeds_option = click.option(
     "--methods",
     "names",
     metavar="A,B,...",
-    help="Rows to compare (default: compare.methods, else every method's variants; `mtl compare --list`).",
+    help="Rows to compare (default: compare.methods, else every method's variants; `mtl compare --list`); "
+    "paper: the MTL paper's comparison table, in its order.",
 )
 @click.option("--list", "list_rows", is_flag=True, help="List the rows mtl compare knows and exit.")
 @reference_option
@@ -133,6 +134,10 @@ def compare_command(
     from mtl.stages.compare import compare
 
     if list_rows:
+        from mtl.results.published import PAPER_TABLE
+        from mtl.stages.compare import PAPER
+
+        click.echo(f"{PAPER:<18} the MTL paper's comparison table: {', '.join(PAPER_TABLE)}")
         for name, (method, label, sets) in methods.variants().items():
             extra = ", ".join(f"{k}={v}" for k, v in sets.items())
             click.echo(f"{name:<18} {label}  [method={method}{', ' + extra if extra else ''}]")

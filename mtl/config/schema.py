@@ -239,7 +239,19 @@ class AblationConfig:
     episodes: int = option(
         2000, min=1, max=MAX_EPISODES, doc="test episodes per row (>= 2,000 resolves ~1-point differences)"
     )
-    scratch: bool = option(True, doc="also meta-train SS and θ on a random, unpretrained encoder")
+    scratch: bool = option(
+        True,
+        doc="the paper's train-from-scratch row: MAML on the pipeline's backbone from random "
+        "initialisation, every parameter adapted and meta-learned (the maml: section's steps and rates)",
+    )
+    scratch_first_order: bool = option(
+        False, doc="that row without second derivatives (first-order MAML), where memory requires"
+    )
+    random_encoder: bool = option(
+        False,
+        doc="mtl's own control, not a row of the paper: the pipeline's method meta-trained on a random, "
+        "unpretrained encoder",
+    )
 
 
 @dataclass

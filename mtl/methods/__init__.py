@@ -11,7 +11,8 @@ from mtl.methods.registry import METHODS, build, get, method_of, register, varia
 
 # The built-in methods register on import, in the results tables' row order.
 # isort: off
-from mtl.methods import mtl, finetune, nearest_centroid, protonet, matchingnet, siamese, maml  # noqa: F401
+from mtl.methods import mtl, finetune, nearest_centroid, protonet, matchingnet  # noqa: F401
+from mtl.methods import siamese, maml, meta_lstm, tadam, mann  # noqa: F401
 # isort: on
 
 __all__ = [

@@ -50,7 +50,12 @@ class Method(nn.Module, metaclass=ABCMeta):
     Class attributes: ``name`` (its key in :data:`mtl.methods.METHODS` and the value of ``method:``),
     ``label`` (its row in results tables), ``trains`` (False: evaluation only, nothing to meta-train),
     ``variants`` (``mtl compare`` rows: ``{row name: (label, config overrides)}``), ``settings`` (the
-    dataclass of its own pipeline section, named like the method; None: it has none).
+    dataclass of its own pipeline section, named like the method; None: it has none),
+    ``max_grad_norm`` (the meta-gradient's norm is clipped to it before each step; None: no clipping).
+
+    A method whose official recipe differs from metatrain's (Adam on :meth:`param_groups`, the
+    ``meta:`` learning-rate schedule) says so in :meth:`optimizer`, :meth:`lr_factor` and
+    :meth:`auxiliary_update`.
     """
 
     name: ClassVar[str] = ""
@@ -59,15 +64,16 @@ class Method(nn.Module, metaclass=ABCMeta):
     variants: ClassVar[dict[str, tuple[str, dict]]] = {}
     settings: ClassVar[type | None] = None
     ablation_labels: ClassVar[dict[str, str]] = {}
+    max_grad_norm: ClassVar[float | None] = None
 
     @classmethod
     def ablation_label(cls, row: str) -> str:
-        """The ablation's row ``row`` (plain | random | hard | scratch) of this method."""
+        """The ablation's row ``row`` (plain | random | hard | random_encoder) of this method."""
         default = {
             "plain": f"{cls.label}, no HT",
             "random": f"{cls.label} + as many random extra tasks (control of HT)",
             "hard": f"{cls.label} + HT: hard-task meta-batches",
-            "scratch": f"{cls.label} on a random encoder (no pretraining)",
+            "random_encoder": f"{cls.label} on a random encoder (mtl's control, not in the paper)",
         }
         return cls.ablation_labels.get(row, default[row])
 
@@ -122,6 +128,34 @@ class Method(nn.Module, metaclass=ABCMeta):
         ``4 learning rate/metatrain <name>``)."""
         return []  # evaluation-only methods (``trains = False``) learn nothing
 
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The meta-optimiser metatrain steps: Adam on :meth:`param_groups`."""
+        return torch.optim.Adam(self.param_groups())
+
+    def lr_factor(self, update: int, total: int, default: float) -> float:
+        """The learning rates' factor at meta-update ``update`` of ``total``; ``default`` is the
+        ``meta:`` schedule's (:func:`mtl.training.schedule.meta_factor`), which most methods keep."""
+        return default
+
+    def auxiliary_update(
+        self,
+        images: torch.Tensor | ImageStore,
+        labels: np.ndarray,
+        update: int,
+        total: int,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor | None:
+        """A step of the method's own beside meta-update ``update`` of ``total``, on the base classes'
+        labelled images (``labels (N,)`` of ``images``), e.g. TADAM's co-training; returns its loss
+        (0-d) or None when it took none. Its random draws come from :meth:`generators`."""
+        return None
+
+    def generators(self) -> dict[str, torch.Generator | np.random.Generator]:
+        """The method's own random generators and step state (torch or numpy generators, or anything
+        with ``state_dict``, such as an optimiser of its own), saved in ``last.pt`` so that a resumed
+        run continues as an uninterrupted one would."""
+        return {}
+
     def state(self) -> dict:
         """What ``best.pt`` and ``last.pt`` keep of the method (tensors and builtins)."""
         return {"encoder": self.encoder.state_dict()}
@@ -143,6 +177,14 @@ class Method(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def evaluate(self, features: torch.Tensor, episodes: torch.Tensor, shot: int) -> torch.Tensor:
         """Accuracy ``(E,)`` in ``[0, 1]`` on episodes ``(E, way, shot + query)`` indexing ``features``."""
+
+    def evaluate_breakdowns(
+        self, features: torch.Tensor, episodes: torch.Tensor, shot: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`evaluate`'s accuracy ``(E,)`` and the method's extra per-episode breakdowns,
+        ``{name: (E, K) accuracies in [0, 1]}`` (MANN's ``"by_presentation"``, ``(E, shot)``: its
+        prediction at each class's k-th presentation in the support sequence); none by default."""
+        return self.evaluate(features, episodes, shot), {}
 
     # One task at a time, as ``mtl adapt`` uses a method: embed, fit once, predict any number of times.
 
@@ -229,6 +271,7 @@ def meta_update(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimiser step on the loss of ``tasks`` ``(T, way, shot + query)`` (:meth:`Method.task_loss`).
 
+    The gradient's norm is clipped to ``method.max_grad_norm`` (if set) after ``sync``.
     ``loss_scale`` multiplies the loss before backward and ``sync`` runs between backward and the
     optimiser step: a rank of a multi-process run weighs its share of the meta-batch and averages
     the gradient over the ranks there. Returns the (unscaled) loss (0-d), the detached query
@@ -239,5 +282,8 @@ def meta_update(
     (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     if sync is not None:
         sync()
+    if method.max_grad_norm is not None:
+        params = [p for group in opt.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, method.max_grad_norm)
     opt.step()
     return loss.detach(), logits.detach(), targets

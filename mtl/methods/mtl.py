@@ -50,7 +50,7 @@ class MTL(FeatureMethod):
         "plain": "MTL: SS + θ meta-trained, no HT",
         "random": "MTL + as many random extra tasks (control of HT)",
         "hard": "MTL + HT: hard-task meta-batches",
-        "scratch": "SS + θ meta-trained on a random encoder (no pretraining)",
+        "random_encoder": "SS + θ meta-trained on a random encoder (mtl's control, not in the paper)",
     }
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:

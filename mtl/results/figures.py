@@ -7,6 +7,9 @@
   integer ticks. A stage that logged one point shows it as a marker with its CI whisker.
 - :func:`hard_tasks_figure`: how often each base class failed into the hard-task pool and how often
   hard tasks drew it, the most-drawn first, on integer ticks.
+- :func:`breakdown_figure`: a results file's per-episode breakdown (MANN's accuracy by presentation)
+  against its column, each row with its 95% CI band, the published numbers as dashed lines and the
+  chance line.
 """
 
 from __future__ import annotations
@@ -24,7 +27,16 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mtl.runtime.stage_folders import METATRAIN, PRETRAIN  # noqa: E402
 
-__all__ = ["ACCURACY", "POOL", "Series", "accuracy_range", "curves_figure", "hard_tasks_figure", "stage_key"]
+__all__ = [
+    "ACCURACY",
+    "POOL",
+    "Series",
+    "accuracy_range",
+    "breakdown_figure",
+    "curves_figure",
+    "hard_tasks_figure",
+    "stage_key",
+]
 
 ACCURACY, POOL = "accuracy", "pool"
 STAGE_ORDER = (PRETRAIN.folder, METATRAIN.folder)
@@ -136,4 +148,36 @@ def hard_tasks_figure(summary: dict) -> Figure:
         f"{len(summary['classes'])} classes seen)",
     )
     ax.legend(fontsize=8)
+    return fig
+
+
+BREAKDOWN_AXES = {"by_presentation": "presentation of the class in the support sequence"}
+
+
+def breakdown_figure(results: dict, name: str, stage: str) -> Figure:
+    """Breakdown ``name`` of a checked ``results.json`` (``results["breakdowns"][name]``): accuracy (%)
+    at each column, a line and its 95% CI band per row, published rows dashed, chance at 100 / way."""
+    entry = results["breakdowns"][name]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for method, row in entry["rows"].items():
+        at = list(range(1, len(row["mean"]) + 1))
+        low = [m - c for m, c in zip(row["mean"], row["ci95"], strict=True)]
+        high = [m + c for m, c in zip(row["mean"], row["ci95"], strict=True)]
+        (line,) = ax.plot(at, row["mean"], marker="o", ms=4, label=method)
+        ax.fill_between(at, low, high, alpha=0.2, color=line.get_color())
+    for source, pub in entry.get("published", {}).items():
+        ax.plot(pub["at"], pub["acc"], linestyle="--", marker="s", ms=4, label=f"{source} (published)")
+    ax.axhline(
+        100 / results["way"], color="grey", linestyle=":", label=f"chance ({100 / results['way']:.1f}%)"
+    )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # columns are counts
+    ax.set(
+        xlabel=BREAKDOWN_AXES.get(name, name.replace("_", " ")),
+        ylabel="accuracy (%)",
+        ylim=(0, 100),
+        title=f"{results['pipeline']} {stage}: {results['way']}-way {results['shot']}-shot, "
+        f"accuracy {name.replace('_', ' ')}",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     return fig

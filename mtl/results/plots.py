@@ -9,7 +9,10 @@ For every run under the checkpoints folder:
   a zoomed (where needed, broken) accuracy axis, each value printed, the chance line and the published
   numbers (:func:`mtl.results.bars.results_figure`);
 - ``<run>-<folder>-hard-tasks.png``: how often each base class failed into the hard-task pool and
-  how often hard tasks drew it (``hard_tasks.json``), the most-drawn classes first.
+  how often hard tasks drew it (``hard_tasks.json``), the most-drawn classes first;
+- ``<run>-<stage>-<breakdown>.png``: a results table's per-episode breakdown, such as MANN's
+  accuracy by presentation (``<run>-metatest-by-presentation.png``), against its column, beside the
+  published numbers (:func:`mtl.results.figures.breakdown_figure`).
 
 The figure functions return matplotlib Figures; this module finds and checks the files and saves.
 """
@@ -31,7 +34,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mtl.errors import MtlError  # noqa: E402
 from mtl.results.bars import results_figure  # noqa: E402
-from mtl.results.figures import ACCURACY, POOL, Series, curves_figure, hard_tasks_figure  # noqa: E402
+from mtl.results.figures import (  # noqa: E402
+    ACCURACY,
+    POOL,
+    Series,
+    breakdown_figure,
+    curves_figure,
+    hard_tasks_figure,
+)
 from mtl.results.report import MAX_COUNT, is_number, read_results  # noqa: E402
 from mtl.runtime import outputs  # noqa: E402
 from mtl.runtime.atomic import atomic_write  # noqa: E402
@@ -118,6 +128,9 @@ def _figures(runs: list[Path], out: Path) -> Figures:
         for stage in RESULT_FOLDERS:
             if (path := run / stage / RESULTS_FILE).is_file() and (results := read_results(path))["rows"]:
                 todo.append((partial(results_figure, results, stage), out / f"{run.name}-{stage}.png"))
+                for name in results.get("breakdowns", {}):
+                    file = out / f"{run.name}-{stage}-{name.replace('_', '-')}.png"
+                    todo.append((partial(breakdown_figure, results, name, stage), file))
         for hard in sorted(run.rglob("hard_tasks.json")):
             folder = "-".join(hard.parent.relative_to(run).parts)
             summary = _read_hard_tasks(hard)

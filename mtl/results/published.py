@@ -15,7 +15,11 @@ from mtl.config import Config
 from mtl.data.prepared import load_manifest
 from mtl.errors import MtlError
 
-__all__ = ["PUBLISHED", "published"]
+__all__ = ["PAPER_TABLE", "PUBLISHED", "PUBLISHED_BREAKDOWNS", "published", "published_breakdowns"]
+
+# ``mtl compare --methods paper``: the MTL paper's comparison table, in its order, each method on its
+# own backbone (Sun et al. 2019).
+PAPER_TABLE = ("matchingnet-conv4", "meta-lstm-conv4", "maml-conv4", "protonet-conv4", "tadam", "mtl-ht")
 
 
 def _omniglot(accs: tuple[float, float, float, float], source: str) -> dict[tuple, tuple]:
@@ -49,6 +53,26 @@ PUBLISHED: dict[str, dict[tuple, tuple[float, float | None, str]]] = {
         ("miniimagenet", 1): (48.07, 1.75, "Finn et al. 2017"),
         ("miniimagenet", 5): (63.15, 0.91, "Finn et al. 2017"),
     },
+    "meta-lstm-conv4": {
+        ("miniimagenet", 1): (43.44, 0.77, "Ravi & Larochelle 2017"),
+        ("miniimagenet", 5): (60.60, 0.71, "Ravi & Larochelle 2017"),
+    },
+    "tadam": {
+        ("miniimagenet", 1): (58.5, 0.3, "Oreshkin et al. 2018"),
+        ("miniimagenet", 5): (76.7, 0.3, "Oreshkin et al. 2018"),
+        ("miniimagenet", 10): (80.8, 0.3, "Oreshkin et al. 2018"),
+        ("fc100", 1): (40.1, 0.4, "Oreshkin et al. 2018"),
+        ("fc100", 5): (56.1, 0.4, "Oreshkin et al. 2018"),
+        ("fc100", 10): (61.6, 0.5, "Oreshkin et al. 2018"),
+    },
+    # The MTL paper's ablation, first row: [Θ; θ] meta-learned MAML-style from random initialisation.
+    "from-scratch": {
+        ("miniimagenet", 1): (45.3, None, "Sun et al. 2019, train from scratch"),
+        ("miniimagenet", 5): (64.6, None, "Sun et al. 2019, train from scratch"),
+        ("fc100", 1): (38.4, None, "Sun et al. 2019, train from scratch"),
+        ("fc100", 5): (52.6, None, "Sun et al. 2019, train from scratch"),
+        ("fc100", 10): (58.6, None, "Sun et al. 2019, train from scratch"),
+    },
     "mtl": {
         ("miniimagenet", 1): (60.2, 1.8, "Sun et al. 2019, SS without HT"),
         ("miniimagenet", 5): (74.3, 0.9, "Sun et al. 2019, SS without HT"),
@@ -66,6 +90,34 @@ PUBLISHED: dict[str, dict[tuple, tuple[float, float | None, str]]] = {
         ("tieredimagenet", 5): (80.6, 0.9, "official TF code README"),
     },
 }
+
+
+# Santoro et al. 2016, Table 1: Omniglot, 5 classes a sequence, one-hot labels, 1st..5th and 10th instance.
+PUBLISHED_BREAKDOWNS: dict[str, dict[str, dict[str, dict]]] = {
+    "mann": {
+        "by_presentation": {
+            "MANN, Santoro et al. 2016 (Table 1)": {
+                "at": [1, 2, 3, 4, 5, 10],
+                "acc": [36.4, 82.8, 91.0, 92.6, 94.9, 98.1],
+            },
+            "LSTM, Santoro et al. 2016 (Table 1)": {
+                "at": [1, 2, 3, 4, 5, 10],
+                "acc": [24.4, 49.5, 55.3, 61.0, 63.6, 62.5],
+            },
+        }
+    }
+}
+
+
+def published_breakdowns(method: str, cfg: Config) -> dict[str, dict]:
+    """The published breakdowns of ``method`` in the pipeline's setting (``{name: {source: {"at",
+    "acc"}}}``): MANN's Table 1 for 5-way Omniglot prepared with the Vinyals et al. split lists (its
+    423 test characters, rotations as classes, are the paper's); none elsewhere."""
+    found = PUBLISHED_BREAKDOWNS.get(method)
+    if found is None or cfg.data.dataset != "omniglot" or cfg.meta.way != 5:
+        return {}
+    vinyals = _source_format(Path(cfg.data.root).expanduser()) == "omniglot-vinyals"
+    return found if vinyals else {}
 
 
 def published(row: str, cfg: Config) -> dict | None:

@@ -1,7 +1,8 @@
-"""Results tables: one run's rows (accuracy ± 95% CI) beside the published number, the collected
-table of every finished metatest, ablation and compare, laid out like the paper's, and the table of
-``mtl bench``; and the check that keeps an earlier ``results.json`` from being replaced by a table of
-nothing but chance (:func:`refuse_chance_results`)."""
+"""Results tables: one run's rows (accuracy ± 95% CI) beside the published number, with the rows'
+per-episode breakdowns (MANN's accuracy by presentation) under them, the collected table of every
+finished metatest, ablation and compare, laid out like the paper's, and the table of ``mtl bench``;
+and the check that keeps an earlier ``results.json`` from being replaced by a table of nothing but
+chance (:func:`refuse_chance_results`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 from mtl.errors import MtlError
 from mtl.methods import METHODS
+from mtl.methods.episodic import mean_ci
 from mtl.results.paired import difference_cells, differences, per_episode_accuracy, row_name
 from mtl.runtime.outputs import starts_with
 from mtl.runtime.stage_folders import METATEST, RESULT_FOLDERS, RESULTS_FILE
@@ -37,7 +40,72 @@ def results_table(results: dict[str, Any]) -> str:
         lines.append(f"| {paper.get('method') or 'paper'} (published) | {paper['acc']:.2f} | {ci} |")
     if paired:  # after a blank line: Markdown renderers would take it for a row of the table
         lines += ["", f"reference: {results['differences']['reference']}"]
+    for name, entry in results.get("breakdowns", {}).items():
+        lines += ["", *breakdown_table(name, entry)]
     return "\n".join(lines)
+
+
+# Breakdowns: per-episode accuracies a method gives beside its accuracy, (E, K) for K columns
+# (Method.evaluate_breakdowns), kept in results.json as {"breakdowns": {name: {"rows": {row: {"mean",
+# "ci95"}}, "published": {source: {"at", "acc"}}}}}, columns numbered from 1.
+BREAKDOWN_TITLES = {
+    "by_presentation": "accuracy (%, ± 95% CI) at the k-th presentation of a class in the support sequence, "
+    "each predicted before that image's label is shown (the 1st: before any label of the class)",
+}
+SHOWN_COLUMNS = (1, 2, 3, 4, 5, 10)  # the paper's Table 1 columns (Santoro et al. 2016), and the last one
+
+
+def summarize_breakdowns(
+    per_episode: dict[str, dict[str, torch.Tensor]], published: dict[str, dict] | None = None
+) -> dict:
+    """``{"breakdowns": ...}`` of ``{row: {name: (E, K) accuracies in [0, 1]}}``: each column's mean
+    and 95% CI in %, and the ``published`` numbers of the names that have rows; ``{}`` for none."""
+    out: dict[str, dict] = {}
+    for row, breakdowns in per_episode.items():
+        for name, acc in breakdowns.items():
+            stats = [mean_ci(column) for column in acc.detach().float().cpu().numpy().T]
+            entry = out.setdefault(name, {"rows": {}})
+            entry["rows"][row] = {
+                "mean": [round(m, 2) for m, _ in stats],
+                "ci95": [round(c, 2) for _, c in stats],
+            }
+    for name, entry in out.items():
+        if (published or {}).get(name):
+            entry["published"] = published[name]
+    return {"breakdowns": out} if out else {}
+
+
+def ordinal(k: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
+def breakdown_table(name: str, entry: dict) -> list[str]:
+    """The lines of one breakdown: its title and a Markdown table of the paper's columns (1st .. 5th,
+    10th) that exist and the last one, a row per method, then the published rows."""
+    count = max(len(r["mean"]) for r in entry["rows"].values())
+    shown = sorted({k for k in SHOWN_COLUMNS if k <= count} | {count})
+    lines = [
+        f"{BREAKDOWN_TITLES.get(name, name.replace('_', ' '))}:",
+        "",
+        "| method | " + " | ".join(ordinal(k) for k in shown) + " |",
+        "|---|" + "---:|" * len(shown),
+    ]
+    for method, row in entry["rows"].items():
+        cells = [
+            f"{row['mean'][k - 1]:.1f} ± {row['ci95'][k - 1]:.1f}" if k <= len(row["mean"]) else ""
+            for k in shown
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for source, pub in entry.get("published", {}).items():
+        at = dict(zip(pub["at"], pub["acc"], strict=True))
+        lines.append(
+            f"| {source} (published) | "
+            + " | ".join(f"{at[k]:.1f}" if k in at else "—" for k in shown)
+            + " |"
+        )
+    return lines
 
 
 DATASET_LABELS = {
@@ -237,7 +305,50 @@ def _results_problem(results: Any) -> str | None:
                 for p in published.values())
     ):  # fmt: skip
         return "'published' is not a mapping of rows to published numbers"
+    return _breakdowns_problem(results.get("breakdowns"))
+
+
+def _breakdowns_problem(breakdowns: Any) -> str | None:
+    """What is wrong with a results file's ``breakdowns`` (absent: nothing): each a mapping of rows to
+    ``mean`` and ``ci95`` lists of one length, in points, and optionally ``published`` lists of
+    columns (``at``, from 1) and accuracies."""
+    if breakdowns is None:
+        return None
+    if not isinstance(breakdowns, dict):
+        return "'breakdowns' is not a mapping"
+    for name, entry in breakdowns.items():
+        if not (name.isascii() and name.isidentifier()):  # it names a figure's file
+            return "a name in 'breakdowns' is not letters, digits and _"
+        rows = entry.get("rows") if isinstance(entry, dict) else None
+        if not isinstance(rows, dict) or not rows or not all(_columns(r) for r in rows.values()):
+            return f"breakdowns['{name[:40]}'] is not a mapping of rows to mean and ci95 lists"
+        published = entry.get("published", {})
+        if not isinstance(published, dict) or not all(_published_columns(p) for p in published.values()):
+            return f"breakdowns['{name[:40]}']['published'] is not a mapping of sources to at and acc lists"
     return None
+
+
+def _columns(row: Any) -> bool:
+    """Whether ``row`` holds ``mean`` and ``ci95``: equally long, non-empty lists of points."""
+    if not isinstance(row, dict):
+        return False
+    mean, ci = row.get("mean"), row.get("ci95")
+    return (
+        isinstance(mean, list) and isinstance(ci, list) and 0 < len(mean) == len(ci)
+        and all(is_number(v, *PERCENT) for v in (*mean, *ci))
+    )  # fmt: skip
+
+
+def _published_columns(pub: Any) -> bool:
+    """Whether ``pub`` holds ``at`` (column numbers from 1) and ``acc`` (points), equally long."""
+    if not isinstance(pub, dict):
+        return False
+    at, acc = pub.get("at"), pub.get("acc")
+    return (
+        isinstance(at, list) and isinstance(acc, list) and 0 < len(at) == len(acc)
+        and all(is_number(k, 1, MAX_COUNT, integer=True) for k in at)
+        and all(is_number(a, *PERCENT) for a in acc)
+    )  # fmt: skip
 
 
 def _numbers(entry: dict, *keys: str, optional: bool = False) -> bool:

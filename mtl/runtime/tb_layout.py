@@ -7,6 +7,7 @@ in pipeline order, each stage's "is it learning?" curves first::
     1 pretrain/        loss, train accuracy, validation accuracy    (per epoch)
     2 metatrain/       loss, train accuracy, validation accuracy    (loss, train: its tasks' queries)
     3 metatest/        <method>: test accuracy by episodes scored   (the last point is the result)
+                       <method>: accuracy by presentation           (a breakdown, x = its column)
     4 learning rate/   <stage> <parameter group>
     5 throughput/      <stage> images per s | tasks per s
     6 hard tasks/      <stage> pool size, query accuracy of the normal and of the extra tasks, ...
@@ -47,6 +48,12 @@ def tag(stage: str, name: str, section: str | None = None) -> str:
 def accuracy_tags(stage: str, name: str) -> tuple[str, str, str]:
     """The tags of accuracy ``name`` and of its CI band's lower and upper bound."""
     return tag(stage, name), tag(stage, f"{name} low", BANDS), tag(stage, f"{name} high", BANDS)
+
+
+def breakdown_name(method: str, breakdown: str) -> str:
+    """The accuracy name of a method's per-episode breakdown ``breakdown`` (``by_presentation``), a
+    curve over its columns: ``"MANN: accuracy by presentation"``."""
+    return f"{method}: accuracy {breakdown.replace('_', ' ')}"
 
 
 def episode_counts(episodes: int, points: int = 20) -> list[int]:

@@ -1,20 +1,27 @@
 """The ablation: what pretraining, SS meta-training and hard tasks each add, on the same test episodes.
 
-A set of :mod:`mtl.stages.compare` rows (:func:`~mtl.stages.compare.score_rows`) over one pretrained
-encoder (the pipeline's pretrain ``best.pt``, trained first if missing):
+A set of :mod:`mtl.stages.compare` rows (:func:`~mtl.stages.compare.score_rows`), in the order of the
+paper's ablation table:
 
-1. nearest centroid on pretrained features;
-2. θ fine-tuned on the frozen pretrained features, no meta-training (the paper's "FT");
-3. MTL: SS + θ meta-trained, no hard tasks;
-4. MTL + random extra tasks: the control of row 5, as many extra tasks per meta-batch as HT adds, of
+1. (``ablation.scratch``) train from scratch, the paper's first row: no pretraining, every parameter
+   of the pipeline's backbone and of a linear head ([Θ; θ]) adapted on each support set and
+   meta-learned from random initialisation, MAML-style (:mod:`mtl.methods.maml` with the ``maml:``
+   section's steps and rates; second order unless ``ablation.scratch_first_order``);
+2. nearest centroid on pretrained features;
+3. θ fine-tuned on the frozen pretrained features, no meta-training (the paper's "FT");
+4. MTL: SS + θ meta-trained, no hard tasks;
+5. MTL + random extra tasks: the control of row 6, as many extra tasks per meta-batch as HT adds, of
    random base classes (``meta.hard_tasks.mode: random``); without it an HT gain cannot be told from
    the gain of more tasks per meta-update;
-5. MTL + HT: the same with hard-task meta-batches;
-6. (``ablation.scratch``) SS + θ meta-trained on a random, unpretrained encoder (batch norm learns its
-   statistics and affine weights meanwhile, ``meta.bn: affine``).
+6. MTL + HT: the same with hard-task meta-batches;
+7. (``ablation.random_encoder``) mtl's own control, not a row of the paper: SS + θ meta-trained on a
+   random, unpretrained encoder (batch norm learns its statistics and affine weights meanwhile,
+   ``meta.bn: affine``).
 
-Rows 3–6 are meta-trained here, into ``<checkpoints>/<name>/ablation/<variant>/``, with the pipeline's
-meta-training settings and seed; all rows are scored on ``ablation.episodes`` fixed test episodes.
+Rows 2–6 share the pipeline's pretrain ``best.pt`` (trained first if missing). The trained rows are
+meta-trained here, into ``<checkpoints>/<name>/ablation/<row>/``, with the pipeline's meta-training
+schedule and seed; all rows are scored on ``ablation.episodes`` fixed test episodes, each beside its
+published number where the paper gives one for the pipeline's dataset and shot.
 """
 
 from __future__ import annotations
@@ -26,13 +33,16 @@ from pathlib import Path
 from mtl import methods
 from mtl.config import Config
 from mtl.errors import MtlError
-from mtl.results.report import results_table
+from mtl.results.published import published
 from mtl.runtime import checkpoint
 from mtl.runtime.stage_folders import ABLATION
-from mtl.stages.compare import Row, score_rows
+from mtl.stages.compare import Row, score_rows, table
 from mtl.training.run import holding
 
-__all__ = ["FT", "MTL", "MTL_HT", "MTL_RANDOM", "NC", "SCRATCH", "ablate", "ablation_rows"]
+__all__ = [
+    "FT", "MTL", "MTL_HT", "MTL_RANDOM", "NC", "RANDOM_ENCODER", "SCRATCH", "ablate", "ablation_rows",
+    "paper_numbers", "scratch_config", "scratch_label",
+]  # fmt: skip
 
 _MTL = methods.get("mtl")
 NC = methods.get("nc").label
@@ -40,7 +50,8 @@ FT = methods.get("ft").label
 MTL = _MTL.ablation_label("plain")
 MTL_RANDOM = _MTL.ablation_label("random")
 MTL_HT = _MTL.ablation_label("hard")
-SCRATCH = _MTL.ablation_label("scratch")
+RANDOM_ENCODER = _MTL.ablation_label("random_encoder")
+SCRATCH = "train from scratch: MAML on the whole network from random initialisation (the paper's row)"
 
 
 def _variant(cfg: Config, *, hard_tasks: bool, bn: str | None = None, mode: str | None = None) -> Config:
@@ -50,23 +61,49 @@ def _variant(cfg: Config, *, hard_tasks: bool, bn: str | None = None, mode: str 
     return dataclasses.replace(cfg, meta=meta)
 
 
+def scratch_config(cfg: Config) -> Config:
+    """The train-from-scratch row's pipeline: MAML on the pipeline's backbone, random start, no HT."""
+    maml = dataclasses.replace(cfg.maml, pretrained=False, first_order=cfg.ablation.scratch_first_order)
+    plain = _variant(cfg, hard_tasks=False)
+    return dataclasses.replace(plain, method="maml", sections={**plain.sections, "maml": maml})
+
+
+def scratch_label(cfg: Config) -> str:
+    """The train-from-scratch row's label, saying when it drops the second derivatives."""
+    return SCRATCH + (", first order" if cfg.ablation.scratch_first_order else "")
+
+
 def ablation_rows(cfg: Config) -> list[Row]:
     """The ablation's rows for the pipeline's method, in the table's order."""
     label = methods.get(cfg.method).ablation_label
     folder = ABLATION.folder
-    rows = [
+    rows = []
+    if cfg.ablation.scratch:
+        rows.append(Row(scratch_label(cfg), scratch_config(cfg), f"{folder}/from-scratch"))
+    rows += [
         Row(NC, dataclasses.replace(cfg, method="nc"), f"{folder}/nc"),
         Row(FT, dataclasses.replace(cfg, method="ft"), f"{folder}/ft"),
         Row(label("plain"), _variant(cfg, hard_tasks=False), f"{folder}/mtl"),
         Row(label("random"), _variant(cfg, hard_tasks=True, mode="random"), f"{folder}/mtl-random"),
         Row(label("hard"), _variant(cfg, hard_tasks=True), f"{folder}/mtl-ht"),
     ]
-    if cfg.ablation.scratch:
+    if cfg.ablation.random_encoder:
         # A random encoder has no meaningful running statistics: let batch norm learn them (and its
         # affine weights) during meta-training, as the official PyTorch code does.
-        scratch = _variant(cfg, hard_tasks=False, bn="affine")
-        rows.append(Row(label("scratch"), scratch, f"{folder}/scratch", from_scratch=True))
+        control = _variant(cfg, hard_tasks=False, bn="affine")
+        rows.append(Row(label("random_encoder"), control, f"{folder}/random-encoder", from_scratch=True))
     return rows
+
+
+def paper_numbers(cfg: Config, todo: list[Row]) -> dict[str, dict]:
+    """``{row label: published number}`` of the rows the paper's tables give for this setting: the
+    train-from-scratch row, and MTL without and with HT when the pipeline's method is MTL."""
+    names = {"from-scratch"} | ({"mtl", "mtl-ht"} if cfg.method == "mtl" else set())
+    return {
+        row.label: number
+        for row in todo
+        if row.name in names and (number := published(row.name, cfg)) is not None
+    }
 
 
 def ablate(
@@ -78,22 +115,24 @@ def ablate(
     quiet: bool = False,
     allow_chance: bool = False,
 ) -> dict:
-    """Run the ablation; writes ``ablation/results.json`` (metatest's shape plus wall-clock seconds and
-    each row's training query accuracy per epoch). Paired differences are taken from row ``reference``
-    (``nc``, ``ft``, ``mtl``, ``mtl-random``, ``mtl-ht``, ``scratch``; default ``mtl``); ``seeds``
-    training runs per meta-trained row, scored on the same episodes. ``allow_chance``: let a table of
-    nothing but chance replace an earlier one (:func:`mtl.stages.metatest.publish`)."""
+    """Run the ablation; writes ``ablation/results.json`` (metatest's shape plus wall-clock seconds, each
+    row's training query accuracy per epoch and the published numbers). Paired differences are taken
+    from row ``reference`` (``from-scratch``, ``nc``, ``ft``, ``mtl``, ``mtl-random``, ``mtl-ht``,
+    ``random-encoder``; default ``mtl``); ``seeds`` training runs per meta-trained row, scored on the
+    same episodes. ``allow_chance``: let a table of nothing but chance replace an earlier one
+    (:func:`mtl.stages.metatest.publish`)."""
     todo = ablation_rows(cfg)
-    reference = reference or todo[2].name  # the pipeline's method, no HT
+    reference = reference or "mtl"  # the pipeline's method, no HT
+    paper = paper_numbers(cfg, todo)
     with holding(cfg, checkpoints, ABLATION.folder):
         results = score_rows(
             cfg, checkpoints, todo, folder=ABLATION.folder, episodes=cfg.ablation.episodes, quiet=quiet,
-            extra=lambda: {"query_acc_per_epoch": _per_epoch(cfg, todo, checkpoints)},
+            extra=lambda: {"query_acc_per_epoch": _per_epoch(cfg, todo, checkpoints), "published": paper},
             reference=reference, seeds=seeds, allow_chance=allow_chance,
         )  # fmt: skip
     if not quiet:
-        print(results_table(results))
-        _print_times(results["seconds"], results["query_acc_per_epoch"])
+        print(table(results))
+        _print_per_epoch(results["query_acc_per_epoch"])
     return results
 
 
@@ -112,12 +151,7 @@ def _per_epoch(cfg: Config, todo: list[Row], checkpoints: str | Path) -> dict[st
     return out
 
 
-def _print_times(seconds: dict[str, float], per_epoch: dict[str, list[dict]]) -> None:
-    trained = {k: v for k, v in seconds.items() if k not in ("total", "pretrain")}
-    print(
-        f"\nwall-clock: {seconds['total'] / 60:.1f} min in all; meta-training "
-        + ", ".join(f"{k.split(':')[0]} {v:.0f} s" for k, v in trained.items())
-    )
+def _print_per_epoch(per_epoch: dict[str, list[dict]]) -> None:
     for label, epochs in per_epoch.items():
         rows = ", ".join(f"{e['normal_query_acc']:.1f}/{e['extra_query_acc']:.1f}" for e in epochs)
         print(f"{label.split(':')[0]}: training query accuracy per epoch, normal/extra tasks (%): {rows}")

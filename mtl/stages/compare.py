@@ -24,7 +24,8 @@ from mtl import methods
 from mtl.config import Config, from_dict, pipeline_file
 from mtl.errors import MtlError
 from mtl.results.paired import difference_cells, row_name
-from mtl.results.published import published
+from mtl.results.published import PAPER_TABLE, published, published_breakdowns
+from mtl.results.report import breakdown_table
 from mtl.runtime import checkpoint
 from mtl.runtime.stage_folders import COMPARE
 from mtl.stages.metatest import Scorer, publish, test_episodes
@@ -32,7 +33,7 @@ from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
 from mtl.training.run import Run, holding
 
-__all__ = ["Row", "compare", "rows", "score_rows", "table"]
+__all__ = ["PAPER", "Row", "compare", "rows", "score_rows", "table"]
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,19 @@ class Row:
         return [self, *again]
 
 
+# The name of a set of rows: the MTL paper's comparison table, in its order.
+PAPER = "paper"
+
+
 def rows(cfg: Config, names: list[str] | None = None) -> dict[str, Row]:
-    """``{row name: row}`` of the requested compare rows (default ``compare.methods``, else all)."""
+    """``{row name: row}`` of the requested compare rows (default ``compare.methods``, else all);
+    ``paper`` stands for the MTL paper's comparison table (:data:`mtl.results.published.PAPER_TABLE`)."""
     known = methods.variants()
     names = names or cfg.compare.methods or list(known)
+    names = list(dict.fromkeys(n for name in names for n in (PAPER_TABLE if name == PAPER else (name,))))
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise MtlError(f"compare: unknown method '{unknown[0]}' (known: {', '.join(known)})")
+        raise MtlError(f"compare: unknown method '{unknown[0]}' (known: {PAPER}, {', '.join(known)})")
     out = {}
     for name in names:
         method, label, sets = known[name]
@@ -164,9 +171,10 @@ def score_rows(
         scores = {row.label: _scores(scorer, row, runs) for row, runs in scored}
         seconds["total"] = round(time.perf_counter() - start, 1)
         extra_entries = {"seconds": seconds, "kept_epoch": kept, **extra()}
+        papers = {k: v for row in todo for k, v in published_breakdowns(row.cfg.method, cfg).items()}
         return publish(
             run, scores, episodes, quiet=True, extra=extra_entries, reference=ref.label,
-            allow_chance=allow_chance,
+            allow_chance=allow_chance, breakdowns=scorer.breakdowns, published=papers,
         )  # fmt: skip
 
 
@@ -225,4 +233,6 @@ def table(results: dict) -> str:
     lines.append(f"wall-clock in all: {seconds['total'] / 60:.1f} min")
     if "differences" in results:
         lines.append(f"reference: {results['differences']['reference']}")
+    for name, entry in results.get("breakdowns", {}).items():
+        lines += ["", *breakdown_table(name, entry)]
     return "\n".join(lines)

@@ -2,7 +2,10 @@
 
 The pipeline's method (``method:``, its metatrain ``best.pt``) and the evaluation-only baselines of
 ``test.baselines`` (θ fine-tuned on pretrained features, nearest centroid on pretrained features and on
-raw pixels) are scored on the same episodes, each from features computed once per encoder.
+raw pixels) are scored on the same episodes, each from features computed once per encoder. A method
+that gives per-episode breakdowns beside its accuracy (:meth:`mtl.methods.Method.evaluate_breakdowns`,
+e.g. MANN's accuracy by presentation) has them summarised in ``results.json``, printed under the table,
+logged to TensorBoard and drawn by ``mtl report --plot``.
 """
 
 from __future__ import annotations
@@ -20,10 +23,15 @@ from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.methods import FeatureMethod, Method
 from mtl.results import paired
-from mtl.results.report import refuse_chance_results, results_table
+from mtl.results.published import published_breakdowns
+from mtl.results.report import (
+    refuse_chance_results,
+    results_table,
+    summarize_breakdowns,
+)
 from mtl.runtime.checkpoint import MissingCheckpoint
 from mtl.runtime.stage_folders import RESULTS_FILE
-from mtl.runtime.tb_layout import episode_counts
+from mtl.runtime.tb_layout import breakdown_name, episode_counts
 from mtl.training.run import Run
 
 MTL = methods.get("mtl").label
@@ -47,6 +55,8 @@ class Scorer:
 
     def __init__(self, run: Run, images: ImageRows, episodes: torch.Tensor) -> None:
         self.run, self.images, self.episodes = run, images, episodes
+        # {row label: {breakdown: (E, K)}} of the scored methods that give breakdowns
+        self.breakdowns: dict[str, dict[str, torch.Tensor]] = {}
         self._pretrained: dict | None = None
         self._pretrained_features: torch.Tensor | None = None
 
@@ -75,15 +85,19 @@ class Scorer:
     ) -> torch.Tensor:
         """Per-episode accuracy ``(E,)`` of ``method`` (its row: ``label``, default the method's);
         ``shares_pretrained``: its features are the pretrained encoder's, computed once for every
-        such method."""
-        self.run.monitor.line(f"scoring {label or method.label} on {len(self.episodes)} episodes")
+        such method. The method's breakdowns, if it gives any, are kept in :attr:`breakdowns`."""
+        label = label or method.label
+        self.run.monitor.line(f"scoring {label} on {len(self.episodes)} episodes")
         if shares_pretrained and self._pretrained_features is not None:
             feats = self._pretrained_features
         else:
             feats = method.features(self.images, self.run.features, self.run.device)
             if shares_pretrained:
                 self._pretrained_features = feats
-        return method.evaluate(feats, self.episodes, self.run.cfg.meta.shot)
+        acc, extra = method.evaluate_breakdowns(feats, self.episodes, self.run.cfg.meta.shot)
+        if extra:
+            self.breakdowns[label] = extra
+        return acc
 
     def baselines(self, names: list[str]) -> dict[str, torch.Tensor]:
         """``{label: accuracy (E,)}`` of evaluation-only methods; those that need the pretrained encoder
@@ -121,6 +135,8 @@ def publish(
     extra: dict | None = None,
     reference: str | None = None,
     allow_chance: bool = False,
+    breakdowns: dict[str, dict[str, torch.Tensor]] | None = None,
+    published: dict[str, dict] | None = None,
 ) -> dict:
     """Turn per-episode accuracies (``(E,)``, or ``(S, E)`` for a row of S training seeds) into
     ``results.json`` (written atomically) and print the table. Every row is compared with
@@ -128,7 +144,10 @@ def publish(
     per-episode results are kept. Results whose every row is exactly chance with zero spread do not
     replace an earlier ``results.json`` unless ``allow_chance`` (:func:`refuse_chance_results`): the
     refusal comes before anything of the run's folder or its TensorBoard stream is written; without an
-    earlier file they are written, with a warning on stderr (with ``quiet`` too, as an error would be)."""
+    earlier file they are written, with a warning on stderr (with ``quiet`` too, as an error would be).
+    ``breakdowns`` (``{row: {name: (E, K)}}``, :attr:`Scorer.breakdowns`) of the rows that have them
+    are kept as each column's mean and CI, beside ``published`` ones (``{name: {source: {"at",
+    "acc"}}}``), printed under the table and logged as curves over the K columns."""
     cfg = run.cfg
     accs = {label: acc.detach().cpu().numpy() for label, acc in scores.items()}
     rows = []
@@ -147,6 +166,7 @@ def publish(
         "episodes": episodes,
         "rows": rows,
         "paper": cfg.paper.__dict__ if cfg.paper.acc is not None else None,
+        **summarize_breakdowns({k: v for k, v in (breakdowns or {}).items() if k in accs}, published),
         **(extra or {}),
         "differences": paired.differences(accs, reference or next(iter(accs))),
         "per_episode": paired.per_episode_record(accs, cfg.meta.way * cfg.test.query),
@@ -161,6 +181,7 @@ def publish(
         chart = f"{method}: test accuracy ± 95% CI (%) by episodes scored"
         for n in episode_counts(acc.shape[-1]):
             run.monitor.accuracy(n, method, *paired.seed_summary(acc[..., :n])[:2], chart=chart)
+    _log_breakdowns(run, results)
     run.monitor.text("results", table)
     run.monitor.hparams({key: results[key] for key in ("pipeline", "way", "shot", "query", "episodes")}, accs)
     run.monitor.close()
@@ -193,7 +214,8 @@ def metatest(
         scores.update(scorer.baselines([b for b in cfg.test.baselines if b != cfg.method]))
         results = publish(
             run, scores, cfg.test.episodes, quiet=quiet, reference=_reference(reference, scores),
-            allow_chance=allow_chance,
+            allow_chance=allow_chance, breakdowns=scorer.breakdowns,
+            published=published_breakdowns(cfg.method, cfg),
         )  # fmt: skip
     if not quiet and trained is not None and _kept_epoch(trained) == 0:
         print(
@@ -202,6 +224,18 @@ def metatest(
             "the fine-tuned θ row)."
         )
     return results
+
+
+def _log_breakdowns(run: Run, results: dict) -> None:
+    """Each row's breakdowns as TensorBoard curves over their columns (presentation 1, 2, ...); a
+    breakdown of one column is no curve and is left to the table."""
+    for name, entry in results.get("breakdowns", {}).items():
+        for method, row in entry["rows"].items():
+            if len(row["mean"]) < 2:
+                continue
+            chart = breakdown_name(method, name)
+            for k, (mean, ci) in enumerate(zip(row["mean"], row["ci95"], strict=True), 1):
+                run.monitor.accuracy(k, chart, mean, ci, chart=f"{chart} ± 95% CI (%)")
 
 
 def _reference(name: str | None, scores: dict[str, torch.Tensor]) -> str | None:

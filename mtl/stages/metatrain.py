@@ -94,8 +94,11 @@ class MetaTraining(Training):
         names = self.train.class_names
         check_episode_shape(self.train.labels, way, m.shot, m.query, split="train", class_names=names)
         self.val = run.eval_episodes(val, "val", m.val_episodes, shot=m.shot, seed=cfg.seed + 1)
-        self.opt = torch.optim.Adam(method.param_groups())
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda updates: meta_factor(m, updates))
+        self.opt = method.optimizer()
+        total = m.epochs * m.updates_per_epoch
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda update: method.lr_factor(update, total, meta_factor(m, update))
+        )
         self.sampler = EpisodeSampler(self.train.labels, way, m.shot, m.query, seed=cfg.seed)
         self.images = run.to_device(self.train.images)
         aug = cfg.pretrain.augment
@@ -112,7 +115,7 @@ class MetaTraining(Training):
                 f"{run.world.size} processes need at least as many tasks per meta-batch (meta.meta_batch)"
             )
         self.trained = [p for p in method.parameters() if p.requires_grad]
-        self.generators = {"sampler": self.sampler.rng}
+        self.generators = {"sampler": self.sampler.rng, **method.generators()}
         if isinstance(self.transform, TrainAugment):
             self.generators["augment"] = self.transform.generator
         if self.hard is not None:
@@ -164,6 +167,9 @@ class MetaTraining(Training):
         else:
             loss, logits, targets = meta_update(*args, batch, self.transform)
         self.watch.update(loss, step)
+        self.method.auxiliary_update(
+            self.images, self.train.labels, step, self.epochs * self.steps, self.transform
+        )
         acc = (logits[: m.meta_batch].argmax(-1) == targets).float().mean()
         extra_acc = torch.zeros((), device=self.run.device)
         if self.hard is not None:
