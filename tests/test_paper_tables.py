@@ -63,4 +63,5 @@ def test_compare_lists_the_paper_set_and_refuses_unknown_rows_naming_it(tmp_path
     assert result.output.splitlines()[0].split()[0] == "paper" and ", ".join(PAPER_TABLE) in result.output
     result = CliRunner().invoke(main, ["compare", "glyphs-1shot", "--methods", "papers"])
     assert result.exit_code == 2
-    assert "compare: unknown method 'papers' (known: paper, " in result.output
+    assert "compare: unknown method 'papers' (known: mtl, " in result.output
+    assert result.output.rstrip().endswith("mann; paper: the MTL paper's table)")

@@ -61,8 +61,17 @@ def test_the_config_printed_without_torch_is_the_config_a_stage_runs():
 def _fields(settings: type | None) -> list[tuple] | None:
     if settings is None:
         return None
+    # A list default comes from a factory: compare what it makes.
+    missing = dataclasses.MISSING
     return [
-        (f.name, f.type, f.default, f.default_factory, dict(f.metadata)) for f in dataclasses.fields(settings)
+        (
+            f.name,
+            f.type,
+            f.default,
+            None if f.default_factory is missing else f.default_factory(),
+            dict(f.metadata),
+        )
+        for f in dataclasses.fields(settings)
     ]
 
 

@@ -84,7 +84,8 @@ def rows(cfg: Config, names: list[str] | None = None) -> dict[str, Row]:
     names = list(dict.fromkeys(n for name in names for n in (PAPER_TABLE if name == PAPER else (name,))))
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise MtlError(f"compare: unknown method '{unknown[0]}' (known: {PAPER}, {', '.join(known)})")
+        rows_known = f"{', '.join(known)}; {PAPER}: the MTL paper's table"
+        raise MtlError(f"compare: unknown method '{unknown[0]}' (known: {rows_known})")
     out = {}
     for name in names:
         method, label, sets = known[name]
