@@ -34,7 +34,10 @@ from mtl.methods.registry import register
 from mtl.runtime import checkpoint
 from mtl.runtime import device as devices
 
-__all__ = ["MAML", "MAMLSettings", "TaskBatchNorm2d", "adapt_network", "task_batch_norm_"]
+__all__ = [
+    "MAML", "EncoderWithHead", "MAMLSettings", "TaskBatchNorm2d", "adapt_network", "replace_batch_norms_",
+    "task_batch_norm_",
+]  # fmt: skip
 
 
 @dataclass
@@ -102,18 +105,24 @@ class TaskBatchNorm2d(nn.Module):
         ]
 
 
-def task_batch_norm_(module: nn.Module) -> nn.Module:
-    """Replace every batch norm of ``module`` by :class:`TaskBatchNorm2d`, in place; returns it."""
+def replace_batch_norms_(module: nn.Module, make: Callable[[_BatchNorm], nn.Module]) -> nn.Module:
+    """Replace every batch norm ``bn`` of ``module`` by ``make(bn)``, in place; returns it."""
     for name, child in module.named_children():
         if isinstance(child, _BatchNorm):
-            setattr(module, name, TaskBatchNorm2d(child))
+            setattr(module, name, make(child))
         else:
-            task_batch_norm_(child)
+            replace_batch_norms_(child, make)
     return module
 
 
-class _Net(nn.Module):
-    """Encoder and head as one module, so one ``functional_call`` runs both."""
+def task_batch_norm_(module: nn.Module) -> nn.Module:
+    """Replace every batch norm of ``module`` by :class:`TaskBatchNorm2d`, in place; returns it."""
+    return replace_batch_norms_(module, TaskBatchNorm2d)
+
+
+class EncoderWithHead(nn.Module):
+    """Encoder and a linear head as one module, so one ``functional_call`` runs both (the network a
+    method that adapts every weight per task adapts)."""
 
     def __init__(self, encoder: nn.Module, way: int) -> None:
         super().__init__()
@@ -138,7 +147,7 @@ class MAML(Method):
         task_batch_norm_(encoder)  # batch statistics in every forward, none kept
         super().__init__(encoder, cfg)
         self.opts, d = cfg.maml, cfg.data
-        self.net = _Net(self.encoder, cfg.meta.way)
+        self.net = EncoderWithHead(self.encoder, cfg.meta.way)
         self.test_steps = cfg.maml.test_inner_steps
         self.pre = Preprocess.for_data(d)
 

@@ -62,6 +62,7 @@ from mtl.data.store import ImageStore
 from mtl.errors import MtlError
 from mtl.methods.base import Encode, Method
 from mtl.methods.episodic import chunked_accuracy
+from mtl.methods.maml import EncoderWithHead, replace_batch_norms_
 from mtl.methods.registry import register
 from mtl.runtime import checkpoint
 from mtl.runtime import device as devices
@@ -250,27 +251,6 @@ class EpisodeBatchNorm2d(nn.Module):
         return (x - mean.view(shape)) * scale.view(shape) + self.bias.view(shape)
 
 
-def _episode_batch_norm_(module: nn.Module, eps: float, tape: _Tape) -> nn.Module:
-    """Replace every batch norm of ``module`` by :class:`EpisodeBatchNorm2d` on ``tape``, in place."""
-    for name, child in module.named_children():
-        if isinstance(child, _BatchNorm):
-            setattr(module, name, EpisodeBatchNorm2d(child, eps, tape))
-        else:
-            _episode_batch_norm_(child, eps, tape)
-    return module
-
-
-class _Learner(nn.Module):
-    """Encoder and head as one module, so one ``functional_call`` runs both."""
-
-    def __init__(self, encoder: nn.Module, way: int) -> None:
-        super().__init__()
-        self.encoder, self.head = encoder, nn.Linear(encoder.num_features, way)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.encoder(x))
-
-
 def _fold(running: Stats, seen: Stats, momentum: float) -> Stats:
     """The running averages after a step whose batch statistics were ``seen`` (``running`` empty: the
     reset ones, mean 0 and variance 1)."""
@@ -306,10 +286,10 @@ class MetaLSTM(Method):
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
         s = cfg.section(self.name)
         self.tape = _Tape()
-        _episode_batch_norm_(encoder, s.bn_eps, self.tape)
+        replace_batch_norms_(encoder, lambda bn: EpisodeBatchNorm2d(bn, s.bn_eps, self.tape))
         super().__init__(encoder, cfg)
         self.opts = s
-        self.net = _Learner(self.encoder, cfg.meta.way)
+        self.net = EncoderWithHead(self.encoder, cfg.meta.way)
         self.meta = MetaLearner(s.hidden_size, s.preprocess_p)
         by_shot = 12 if self.shot == 1 else 8
         self.train_steps = s.inner_steps or by_shot
