@@ -10,12 +10,11 @@ first use (torch with the first of them), so the command line answers ``--help``
     net = mtl.build_backbone("resnet12"); mtl.models.ss.attach(net)   # SS on every convolution
 """
 
-__version__ = "0.2.0"
+from mtl.version import __version__
 
 # name -> (module, attribute): imported on first use, so `import mtl` stays light. (Folder-based
 # adapt and predict are mtl.inference.adapt.adapt_folders and mtl.inference.predict.predict.)
 _API = {
-    "load_config": ("mtl.config", "load"),
     "Config": ("mtl.config", "Config"),
     "build_backbone": ("mtl.models.backbone", "build_backbone"),
     "models": ("mtl.models", None),
@@ -29,7 +28,17 @@ _API = {
     "Classifier": ("mtl.inference.classifier", "Classifier"),
     "load_encoder": ("mtl.weights", "load_encoder"),
 }
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", "load_config", *_API]
+
+
+def load_config(pipeline=None, overrides=()):
+    """A pipeline as the command line reads it: a file or a shipped pipeline's name (None: the
+    defaults), ``key=value`` overrides applied, validated against every registered method's section
+    (:func:`mtl.config.load`, after importing the methods that register them)."""
+    import mtl.methods  # noqa: F401  (registering the built-in methods hands their sections over)
+    from mtl.config import load
+
+    return load(pipeline, overrides)
 
 
 def __getattr__(name: str):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mtl.methods  # noqa: F401  (the methods register their pipeline sections)
 from mtl import config
 
 PIPELINE = "pipelines/glyphs-1shot.yaml"
@@ -32,8 +33,8 @@ TINY = [
     "meta.epochs=2",
     "meta.updates_per_epoch=2",
     "meta.meta_batch=2",
-    "meta.inner_steps=10",
-    "meta.inner_lr=0.1",
+    "mtl.inner_steps=10",
+    "mtl.inner_lr=0.1",
     "meta.val_episodes=20",
     "test.episodes=30",
     "test.query=3",

@@ -102,5 +102,5 @@ def test_the_random_encoder_control_is_labelled_as_mtls_own(tiny_overrides):
     assert [r.name for r in rows] == ["nc", "ft", "mtl", "mtl-random", "mtl-ht", "random-encoder"]
     control = rows[-1]
     assert control.label == RANDOM_ENCODER and "mtl's control, not in the paper" in control.label
-    assert control.from_scratch and control.cfg.method == "mtl" and control.cfg.meta.bn == "affine"
+    assert control.from_scratch and control.cfg.method == "mtl" and control.cfg.mtl.bn == "affine"
     assert "random-encoder" not in [r.name for r in ablation_rows(config.load(None, tiny_overrides))]

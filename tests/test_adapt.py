@@ -168,7 +168,7 @@ def reference_probs(model, support: Path, query: Path, classes: list[str]) -> to
     cfg = model.cfg
     ckpt = checkpoint.load(model.best, stage="metatrain")
     encoder = build_backbone(cfg.backbone.name, in_chans=3, widths=cfg.backbone.widths)
-    encoder = ss.attach(encoder, bn=cfg.meta.bn)
+    encoder = ss.attach(encoder, bn=cfg.mtl.bn)
     encoder.load_state_dict(ckpt["encoder"])
     encoder.eval()
     pre = Preprocess(cfg.data.image_size, 3, cfg.data.mean, cfg.data.std)
@@ -184,10 +184,10 @@ def reference_probs(model, support: Path, query: Path, classes: list[str]) -> to
     W, b = ckpt["theta"]["W"], ckpt["theta"]["b"]
     if W.shape[0] != len(classes):
         W, b = W.mean(0).repeat(len(classes), 1), b.mean().repeat(len(classes))
-    for _ in range(cfg.eval_inner_steps()):
+    for _ in range(cfg.mtl.eval_steps):
         W, b = W.detach().requires_grad_(), b.detach().requires_grad_()
         gW, gb = torch.autograd.grad(F.cross_entropy(x_s @ W.T + b, y_s), (W, b))
-        W, b = W - cfg.meta.inner_lr * gW, b - cfg.meta.inner_lr * gb
+        W, b = W - cfg.mtl.inner_lr * gW, b - cfg.mtl.inner_lr * gb
     return torch.softmax(x_q @ W.T + b, dim=-1).detach()
 
 
@@ -201,7 +201,7 @@ def test_matches_plain_gradient_descent(model, tmp_path, counts):
     query = write_classes(tmp_path / "query", dict.fromkeys(counts, 2), seed=8)
     res = adapt_folders(model.best, support, query, quiet=True)
     got = torch.tensor([[p["probs"][c] for c in counts] for p in res["predictions"]])
-    assert res["classes"] == list(counts) and res["steps"] == model.cfg.eval_inner_steps() > 0
+    assert res["classes"] == list(counts) and res["steps"] == model.cfg.mtl.eval_steps > 0
     torch.testing.assert_close(
         got, reference_probs(model, support, query, list(counts)), atol=1e-5, rtol=1e-4
     )

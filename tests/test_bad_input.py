@@ -97,7 +97,7 @@ CASES = {
         stage("pretrain", "--set", "meta.wya=5"), r"meta\.wya: unknown key \(did you mean 'meta\.way'\?\)"
     ),
     "bad --set syntax": (stage("pretrain", "--set", "meta.way"), r"bad --set 'meta\.way': expected key="),
-    "out of range": (stage("metatrain", "--set", "meta.inner_lr=-1"), r"meta\.inner_lr: must be >= 0"),
+    "out of range": (stage("metatrain", "--set", "mtl.inner_lr=-1"), r"mtl\.inner_lr: must be >= 0"),
     "bad choice": (stage("pretrain", "--set", "precision=fp16"), r"precision: .*'fp16'.*auto"),
     "missing pipeline": (plain("pretrain", "{root}/nope.yaml"), r"pipeline file not found: .*nope\.yaml"),
     "broken YAML": (write("broken.yaml", "meta: [way: 5\n"), r"broken\.yaml.*YAML"),
@@ -126,8 +126,8 @@ CASES = {
         r"was made with a different setup \(backbone\.widths: checkpoint \[8, 8, 16, 16\] vs pipeline",
     ),
     "resume with another config": (
-        stage("metatrain", "--set", "meta.inner_steps=3"),
-        r"belongs to another configuration \(differs in meta\.inner_steps\); run with --fresh",
+        stage("metatrain", "--set", "mtl.inner_steps=3"),
+        r"belongs to another configuration \(differs in mtl\.inner_steps\); run with --fresh",
     ),
     "output dir is a file": (
         lambda root, sets, ckpts: [
@@ -258,8 +258,8 @@ CASES.update(FILE_CASES)
 # Numbers no run can use: NaN passes every `<` check, so each is refused by name first.
 LIMIT_CASES = {
     "NaN learning rate": (
-        stage("metatrain", "--set", "meta.inner_lr=nan"),
-        r"meta\.inner_lr: must be a finite number, got nan",
+        stage("metatrain", "--set", "mtl.inner_lr=nan"),
+        r"mtl\.inner_lr: must be a finite number, got nan",
     ),
     "NaN normalisation": (
         stage("metatest", "--set", "data.std=[.nan,1,1]"),
@@ -274,8 +274,8 @@ LIMIT_CASES = {
         r"paper\.acc: must be a finite number",
     ),
     "absurd inner learning rate": (
-        stage("metatest", "--set", "meta.inner_lr=1e308"),
-        r"meta\.inner_lr: must be <= 100\.0, got 1e\+308",
+        stage("metatest", "--set", "mtl.inner_lr=1e308"),
+        r"mtl\.inner_lr: must be <= 100\.0, got 1e\+308",
     ),
     "zero pretraining rate": (
         stage("pretrain", "--set", "pretrain.lr=0"),
@@ -292,8 +292,8 @@ LIMIT_CASES = {
         r"test\.episodes: must be <= 100,000, got 1,000,000,000,000",
     ),
     "absurd inner steps": (
-        stage("metatest", "--set", "test.inner_steps=100000000"),
-        r"test\.inner_steps: must be <= 10,000",
+        stage("metatest", "--set", "mtl.test_inner_steps=100000000"),
+        r"mtl\.test_inner_steps: must be <= 10,000",
     ),
     "absurd glyphs classes": (
         stage("pretrain", "--set", "data.glyphs.classes=1000000000"),

@@ -17,8 +17,8 @@ def write(path: Path, data: dict) -> Path:
 def test_defaults_follow_the_official_pytorch_settings():
     cfg = config.load()
     assert (cfg.meta.way, cfg.meta.shot, cfg.meta.query) == (5, 1, 15)
-    assert (cfg.meta.inner_steps, cfg.meta.inner_lr, cfg.meta.first_order) == (100, 0.01, False)
-    assert (cfg.meta.lr_ss, cfg.meta.lr_theta) == (1e-4, 1e-3)
+    assert (cfg.mtl.inner_steps, cfg.mtl.inner_lr, cfg.mtl.first_order) == (100, 0.01, False)
+    assert (cfg.mtl.lr_ss, cfg.mtl.lr_theta) == (1e-4, 1e-3)
     assert (cfg.test.episodes, cfg.test.query) == (600, 15)
     assert cfg.pretrain.nesterov and cfg.pretrain.weight_decay == 5e-4
 
@@ -45,7 +45,7 @@ def test_resolved_config_round_trips(tmp_path):
         ("meta.wya=3", "meta.wya: unknown key (did you mean 'meta.way'?)"),
         ("meta.shot=five", "meta.shot: expected int, got 'five'"),
         ("meta.shot=0", "meta.shot: must be >= 1, got 0"),
-        ("meta.first_order=1", "meta.first_order: expected bool, got 1"),
+        ("mtl.first_order=1", "mtl.first_order: expected bool, got 1"),
         ("device=tpu", "device: 'tpu' is not one of auto, cpu, cuda"),
         ("data.glyphs.preset=medium", "data.glyphs.preset: 'medium' is not one of easy, hard"),
         ("backbone.widths=[8,16.5]", "backbone.widths[1]: expected int, got 16.5"),

@@ -30,7 +30,7 @@ def _setup(method: str, backbone: str = "resnet12"):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(6), 10)
-    sets = [f"method={method}", "precision=fp32", "meta.way=3", "meta.query=3", "meta.inner_steps=5"]
+    sets = [f"method={method}", "precision=fp32", "meta.way=3", "meta.query=3", "mtl.inner_steps=5"]
     sets += [
         "maml.inner_steps=2",
         f"backbone.name={backbone}",

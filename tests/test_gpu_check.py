@@ -38,7 +38,7 @@ def test_every_step_runs_and_lands_in_the_json_and_log(tmp_path):
         image_size=16, classes=(64, 16, 20), images_per_class=10, pretrain_epochs=1, meta_updates=2,
         val_episodes=10, test_episodes=20, bench=TINY,
         sets=("backbone.name=resnet12", "backbone.widths=[4,4,8,8]", "data.resize=null", "data.image_size=16",
-              "pretrain.batch_size=64", "meta.inner_steps=3", "test.inner_steps=3", "meta.query=3",
+              "pretrain.batch_size=64", "mtl.inner_steps=3", "mtl.test_inner_steps=3", "meta.query=3",
               "test.query=3"),
     )  # fmt: skip
     calls = []

@@ -188,7 +188,7 @@ def test_pool_with_the_paper_settings_holds_a_few_recently_failed_classes(tmp_pa
         "name=steady", "device=cpu", f"data.root={tmp_path / 'data'}", "data.image_size=16",
         "data.glyphs.classes=100", "data.glyphs.images_per_class=20", "backbone.widths=[8,8,16,16]",
         "pretrain.epochs=1", "pretrain.val_episodes=10", "meta.epochs=2", "meta.updates_per_epoch=20",
-        "meta.inner_steps=5", "meta.val_episodes=10", "test.query=3",
+        "mtl.inner_steps=5", "meta.val_episodes=10", "test.query=3",
         *(f"meta.{k}={getattr(paper, k)}" for k in ("way", "shot", "query", "meta_batch")),
         *(f"meta.hard_tasks.{k}={v}" for k, v in asdict(paper.hard_tasks).items() if v is not None),
     ]  # fmt: skip

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mtl import config, methods
 from mtl.cli import main
 from mtl.config.validation import option
-from mtl.methods import METHODS, FeatureMethod, register
+from mtl.methods import FeatureMethod, register, unregister
 from mtl.methods.episodic import prototype_logits
 from mtl.runtime import checkpoint
 from mtl.stages.metatest import metatest
@@ -55,7 +55,7 @@ def registered():
     """What ``@register`` above the class does when its module is imported; undone after the test."""
     register(ScaledCentroids)
     yield
-    METHODS.pop(ScaledCentroids.name)
+    unregister(ScaledCentroids.name)
 
 
 def mtl_cli(*args: str):

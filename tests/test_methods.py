@@ -15,7 +15,7 @@ from mtl.methods import FeatureMethod
 from mtl.methods.nearest_centroid import prototype_logits
 from mtl.models.backbone import build_backbone
 from mtl.runtime import checkpoint
-from mtl.stages.compare import compare
+from mtl.stages.compare import compare, known_rows
 from mtl.stages.metatest import metatest
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
@@ -91,8 +91,15 @@ class Centroids(FeatureMethod):
         return [{"name": "encoder", "params": list(self.encoder.parameters()), "lr": 1e-3}]
 
 
-def test_a_method_added_outside_runs_through_metatrain_and_metatest(tiny_overrides, tmp_path, monkeypatch):
-    monkeypatch.setitem(methods.METHODS, Centroids.name, Centroids)
+@pytest.fixture
+def centroids():
+    """``Centroids`` registered as a module outside the package would (``@register``), then forgotten."""
+    methods.register(Centroids)
+    yield Centroids
+    methods.unregister(Centroids.name)
+
+
+def test_a_method_added_outside_runs_through_metatrain_and_metatest(tiny_overrides, tmp_path, centroids):
     cfg = config.load(None, [*tiny_overrides, f"method={Centroids.name}", "test.baselines=[pixels]"])
     best = metatrain(cfg, tmp_path)
     ckpt = checkpoint.load(tmp_path / "tiny" / "metatrain" / "best.pt", stage="metatrain")
@@ -128,9 +135,9 @@ def test_compare_scores_every_row_on_shared_episodes(tiny_overrides, tmp_path):
     results = compare(cfg, tmp_path, names=names, quiet=True)
     saved = json.loads((tmp_path / "tiny" / "compare" / "results.json").read_text())
     assert saved == results and saved["episodes"] == 40
-    labels = [methods.variants()[n][1] for n in names]
+    labels = [known_rows()[n][1] for n in names]
     assert [r["method"] for r in saved["rows"]] == labels
-    trained = [methods.variants()[n][1] for n in ("protonet-conv4", "protonet", "mtl", "mtl-ht")]
+    trained = [known_rows()[n][1] for n in ("protonet-conv4", "protonet", "mtl", "mtl-ht")]
     assert all(saved["seconds"][label] > 0 for label in trained) and saved["seconds"]["pretrain"] > 0
     assert set(saved["kept_epoch"]) == set(trained) and all(0 <= e <= 2 for e in saved["kept_epoch"].values())
     conv4 = checkpoint.load(tmp_path / "tiny" / "compare" / "protonet-conv4" / "best.pt", stage="metatrain")

@@ -56,27 +56,27 @@ def test_paper_pipeline(name):
         assert cfg.data.image_size == (32 if dataset == "fc100" else 84) and cfg.data.resize is None
         # The TF inner loop (run_experiment.py: UPDATE_NUM = 20, BASE_LR = 0.001, on a loss summed over
         # the 5-way support set / shot, i.e. 0.001 x 5 on the mean) and meta-optimiser (Adam 1e-3 on SS
-        # and θ); its batch norm is offered (meta.bn: batch) but the TF pipelines keep it frozen.
-        assert (cfg.meta.inner_steps, cfg.meta.inner_lr, cfg.meta.lr_ss, cfg.meta.lr_theta) == (
+        # and θ); its batch norm is offered (mtl.bn: batch) but the TF pipelines keep it frozen.
+        assert (cfg.mtl.inner_steps, cfg.mtl.inner_lr, cfg.mtl.lr_ss, cfg.mtl.lr_theta) == (
             20,
             0.001 * 5,
             1e-3,
             1e-3,
         )
-        assert cfg.meta.bn == "frozen" and not cfg.meta.augment
+        assert cfg.mtl.bn == "frozen" and not cfg.meta.augment
         assert cfg.run_name("pretrain") == dataset
     else:
         assert cfg.backbone.name == "resnet25" and not cfg.meta.hard_tasks.enabled
         # pytorch/trainer/meta.py: Dataset('train', self.args) -- the loader's train_aug=False default.
         assert not cfg.meta.augment
-        assert (cfg.data.image_size, cfg.data.resize, cfg.meta.bn, cfg.pretrain.head_hidden) == (
+        assert (cfg.data.image_size, cfg.data.resize, cfg.mtl.bn, cfg.pretrain.head_hidden) == (
             80,
             92,
             "affine",
             1000,
         )
         # The official PyTorch inner loop and meta-optimiser.
-        assert (cfg.meta.inner_steps, cfg.meta.inner_lr, cfg.meta.lr_ss, cfg.meta.lr_theta) == (
+        assert (cfg.mtl.inner_steps, cfg.mtl.inner_lr, cfg.mtl.lr_ss, cfg.mtl.lr_theta) == (
             100,
             0.01,
             1e-4,
@@ -96,12 +96,12 @@ def test_all_shots_of_a_dataset_share_one_pretrain(dataset, recipe):
 
 
 def _layouts() -> dict[tuple, str]:
-    """One paper pipeline per (backbone, image size, meta.bn) they use, plus the TF code's batch norm
-    (meta.bn: batch), which the TF pipelines offer as a setting."""
+    """One paper pipeline per (backbone, image size, mtl.bn) they use, plus the TF code's batch norm
+    (mtl.bn: batch), which the TF pipelines offer as a setting."""
     out = {}
     for name in sorted(PAPER) + sorted(PYTORCH):
         cfg = config.load(PIPELINES / f"{name}.yaml")
-        out.setdefault((cfg.backbone.name, cfg.data.image_size, cfg.meta.bn), name)
+        out.setdefault((cfg.backbone.name, cfg.data.image_size, cfg.mtl.bn), name)
     out[("resnet12_tf", 84, "batch")] = "miniimagenet-1shot"
     return out
 
@@ -117,7 +117,7 @@ def test_no_optimised_parameter_is_cancelled_by_a_following_norm(layout, name):
     from mtl.models.backbone import build_backbone
 
     backbone, size, bn = layout
-    cfg = config.load(PIPELINES / f"{name}.yaml", [f"meta.bn={bn}", "precision=fp32", "meta.inner_steps=3"])
+    cfg = config.load(PIPELINES / f"{name}.yaml", [f"mtl.bn={bn}", "precision=fp32", "mtl.inner_steps=3"])
     torch.manual_seed(0)
     encoder = build_backbone(cfg.backbone.name, widths=cfg.backbone.widths, image_size=size)
     method = methods.get("mtl")(encoder, cfg).double().train()
@@ -174,5 +174,5 @@ def test_resnet25_ss_layout_has_the_official_parameter_count():
     assert len(ours) == 29 and sum(p.numel() for p in ours) == official
     assert [name for name, m in ss.ss_modules(method.encoder) if m.shift is not None] == ["conv1"]
     # The stem's shift feeds the batch norm after it, which normalises with batch statistics in
-    # meta-training (meta.bn: affine): it exists, as in the official code, but is not optimised.
+    # meta-training (mtl.bn: affine): it exists, as in the official code, but is not optimised.
     assert not method.encoder.conv1.shift.requires_grad

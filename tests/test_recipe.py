@@ -163,12 +163,12 @@ def test_paper_pipeline_runs_the_official_recipe(name, tmp_path):
     assert (d["final_lr_ss"], d["final_lr_theta"]) == pytest.approx(recipe["final_lr"])
     assert d["pretrain_lr_drops_at"] == drops(PRETRAIN_RATES)
     steps, lr, test_steps = recipe["inner"]
-    assert (cfg["meta"]["inner_steps"], cfg["meta"]["inner_lr"], d["inner_steps"]["test"]) == (
+    assert (cfg["mtl"]["inner_steps"], cfg["mtl"]["inner_lr"], d["inner_steps"]["test"]) == (
         steps,
         lr,
         test_steps,
     )
-    assert cfg["meta"]["first_order"] is recipe["first_order"]
+    assert cfg["mtl"]["first_order"] is recipe["first_order"]
     assert (
         d["pretrain_steps"] == 110 * STEPS_PER_EPOCH[dataset]
         and d["pretrain_steps_per_epoch"] == STEPS_PER_EPOCH[dataset]
@@ -177,7 +177,7 @@ def test_paper_pipeline_runs_the_official_recipe(name, tmp_path):
     if recipe is TF:
         assert d["hard_task_window"] == 3  # ceil(5-way / 2 tasks): the fewest meta-batches with 5 failures
     else:
-        assert cfg["meta"]["bn"] == "affine" and cfg["pretrain"]["head_hidden"] == 1000
+        assert cfg["mtl"]["bn"] == "affine" and cfg["pretrain"]["head_hidden"] == 1000
         assert (cfg["data"]["resize"], cfg["data"]["image_size"]) == (92, 80)
 
 

@@ -54,12 +54,12 @@ def test_cached_batched_evaluation_equals_per_episode_reference(tiny_cfg, split)
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("bn", ["frozen", "affine", "batch"])
 def test_batched_closed_form_meta_gradient_equals_per_task_autograd(tiny_cfg, split, first_order, bn):
-    """With ``meta.bn: affine`` or ``batch`` the meta-batch holds 2 normal tasks and 1 hard task, and
+    """With ``mtl.bn: affine`` or ``batch`` the meta-batch holds 2 normal tasks and 1 hard task, and
     batch norm must normalise each task's support and query sets on their own, as the per-task
     reference does (and in ``affine`` mode update the running statistics in the same order)."""
     train, images = split
-    m = tiny_cfg.meta
-    m.first_order, m.inner_steps, m.inner_lr = first_order, 8, 0.3
+    m, inner = tiny_cfg.meta, tiny_cfg.mtl
+    inner.first_order, inner.inner_steps, inner.inner_lr = first_order, 8, 0.3
     pre = Preprocess(tiny_cfg.data.image_size, 3)
     sampler = EpisodeSampler(train.labels, m.way, m.shot, m.query, seed=0)
     tasks = np.stack([sampler.sample() for _ in range(3)])
@@ -70,7 +70,7 @@ def test_batched_closed_form_meta_gradient_equals_per_task_autograd(tiny_cfg, sp
         tasks = np.concatenate([tasks[:2], hard.draw(tasks[:2])])
 
     def grads(use_reference: bool):
-        m.bn, tiny_cfg.precision = bn, "fp32"
+        inner.bn, tiny_cfg.precision = bn, "fp32"
         learner = MTL(_encoder(tiny_cfg), tiny_cfg)
         with torch.no_grad():
             learner.W.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
@@ -78,7 +78,7 @@ def test_batched_closed_form_meta_gradient_equals_per_task_autograd(tiny_cfg, sp
         if use_reference:
             loss = reference.meta_loss(
                 lambda x: learner.encoder(pre(x)), images, torch.from_numpy(tasks), m.shot,
-                learner.W, learner.b, steps=m.inner_steps, lr=m.inner_lr, first_order=first_order,
+                learner.W, learner.b, steps=inner.inner_steps, lr=inner.inner_lr, first_order=first_order,
             )  # fmt: skip
         else:
             logits, targets = learner.task_logits(images, tasks, pre)
@@ -102,11 +102,11 @@ def test_batched_closed_form_meta_gradient_equals_per_task_autograd(tiny_cfg, sp
 
 
 def test_batch_statistics_evaluation_equals_per_episode_reference(tiny_cfg, split):
-    """``meta.bn: batch`` (the TF code's batch norm): each episode's support set and its query set are
+    """``mtl.bn: batch`` (the TF code's batch norm): each episode's support set and its query set are
     normalised with their own statistics, at test too; the batched evaluation equals encoding each
     episode's sets one after the other."""
     train, images = split
-    tiny_cfg.meta.bn, tiny_cfg.precision = "batch", "fp32"
+    tiny_cfg.mtl.bn, tiny_cfg.precision = "batch", "fp32"
     learner = MTL(_encoder(tiny_cfg), tiny_cfg).eval()
     for _, mod in ss.ss_modules(learner.encoder):
         torch.nn.init.normal_(mod.scale, 1.0, 0.1)
@@ -122,7 +122,7 @@ def test_batch_statistics_evaluation_equals_per_episode_reference(tiny_cfg, spli
     episodes = torch.from_numpy(fixed_episodes(train.labels, 3, 1, 4, 12, seed=3))
     feats = learner.features(train.images, None, torch.device("cpu"))
     fast = learner.evaluate(feats, episodes, 1)
-    steps, lr = learner.test_steps, tiny_cfg.meta.inner_lr
+    steps, lr = learner.test_steps, tiny_cfg.mtl.inner_lr
     slow = torch.stack(
         [
             reference.episode_accuracy(encode, images, ep, 1, learner.W, learner.b, steps=steps, lr=lr)

@@ -18,8 +18,7 @@ from click.testing import CliRunner
 from conftest import finished_run
 
 from mtl import config
-from mtl.cli import main
-from mtl.config import key_reference
+from mtl.cli import key_reference, main
 from mtl.errors import MtlError
 from mtl.runtime import atomic
 from mtl.runtime.monitor import Monitor

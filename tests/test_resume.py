@@ -126,12 +126,12 @@ def test_changed_config_is_refused_naming_the_keys_and_fresh_starts_over(tiny_ov
     cfg = config.load(None, tiny_overrides)
     pretrain(cfg, tmp_path, quiet=True)
     metatrain(cfg, tmp_path, quiet=True)
-    changed = config.load(None, [*tiny_overrides, "meta.lr_theta=0.01", "meta.inner_steps=3"])
-    with pytest.raises(MtlError, match=r"differs in meta\.inner_steps, meta\.lr_theta\); run with --fresh"):
+    changed = config.load(None, [*tiny_overrides, "mtl.lr_theta=0.01", "mtl.inner_steps=3"])
+    with pytest.raises(MtlError, match=r"differs in mtl\.inner_steps, mtl\.lr_theta\); run with --fresh"):
         metatrain(changed, tmp_path, quiet=True)
     metatrain(changed, tmp_path, quiet=True, fresh=True)
     assert (
-        checkpoint.load(tmp_path / "tiny" / "metatrain" / "last.pt", stage="metatrain")["config"]["meta"][
+        checkpoint.load(tmp_path / "tiny" / "metatrain" / "last.pt", stage="metatrain")["config"]["mtl"][
             "inner_steps"
         ]
         == 3

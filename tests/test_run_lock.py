@@ -120,17 +120,17 @@ def test_two_metatrain_runs_with_different_settings_into_one_folder(tiny_copy):
     first = start("metatrain", [*sets, *(a for o in LONG for a in ("--set", o))], ckpts, "--fresh")
     try:
         wait_mid_run(first, out)
-        code, output = invoke("metatrain", PIPELINE, *sets, "--set", "meta.inner_steps=3", "--fresh",
+        code, output = invoke("metatrain", PIPELINE, *sets, "--set", "mtl.inner_steps=3", "--fresh",
                               "--checkpoints", ckpts)  # fmt: skip
         one_line_refusal(code, output, in_use(out, first.pid))
     finally:
         first.send_signal(signal.SIGTERM)
         output = first.communicate(timeout=300)[0]
     assert first.returncode == 128 + signal.SIGTERM, output
-    assert yaml.safe_load((out / "config.yaml").read_text())["meta"]["inner_steps"] == 10
+    assert yaml.safe_load((out / "config.yaml").read_text())["mtl"]["inner_steps"] == 10
     for name in ("best.pt", "last.pt"):
         saved = torch.load(out / name, weights_only=True)["config"]
-        assert (saved["meta"]["inner_steps"], saved["meta"]["epochs"]) == (10, 500), name
+        assert (saved["mtl"]["inner_steps"], saved["meta"]["epochs"]) == (10, 500), name
     assert not (out / LOCK_NAME).exists()
 
 

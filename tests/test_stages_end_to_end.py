@@ -61,9 +61,9 @@ def test_three_stages_end_to_end(tiny_cfg, tmp_path):
 
 
 def test_the_tf_batch_norm_trains_and_tests(tiny_overrides, tmp_path):
-    """``meta.bn: batch``: batch statistics in every phase, nothing of BN trained, running statistics
+    """``mtl.bn: batch``: batch statistics in every phase, nothing of BN trained, running statistics
     untouched; the stages run and the pretrained BN buffers come out as they went in."""
-    cfg = config.load(None, [*tiny_overrides, "meta.bn=batch"])
+    cfg = config.load(None, [*tiny_overrides, "mtl.bn=batch"])
     ckpts = tmp_path / "ckpts"
     pretrain(cfg, ckpts, quiet=True)
     metatrain(cfg, ckpts, quiet=True)
@@ -79,7 +79,7 @@ def test_the_tf_batch_norm_trains_and_tests(tiny_overrides, tmp_path):
 
 
 def test_metatest_is_reproducible(tiny_overrides, tmp_path):
-    tiny_cfg = config.load(None, [*tiny_overrides, "meta.augment=true", "meta.first_order=true"])
+    tiny_cfg = config.load(None, [*tiny_overrides, "meta.augment=true", "mtl.first_order=true"])
     ckpts = tmp_path / "ckpts"
     pretrain(tiny_cfg, ckpts, quiet=True)
     metatrain(tiny_cfg, ckpts, quiet=True)

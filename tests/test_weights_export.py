@@ -218,10 +218,8 @@ def test_exports_refuse_another_pipeline(trained, tmp_path):
         "backbone resnet12",
         "--set backbone.name=resnet12",
     )
-    affine = [*trained["sets"], "meta.bn=affine"]
-    refused(
-        run("import", tmp_path / "meta", PIPELINE, *sets(affine)), "meta.bn frozen", "--set meta.bn=frozen"
-    )
+    affine = [*trained["sets"], "mtl.bn=affine"]
+    refused(run("import", tmp_path / "meta", PIPELINE, *sets(affine)), "mtl.bn frozen", "--set mtl.bn=frozen")
     refused(
         run("import", tmp_path / "meta", PIPELINE, *sets([*trained["sets"], "method=protonet"])), "method mtl"
     )

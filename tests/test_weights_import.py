@@ -166,7 +166,7 @@ def test_official_meta_logits_match_the_official_forward():
 
 def test_official_meta_to_metatest(tiny_overrides, tmp_path):
     """The tiny meta checkpoint through the command: a metatrain best.pt that metatest scores."""
-    tiny = [*tiny_overrides, *R25, "meta.bn=affine"]
+    tiny = [*tiny_overrides, *R25, "mtl.bn=affine"]
     sd = official_meta(widths=(8, 16, 16), way=3)
     torch.save({"params": sd}, tmp_path / "meta.pth")
     ckpts = tmp_path / "ckpts"

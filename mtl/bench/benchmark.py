@@ -39,7 +39,7 @@ from mtl.data.episodes import EpisodeSampler, fixed_episodes
 from mtl.data.glyphs import render_class
 from mtl.methods import meta_update
 from mtl.methods.episodic import extract_features, finetune_theta
-from mtl.methods.mtl import MTL
+from mtl.methods.mtl import MTL, MTLSettings
 from mtl.models import ss
 from mtl.models.backbone import build_backbone
 from mtl.runtime import atomic, outputs
@@ -156,7 +156,8 @@ def bench_metatest(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.
 
 def bench_metatrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch.device) -> dict:
     """Tasks/s of meta_update in fp32 and in the default precision, and of the reference (fp32)."""
-    m = MetaConfig(way=s.way, shot=s.shot, query=s.query, inner_steps=s.inner_steps, inner_lr=s.inner_lr)
+    m = MetaConfig(way=s.way, shot=s.shot, query=s.query)
+    inner = MTLSettings(inner_steps=s.inner_steps, inner_lr=s.inner_lr)
     pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format())
     on_device = torch.from_numpy(images).to(dev)
     sampler = EpisodeSampler(labels, s.way, s.shot, s.query, seed=0)
@@ -175,7 +176,8 @@ def bench_metatrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch
 
     bf16 = devices.encoder_precision(dev, s.precision) == "bf16"
     for precision in ("fp32", s.precision) if bf16 else ("fp32",):
-        learner = MTL(_encoder(s, dev), replace(Config(), meta=m, precision=precision)).to(dev).train()
+        cfg = Config(meta=m, precision=precision, sections={"mtl": inner})
+        learner = MTL(_encoder(s, dev), cfg).to(dev).train()
         opt = torch.optim.Adam(learner.param_groups())
         measure(
             precision, lambda learner=learner, opt=opt: meta_update(learner, opt, on_device, tasks, pre)[0]
@@ -186,7 +188,10 @@ def bench_metatrain(s: Setup, images: np.ndarray, labels: np.ndarray, dev: torch
     W = nn.Parameter(torch.zeros(s.way, ref_encoder.num_features, device=dev))
     b = nn.Parameter(torch.zeros(s.way, device=dev))
     ref_opt = torch.optim.Adam(
-        [{"params": list(ss.parameters(ref_encoder)), "lr": m.lr_ss}, {"params": [W, b], "lr": m.lr_theta}]
+        [
+            {"params": list(ss.parameters(ref_encoder)), "lr": inner.lr_ss},
+            {"params": [W, b], "lr": inner.lr_theta},
+        ]
     )
     idx = torch.from_numpy(tasks).to(dev)
 

@@ -28,7 +28,7 @@ from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, episode_images, fixed_episodes
 from mtl.methods import meta_update
 from mtl.methods.episodic import extract_features, finetune_theta
-from mtl.methods.mtl import MTL
+from mtl.methods.mtl import MTL, MTLSettings
 from mtl.models import ss
 from mtl.runtime import device as devices
 from mtl.runtime.timing import timed, timed_pair
@@ -54,8 +54,10 @@ def bench_floors(s, images: np.ndarray, labels: np.ndarray, dev: torch.device, e
 
     pre = Preprocess(s.image_size, 3, memory_format=devices.memory_format())
     on_device = torch.from_numpy(images).to(dev)
-    m = MetaConfig(way=s.way, shot=s.shot, query=s.query, inner_steps=s.inner_steps, inner_lr=s.inner_lr)
-    learner = MTL(encoder_fn(s, dev), replace(config.Config(), meta=m, precision=s.precision)).to(dev).train()
+    m = MetaConfig(way=s.way, shot=s.shot, query=s.query)
+    inner = MTLSettings(inner_steps=s.inner_steps, inner_lr=s.inner_lr)
+    cfg = config.Config(meta=m, precision=s.precision, sections={"mtl": inner})
+    learner = MTL(encoder_fn(s, dev), cfg).to(dev).train()
     opt = torch.optim.Adam(learner.param_groups())
     sampler = EpisodeSampler(labels, s.way, s.shot, s.query, seed=0)
     tasks = np.stack([sampler.sample() for _ in range(s.meta_batch)])

@@ -29,9 +29,9 @@ import torch
 
 from mtl import config
 from mtl.bench.benchmark import FULL, Setup, run_bench
-from mtl.config import recipe
 from mtl.config.pipeline_file import shipped
 from mtl.runtime import atomic
+from mtl.training import recipe
 
 __all__ = ["FULL_SLICE", "Slice", "main", "run"]
 

@@ -19,8 +19,8 @@ import sys
 
 import click
 
-from mtl import __version__
 from mtl.cli import data, stages, tools, weights
+from mtl.version import __version__
 
 __all__ = ["main"]
 

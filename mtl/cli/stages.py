@@ -42,7 +42,7 @@ def stage_command(name: str) -> click.Command:
 
     @user_errors
     def command(pipeline: str, overrides: tuple[str, ...], checkpoints: str, quiet: bool, **more) -> None:
-        from mtl import config
+        from mtl import load_config
         from mtl.runtime import checkpoint
         from mtl.stages import ablate, metatest, metatrain, pretrain
 
@@ -53,7 +53,7 @@ def stage_command(name: str) -> click.Command:
             "ablate": ablate.ablate,
         }
         started = time.perf_counter()
-        cfg = config.load(pipeline, overrides)
+        cfg = load_config(pipeline, overrides)
         try:
             stages[name](cfg, checkpoints, quiet=quiet, **more)
         except MissingCheckpoint as exc:
@@ -105,7 +105,7 @@ seeds_option = click.option(
     "--methods",
     "names",
     metavar="A,B,...",
-    help="Rows to compare (default: compare.methods, else every method's variants; `mtl compare --list`); "
+    help="Rows to compare (default: compare.methods, else every row; `mtl compare --list`); "
     "paper: the MTL paper's comparison table, in its order.",
 )
 @click.option("--list", "list_rows", is_flag=True, help="List the rows mtl compare knows and exit.")
@@ -129,21 +129,21 @@ def compare_command(
 ):
     """Every method on the same test episodes of PIPELINE: accuracy ± CI, training time, published
     number."""
-    from mtl import config, methods
+    from mtl import load_config
     from mtl.runtime import checkpoint
     from mtl.stages.compare import compare
 
     if list_rows:
         from mtl.results.published import PAPER_TABLE
-        from mtl.stages.compare import PAPER
+        from mtl.stages.compare import PAPER, known_rows
 
         click.echo(f"{PAPER:<18} the MTL paper's comparison table: {', '.join(PAPER_TABLE)}")
-        for name, (method, label, sets) in methods.variants().items():
+        for name, (method, label, sets) in known_rows().items():
             extra = ", ".join(f"{k}={v}" for k, v in sets.items())
             click.echo(f"{name:<18} {label}  [method={method}{', ' + extra if extra else ''}]")
         return
     started = time.perf_counter()
-    cfg = config.load(pipeline, overrides)
+    cfg = load_config(pipeline, overrides)
     rows = [n.strip() for n in names.split(",") if n.strip()] if names else None
     try:
         compare(
@@ -176,17 +176,17 @@ def show_config(pipeline: str, overrides: tuple[str, ...], as_json: bool, key_li
     where the meta-LRs drop, pretraining steps and images per epoch."""
     import json
 
-    from mtl import config
-    from mtl.config import declared, recipe
-    from mtl.config.key_reference import key_reference
+    from mtl import load_config
+    from mtl.cli.key_reference import key_reference
+    from mtl.training import recipe
 
-    with declared.from_files():  # printed, not run: the methods and backbones read, not imported
-        if key_list:
-            click.echo(key_reference())
-            return
-        cfg = config.load(pipeline, overrides)
+    if key_list:
+        click.echo(key_reference())
+        return
+    cfg = load_config(pipeline, overrides)
     if as_json:
-        click.echo(json.dumps({"config": cfg.to_dict(), "derived": recipe.derived(cfg)}, indent=2))
+        config = cfg.to_dict(every_method=False)
+        click.echo(json.dumps({"config": config, "derived": recipe.derived(cfg)}, indent=2))
         return
     click.echo(cfg.to_yaml().rstrip())
     click.echo(f"\n# what {cfg.name} will run\n{recipe.describe(cfg)}")

@@ -43,11 +43,11 @@ def import_command(
 
     FILE is a weights file (.pth, .pt, .bin, .safetensors, .npy, .npz), an `mtl export` folder, or
     hf-hub:<repo> for a timm model on the Hugging Face hub."""
-    from mtl import config
+    from mtl import load_config
     from mtl.weights.importer import import_weights
 
     started = time.perf_counter()
-    cfg = config.load(pipeline, overrides)
+    cfg = load_config(pipeline, overrides)
     result = import_weights(file, cfg, checkpoints, fmt=fmt, force=force)
     for line in result.lines:
         click.echo(line)

@@ -9,27 +9,25 @@ from typing import Any
 
 import yaml
 
+from mtl.config import sections
 from mtl.config.limits import (
     MAX_BATCH,
     MAX_EPISODES,
     MAX_EPOCHS,
     MAX_IMAGE_SIZE,
-    MAX_LR,
     MAX_MEAN,
     MAX_SEED,
     MAX_STD,
-    MAX_STEPS,
     MAX_TASKS,
     MAX_UPDATES,
     MAX_WIDTH,
     MIN_MEAN,
     MIN_STD,
 )
-from mtl.config.sections import methods as registered_methods
 from mtl.config.validation import option
 
 __all__ = [  # noqa: RUF022  (the order of a pipeline file)
-    *("BN_MODES", "GlyphsConfig", "DataConfig", "BackboneConfig", "AugmentConfig", "PretrainConfig"),
+    *("GlyphsConfig", "DataConfig", "BackboneConfig", "AugmentConfig", "PretrainConfig"),
     *("HardTaskConfig", "MetaConfig", "TestConfig", "AblationConfig", "CompareConfig", "PaperConfig"),
     "Config",
 ]
@@ -148,10 +146,6 @@ class PretrainConfig:
     )
 
 
-# Batch-norm modes of meta-training (mtl.models.ss.attach).
-BN_MODES = ("frozen", "affine", "batch")
-
-
 @dataclass
 class HardTaskConfig:
     enabled: bool = option(False, doc="extra tasks in every meta-batch (MTL + HT)")
@@ -189,13 +183,6 @@ class MetaConfig:
     meta_batch: int = option(
         1, min=1, max=MAX_TASKS, doc="normal tasks per meta-update (extra tasks come on top)"
     )
-    inner_steps: int = option(
-        100, min=0, max=MAX_STEPS, doc="base-learner gradient steps on each support set"
-    )
-    inner_lr: float = option(0.01, min=0.0, max=MAX_LR, doc="base-learner step size")
-    first_order: bool = option(False, doc="meta-gradients without the inner loop's second derivatives")
-    lr_ss: float = option(1e-4, min=0.0, doc="Adam lr of the SS weights (and BN affine)")
-    lr_theta: float = option(1e-3, min=0.0, doc="Adam lr of the base-learner initialisation θ")
     step_size: int = option(10, min=1, doc="epochs between meta-LR decays")
     gamma: float = option(0.5, min=0.0, max=1.0, doc="meta-LR factor at each decay")
     first_drop: int | None = option(
@@ -206,13 +193,6 @@ class MetaConfig:
     )
     lr_floor: float = option(
         0.0, min=0.0, doc="the meta-LRs never decay below lr_floor x their start (TF code: 0.1)"
-    )
-    bn: str = option(
-        "frozen",
-        choices=BN_MODES,
-        doc="batch norm: frozen at the pretrained statistics; affine: affine weights trained, batch "
-        "statistics in meta-training (official PyTorch code); batch: batch statistics in every phase, "
-        "nothing trained (official TF code)",
     )
     augment: bool = option(
         False,
@@ -227,7 +207,6 @@ class TestConfig:
     episodes: int = option(600, min=1, max=MAX_EPISODES, doc="fixed, seeded test episodes")
     query: int = option(15, min=1, doc="query images per class in test episodes")
     seed: int = _seed("seed of the fixed test episodes (the same for every run and method)")
-    inner_steps: int | None = option(None, min=0, max=MAX_STEPS, doc="default: meta.inner_steps")
     batch_size: int = option(256, min=1, max=MAX_BATCH, doc="images per batch when computing features")
     baselines: list[str] = option(
         ["ft", "nc", "pixels"], doc="methods scored beside the pipeline's method (evaluation-only ones)"
@@ -257,7 +236,7 @@ class AblationConfig:
 @dataclass
 class CompareConfig:
     episodes: int = option(2000, min=1, max=MAX_EPISODES, doc="shared test episodes of mtl compare")
-    methods: list[str] | None = option(None, doc="rows of mtl compare (default: every method's variants)")
+    methods: list[str] | None = option(None, doc="rows of mtl compare (default: all, see mtl compare --list)")
 
 
 @dataclass
@@ -291,13 +270,13 @@ class Config:
         PaperConfig(), doc="the published number for this setting, printed beside ours"
     )
     # The methods' own sections, {method name: its settings}: top-level keys of the file like the
-    # ones above (``cfg.protonet.lr``), declared by the methods (mtl.config.sections).
+    # ones above (``cfg.protonet.lr``), handed over by the methods as they register (mtl.config.sections).
     sections: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        for name, settings in registered_methods().items():  # defaults for the sections not given
-            if settings is not None and name not in self.sections:
-                self.sections[name] = settings()
+        for name, section in sections.registered(required=False).items():  # defaults where not given
+            if section.settings is not None and name not in self.sections:
+                self.sections[name] = section.settings()
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections")
@@ -313,19 +292,22 @@ class Config:
         """The run folder under the checkpoints dir that holds ``stage``'s outputs."""
         return (self.pretrain.name or self.name) if stage == "pretrain" else self.name
 
-    def eval_inner_steps(self) -> int:
-        """Inner steps when adapting to a validation, test or user task (``test.inner_steps``, by
-        default ``meta.inner_steps``)."""
-        return self.test.inner_steps if self.test.inner_steps is not None else self.meta.inner_steps
-
-    def to_dict(self) -> dict:
-        """The resolved pipeline as a nested mapping (what a checkpoint keeps), the methods' sections
-        at the top level like the core ones."""
+    def to_dict(self, *, every_method: bool = True) -> dict:
+        """The resolved pipeline as a nested mapping, the methods' sections at the top level like the
+        core ones: every method's (what a checkpoint keeps: compare's rows are built from it), or with
+        ``every_method=False`` only the sections the chosen method reads (what ``mtl config`` prints)."""
         core = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sections"}
         out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in core.items()}
         paper = out.pop("paper")
-        out.update({k: dataclasses.asdict(v) for k, v in self.sections.items()})
+        read = self.sections if every_method else self._read_sections()
+        out.update({k: dataclasses.asdict(v) for k, v in self.sections.items() if k in read})
         return {**out, "paper": paper}
 
+    def _read_sections(self) -> set[str]:
+        """The sections of the methods' that the chosen method reads: its own and those it borrows."""
+        section = sections.registered(required=False).get(self.method)
+        return {self.method, *(section.borrows if section is not None else ())}
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The resolved pipeline as YAML, with the sections the chosen method reads."""
+        return yaml.safe_dump(self.to_dict(every_method=False), sort_keys=False)

@@ -5,7 +5,7 @@ index) with any number of images each. The meta-trained SS encoder maps every im
 the base learner θ = (W, b) is adapted on the support features exactly as in meta-testing::
 
     support images (n, S, S, C) -> features x_s (n, D), labels y_s (n,) in [0, N)
-    θ init: W (N, D), b (N,)  -> ``steps`` gradient steps at meta.inner_lr -> W', b'
+    θ init: W (N, D), b (N,)  -> ``steps`` gradient steps at mtl.inner_lr -> W', b'
     query images (m, S, S, C) -> features x_q (m, D) -> softmax(x_q W'ᵀ + b') (m, N)
 
 θ initialisation: when ``N`` equals the checkpoint's way, row ``i`` of the meta-learned W, b belongs to

@@ -7,7 +7,7 @@ method is one file (its class, its settings, ``@register``) and, for a built-in 
 from __future__ import annotations
 
 from mtl.methods.base import FeatureMethod, Method, meta_update
-from mtl.methods.registry import METHODS, build, get, method_of, register, variants
+from mtl.methods.registry import METHODS, build, get, method_of, register, unregister
 
 # The built-in methods register on import, in the results tables' row order.
 # isort: off
@@ -24,5 +24,5 @@ __all__ = [
     "meta_update",
     "method_of",
     "register",
-    "variants",
+    "unregister",
 ]

@@ -37,10 +37,15 @@ from mtl.runtime import checkpoint
 from mtl.runtime import device as devices
 from mtl.runtime.monitor import Monitor
 
-__all__ = ["Encode", "FeatureMethod", "Method", "meta_update"]
+__all__ = ["SCHEDULE_KEYS", "Encode", "FeatureMethod", "Method", "meta_update"]
 
 # The stage's feature pass: (model, images (N, H, W, C) uint8) -> (N, D) float32 on the device, no grad.
 Encode = Callable[[nn.Module, ImageRows], torch.Tensor]
+
+
+# The ``meta:`` learning-rate schedule's keys (:meth:`Method.lr_factor`'s ``default``): a method with a
+# schedule of its own does not read them.
+SCHEDULE_KEYS = ("meta.step_size", "meta.gamma", "meta.first_drop", "meta.lr_floor")
 
 
 class Method(nn.Module, metaclass=ABCMeta):
@@ -49,9 +54,12 @@ class Method(nn.Module, metaclass=ABCMeta):
 
     Class attributes: ``name`` (its key in :data:`mtl.methods.METHODS` and the value of ``method:``),
     ``label`` (its row in results tables), ``trains`` (False: evaluation only, nothing to meta-train),
-    ``variants`` (``mtl compare`` rows: ``{row name: (label, config overrides)}``), ``settings`` (the
-    dataclass of its own pipeline section, named like the method; None: it has none),
-    ``max_grad_norm`` (the meta-gradient's norm is clipped to it before each step; None: no clipping).
+    ``settings`` (the dataclass of its own pipeline section, named like the method; None: it has none),
+    ``reads_instead`` (keys of the shared sections ``meta:``/``test:`` it does not read: ``{key: the
+    key it reads instead}``; :meth:`unread`), ``former_keys`` (keys earlier versions had in the shared
+    sections that are now fields of its settings: ``{old dotted key: field}``), ``max_grad_norm`` (the
+    meta-gradient's norm is clipped to it before each step; None: no clipping), ``borrows`` (other
+    methods' sections it reads).
 
     A method whose official recipe differs from metatrain's (Adam on :meth:`param_groups`, the
     ``meta:`` learning-rate schedule) says so in :meth:`optimizer`, :meth:`lr_factor` and
@@ -61,21 +69,18 @@ class Method(nn.Module, metaclass=ABCMeta):
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     trains: ClassVar[bool] = True
-    variants: ClassVar[dict[str, tuple[str, dict]]] = {}
     settings: ClassVar[type | None] = None
-    ablation_labels: ClassVar[dict[str, str]] = {}
+    reads_instead: ClassVar[dict[str, str]] = {}
+    former_keys: ClassVar[dict[str, str]] = {}
+    borrows: ClassVar[tuple[str, ...]] = ()
     max_grad_norm: ClassVar[float | None] = None
 
     @classmethod
-    def ablation_label(cls, row: str) -> str:
-        """The ablation's row ``row`` (plain | random | hard | random_encoder) of this method."""
-        default = {
-            "plain": f"{cls.label}, no HT",
-            "random": f"{cls.label} + as many random extra tasks (control of HT)",
-            "hard": f"{cls.label} + HT: hard-task meta-batches",
-            "random_encoder": f"{cls.label} on a random encoder (mtl's control, not in the paper)",
-        }
-        return cls.ablation_labels.get(row, default[row])
+    def unread(cls, cfg: Config) -> dict[str, str]:
+        """The keys of the shared sections that this method, configured as ``cfg``, does not read, each
+        with the key it reads instead: a pipeline that sets one for it is refused in one line
+        (:func:`mtl.config.load`). Default: :attr:`reads_instead`."""
+        return dict(cls.reads_instead)
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
         """``encoder``: the configured backbone, already holding the pretrained weights when
@@ -85,6 +90,13 @@ class Method(nn.Module, metaclass=ABCMeta):
         self.way, self.shot, self.precision = cfg.meta.way, cfg.meta.shot, cfg.precision
         # Gradient steps a validation, test or user task takes (None: the method does not descend).
         self.test_steps: int | None = None
+
+    @classmethod
+    def figures(cls, cfg: Config, final_factor: float) -> dict:
+        """The method's own figures of what ``cfg`` will run, for ``mtl config`` (the learning rates
+        times the schedule's last factor ``final_factor``, the inner steps); JSON-ready. None by
+        default."""
+        return {}
 
     @classmethod
     def needs_pretrained(cls, cfg: Config) -> bool:

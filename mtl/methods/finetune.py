@@ -1,5 +1,7 @@
 """FT, the MTL paper's baseline: θ = (W, b) from zero, fine-tuned by gradient steps on each support set
-of the frozen pretrained features; nothing is meta-trained."""
+of the frozen pretrained features; nothing is meta-trained. It is MTL's base-learner without the
+meta-learning, so it takes MTL's test-time inner loop (``mtl.test_inner_steps``, ``mtl.inner_lr``):
+the two differ in what is meta-learned and nothing else."""
 
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ class FineTune(FeatureMethod):
     name = "ft"
     label = "FT: θ fine-tuned on pretrained features (no meta-training)"
     trains = False
-    variants = {"ft": (label, {})}
+    borrows = ("mtl",)
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
         super().__init__(encoder, cfg)
-        self.test_steps = cfg.eval_inner_steps()
-        self.lr = cfg.meta.inner_lr
+        inner = cfg.section("mtl")  # MTL's base-learner, see the module's docstring
+        self.test_steps = inner.eval_steps
+        self.lr = inner.inner_lr
 
     def _zeros(self, way: int, dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         return base_learner.init_theta(way, dim, device=device)

@@ -61,7 +61,6 @@ class MAMLSettings:
 
 
 Params = dict[str, Tensor]
-_CONV4_32 = {"backbone.name": "conv4", "backbone.widths": [32, 32, 32, 32], "maml.pretrained": False}
 
 
 def adapt_network(
@@ -137,10 +136,12 @@ class MAML(Method):
     name = "maml"
     label = "MAML"
     settings = MAMLSettings
-    variants = {
-        # The paper's miniImageNet network: Conv-4 with 32 filters per block.
-        "maml-conv4": ("MAML, Conv-4 (32 filters), second order", {**_CONV4_32, "maml.first_order": False}),
-        "fomaml-conv4": ("first-order MAML, Conv-4 (32 filters)", {**_CONV4_32, "maml.first_order": True}),
+    # Keys that MTL's inner loop once had in the shared sections: MAML's own are these.
+    reads_instead = {
+        "meta.inner_steps": "maml.inner_steps",
+        "meta.inner_lr": "maml.inner_lr",
+        "meta.first_order": "maml.first_order",
+        "test.inner_steps": "maml.test_inner_steps",
     }
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:

@@ -248,7 +248,6 @@ class MANN(Method):
     name = "mann"
     label = "MANN"
     settings = MANNSettings
-    variants = {"mann": ("MANN (Santoro et al. 2016)", {})}
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
         super().__init__(encoder, cfg)

@@ -78,12 +78,6 @@ class MatchingNet(FeatureMethod):
     name = "matchingnet"
     label = "Matching Networks"
     settings = MatchingNetSettings
-    variants = {
-        "matchingnet-conv4": (
-            "Matching Networks, Conv-4 trained from scratch",
-            {"backbone.name": "conv4", "backbone.widths": None, "matchingnet.pretrained": False},
-        ),
-    }
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
         super().__init__(encoder, cfg)

@@ -60,7 +60,7 @@ from mtl.data.augment import Preprocess
 from mtl.data.episodes import ImageRows, episode_targets
 from mtl.data.store import ImageStore
 from mtl.errors import MtlError
-from mtl.methods.base import Encode, Method
+from mtl.methods.base import SCHEDULE_KEYS, Encode, Method
 from mtl.methods.episodic import chunked_accuracy
 from mtl.methods.maml import EncoderWithHead, replace_batch_norms_
 from mtl.methods.registry import register
@@ -118,7 +118,6 @@ class MetaLSTMSettings:
 
 Params = dict[str, Tensor]
 Stats = list[tuple[Tensor, Tensor]]  # per batch norm, in forward order: mean (C,), unbiased variance (C,)
-_CONV4_32 = {"backbone.name": "conv4", "backbone.widths": [32, 32, 32, 32], "meta-lstm.pretrained": False}
 
 
 def preprocess(x: Tensor, p: float) -> Tensor:
@@ -281,7 +280,10 @@ class MetaLSTM(Method):
     name = "meta-lstm"
     label = "Meta-LSTM"
     settings = MetaLSTMSettings
-    variants = {"meta-lstm-conv4": ("Meta-LSTM, Conv-4 (32 filters)", _CONV4_32)}
+    reads_instead = {
+        "meta.inner_steps": "meta-lstm.inner_steps",
+        "test.inner_steps": "meta-lstm.test_inner_steps",
+    }
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
         s = cfg.section(self.name)
@@ -297,6 +299,15 @@ class MetaLSTM(Method):
         self.bn_momentum = s.bn_momentum or (0.9 if self.shot == 1 else 0.95)
         self.max_grad_norm = s.max_grad_norm
         self.pre = Preprocess.for_data(cfg.data)
+
+    @classmethod
+    def unread(cls, cfg: Config) -> dict[str, str]:
+        """The ``meta:`` schedule too, unless ``meta-lstm.lr_decay`` follows it."""
+        constant = (
+            "meta-lstm.lr_decay (false: a constant rate, the official code's; true: the meta: schedule)"
+        )
+        schedule = {} if cfg.section(cls.name).lr_decay else dict.fromkeys(SCHEDULE_KEYS, constant)
+        return {**cls.reads_instead, **schedule}
 
     @classmethod
     def needs_pretrained(cls, cfg: Config) -> bool:

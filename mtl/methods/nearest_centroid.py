@@ -19,7 +19,6 @@ class NearestCentroid(FeatureMethod):
     name = "nc"
     label = "nearest centroid, pretrained features"
     trains = False
-    variants = {"nc": (label, {})}
 
     def episode_logits(self, support, y_support, query, way) -> torch.Tensor:
         return prototype_logits(support, y_support, query, way)
@@ -36,7 +35,6 @@ class NearestCentroid(FeatureMethod):
 class PixelCentroid(NearestCentroid):
     name = "pixels"
     label = "nearest centroid, raw pixels"
-    variants = {"pixels": (label, {})}
 
     @classmethod
     def needs_pretrained(cls, cfg) -> bool:

@@ -39,13 +39,6 @@ class ProtoNet(FeatureMethod):
     name = "protonet"
     label = "ProtoNet"
     settings = ProtoNetSettings
-    variants = {
-        "protonet-conv4": (
-            "ProtoNet, Conv-4 trained from scratch",
-            {"protonet.pretrained": False, "backbone.name": "conv4", "backbone.widths": None},
-        ),
-        "protonet": ("ProtoNet, from the pretrained encoder", {"protonet.pretrained": True}),
-    }
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
         super().__init__(encoder, cfg)

@@ -1,9 +1,10 @@
 """The one list of methods, and the one way to build a method.
 
-``METHODS`` maps a method's name to its class. The ``method:`` key and its error messages, the
-methods' config sections (:mod:`mtl.config.sections`), ``mtl config --keys``, ``mtl compare``'s rows
-and the results tables' order are all read off it. A method is one file: its class, its settings
-dataclass beside it (``settings = ...``), and ``@register`` — inside the package or anywhere else.
+``METHODS`` maps a method's name to its class. Registering a method hands its section to the
+configuration (:mod:`mtl.config.sections`), from which the ``method:`` key and its error messages,
+``mtl config --keys`` and the schema read; ``mtl compare``'s default rows and the results tables'
+order follow it too. A method is one file: its class, its settings dataclass beside it
+(``settings = ...``), and ``@register`` — inside the package or anywhere else.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from pathlib import Path
 
 from torch import nn
 
-from mtl.config import Config
+from mtl.config import Config, sections
 from mtl.errors import MtlError
 from mtl.methods.base import Method
 from mtl.models.backbone import backbone_for
 from mtl.runtime import checkpoint
 
-__all__ = ["METHODS", "build", "get", "method_of", "register", "variants"]
+__all__ = ["METHODS", "build", "get", "method_of", "register", "unregister"]
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -33,10 +34,15 @@ def register(cls: type[Method]) -> type[Method]:
     core = {f.name for f in dataclasses.fields(Config)}
     if not cls.name or "." in cls.name or cls.name in core:
         raise ValueError(f"{cls.__name__}.name = {cls.name!r}: a method needs a name of its own, no dots")
-    if cls.settings is not None and not dataclasses.is_dataclass(cls.settings):
-        raise ValueError(f"{cls.__name__}.settings must be a dataclass (mtl.config.validation.option fields)")
+    sections.add(cls.name, sections.Section(cls.settings, cls.unread, cls.former_keys, cls.borrows))
     METHODS[cls.name] = cls
     return cls
+
+
+def unregister(name: str) -> None:
+    """Undo :func:`register` of method ``name``: its class and its pipeline section are forgotten."""
+    METHODS.pop(name, None)
+    sections.remove(name)
 
 
 def get(name: str) -> type[Method]:
@@ -69,12 +75,3 @@ def build(
 def method_of(ckpt: dict) -> str:
     """The method a metatrain checkpoint holds (one written before methods had names holds MTL)."""
     return ckpt.get("method", _UNNAMED)
-
-
-def variants() -> dict[str, tuple[str, str, dict]]:
-    """Every ``mtl compare`` row: ``{row name: (method name, label, config overrides)}``."""
-    return {
-        row: (cls.name, label, sets)
-        for cls in METHODS.values()
-        for row, (label, sets) in cls.variants.items()
-    }

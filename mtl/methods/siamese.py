@@ -41,12 +41,6 @@ class Siamese(FeatureMethod):
     name = "siamese"
     label = "Siamese networks"
     settings = SiameseSettings
-    variants = {
-        "siamese-conv4": (
-            "Siamese networks, Conv-4 trained from scratch",
-            {"backbone.name": "conv4", "backbone.widths": None, "siamese.pretrained": False},
-        ),
-    }
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
         super().__init__(encoder, cfg)

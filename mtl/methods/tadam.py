@@ -71,7 +71,7 @@ from mtl.data.augment import Preprocess
 from mtl.data.episodes import ImageRows, episode_targets
 from mtl.data.store import ImageStore
 from mtl.errors import MtlError
-from mtl.methods.base import Encode, Method
+from mtl.methods.base import SCHEDULE_KEYS, Encode, Method
 from mtl.methods.episodic import chunked_accuracy
 from mtl.methods.registry import register
 from mtl.runtime import checkpoint
@@ -266,9 +266,8 @@ class TADAM(Method):
     name = "tadam"
     label = "TADAM"
     settings = TADAMSettings
-    variants = {
-        "tadam": ("TADAM: metric scaling, task conditioning, co-training", {"tadam.pretrained": False})
-    }
+    # Its learning rate drops at fractions of the run, the official code's (:meth:`lr_factor`).
+    reads_instead = dict.fromkeys(SCHEDULE_KEYS, "tadam.lr_drops (the official code's drops)")
 
     def __init__(self, encoder: nn.Module, cfg: Config) -> None:
         super().__init__(encoder, cfg)

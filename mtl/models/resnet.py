@@ -21,7 +21,7 @@ No pretrained weights are published, so the default cfgs have no download source
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -109,6 +109,31 @@ class _ResNetBase(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
+class _FourBlocks(_ResNetBase):
+    """The ResNet-12 body of both official codes: four blocks, each halving the resolution."""
+
+    def _add_blocks(
+        self, block: Callable[[int, int], nn.Module], widths: Sequence[int], in_chans: int, name: str
+    ) -> None:
+        """``layer1`` .. ``layer4`` of ``block(in_chs, out_chs)`` at ``widths``, and timm's feature info."""
+        widths = _check_widths(widths, 4, name)
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = widths[-1]
+        chans = (in_chans, *widths)
+        for i in range(4):
+            self.add_module(f"layer{i + 1}", block(chans[i], chans[i + 1]))
+        self.feature_info = [
+            {"num_chs": w, "reduction": 2 ** (i + 1), "module": f"layer{i + 1}"} for i, w in enumerate(widths)
+        ]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, widths[-1], H // 16, W // 16)."""
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
+
+
 class Resnet12Block(nn.Module):
     """Three 3x3 conv-BN layers with LeakyReLU, a projected shortcut, then 2x2 max-pool (halves h, w)."""
 
@@ -132,7 +157,7 @@ class Resnet12Block(nn.Module):
         return self.pool(self.act(x + shortcut))
 
 
-class ResNet12(_ResNetBase):
+class ResNet12(_FourBlocks):
     """ResNet-12: four :class:`Resnet12Block` (each halves the resolution), 84x84 -> 5x5 feature map."""
 
     def __init__(
@@ -143,26 +168,11 @@ class ResNet12(_ResNetBase):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        widths = _check_widths(widths, 4, "resnet12")
-        self.in_chans = in_chans
         self.num_classes = num_classes
         self.drop_rate = drop_rate
-        self.num_features = self.head_hidden_size = widths[-1]
-        chans = (in_chans, *widths)
-        for i in range(4):
-            self.add_module(f"layer{i + 1}", Resnet12Block(chans[i], chans[i + 1]))
-        self.feature_info = [
-            {"num_chs": w, "reduction": 2 ** (i + 1), "module": f"layer{i + 1}"} for i, w in enumerate(widths)
-        ]
+        self._add_blocks(Resnet12Block, widths, in_chans, "resnet12")
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         _init_weights(self, "leaky_relu", _LEAKY_SLOPE)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> (B, widths[-1], H // 16, W // 16)."""
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
 
 
 class BasicBlock(nn.Module):

@@ -31,6 +31,7 @@ extraction, frozen batch norm in meta-training), so they have to track the pretr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -38,7 +39,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
 from mtl.models.norm import ShiftBatchNorm2d
-from mtl.models.resnet import _LEAKY_SLOPE, _cfg, _check_widths, _create, _ResNetBase
+from mtl.models.resnet import _LEAKY_SLOPE, _cfg, _create, _FourBlocks
 
 __all__ = ["ResNet12TF", "TFResnet12Block"]
 
@@ -79,7 +80,7 @@ class TFResnet12Block(nn.Module):
         return self.drop(self.pool(x + shortcut))
 
 
-class ResNet12TF(_ResNetBase):
+class ResNet12TF(_FourBlocks):
     """The official TF ResNet-12: four :class:`TFResnet12Block`, 84x84 -> 5x5 map -> 512-d features.
 
     Args:
@@ -99,18 +100,11 @@ class ResNet12TF(_ResNetBase):
         block_drop_rate: float = 0.1,
     ) -> None:
         super().__init__()
-        widths = _check_widths(widths, 4, "resnet12_tf")
-        self.in_chans = in_chans
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.block_drop_rate = block_drop_rate
-        self.num_features = self.head_hidden_size = widths[-1]
-        chans = (in_chans, *widths)
-        for i in range(4):
-            self.add_module(f"layer{i + 1}", TFResnet12Block(chans[i], chans[i + 1], block_drop_rate))
-        self.feature_info = [
-            {"num_chs": w, "reduction": 2 ** (i + 1), "module": f"layer{i + 1}"} for i, w in enumerate(widths)
-        ]
+        block = functools.partial(TFResnet12Block, drop_rate=block_drop_rate)
+        self._add_blocks(block, widths, in_chans, "resnet12_tf")
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)  # fans as in TF: k·k·C_in and k·k·C_out
@@ -124,13 +118,6 @@ class ResNet12TF(_ResNetBase):
         if isinstance(self.fc, nn.Linear):
             nn.init.xavier_uniform_(self.fc.weight)
             nn.init.zeros_(self.fc.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> (B, widths[-1], H // 16, W // 16)."""
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
 
 
 @register_model

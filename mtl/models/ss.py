@@ -10,9 +10,11 @@ broadcast over the kernel's spatial extent; it starts at 1. ``Φ_S2`` (:attr:`SS
 per output channel, shape ``(C_out,)``; it starts at 0. At initialisation the network therefore computes
 exactly what it computed before :func:`attach`.
 
-A network declares its SS layout on its convolutions, as each recipe's official code has it:
-``conv.ss_exempt = True`` leaves a convolution plain and frozen (``resnet12_tf``'s 1x1 shortcuts);
-``conv.ss_shift = False`` gives it a scale but no shift (``resnet25`` shifts only its stem).
+A network declares its SS layout on its convolutions, as the official code of each recipe has it:
+``conv.ss_exempt = True`` keeps a convolution out of SS (``resnet12_tf``'s 1x1 shortcuts, which the
+official TF code neither scales nor shifts): :func:`attach` leaves it a plain ``nn.Conv2d``, frozen like
+every other pretrained parameter; ``conv.ss_shift = False`` gives it a scale but no shift
+(``resnet25``: the official PyTorch code shifts only its stem, the one convolution with a bias).
 
 A batch norm that normalises with batch statistics cancels the shift of the conv before it (a zero
 gradient, rounding noise in float32, full-size steps under Adam): with ``bn="affine"`` or ``"batch"``
@@ -48,11 +50,11 @@ from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
-from mtl.config import BN_MODES
 from mtl.errors import MtlError
 from mtl.models.norm import fix_scale, has_fixed_scale
 
 __all__ = [
+    "BN_MODES",
     "BatchStatsNorm2d",
     "FoldedBatchNorm2d",
     "SSConv2d",
@@ -61,6 +63,9 @@ __all__ = [
     "parameters",
     "ss_modules",
 ]
+
+# Batch norm in meta-training (:func:`attach`): frozen statistics, trained affine, batch statistics.
+BN_MODES = ("frozen", "affine", "batch")
 
 
 class SSConv2d(nn.Module):

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtl import __version__
 from mtl.errors import MtlError
 from mtl.runtime.atomic import atomic_write
 from mtl.runtime.stage_folders import MissingCheckpoint
+from mtl.version import __version__
 
 FORMAT = 1
 

@@ -16,7 +16,7 @@ paper's ablation table:
 6. MTL + HT: the same with hard-task meta-batches;
 7. (``ablation.random_encoder``) mtl's own control, not a row of the paper: SS + θ meta-trained on a
    random, unpretrained encoder (batch norm learns its statistics and affine weights meanwhile,
-   ``meta.bn: affine``).
+   ``mtl.bn: affine`` when the method is MTL).
 
 Rows 2–6 share the pipeline's pretrain ``best.pt`` (trained first if missing). The trained rows are
 meta-trained here, into ``<checkpoints>/<name>/ablation/<row>/``, with the pipeline's meta-training
@@ -41,24 +41,47 @@ from mtl.training.run import holding
 
 __all__ = [
     "FT", "MTL", "MTL_HT", "MTL_RANDOM", "NC", "RANDOM_ENCODER", "SCRATCH", "ablate", "ablation_rows",
-    "paper_numbers", "scratch_config", "scratch_label",
+    "labels", "paper_numbers", "scratch_config", "scratch_label",
 ]  # fmt: skip
 
-_MTL = methods.get("mtl")
 NC = methods.get("nc").label
 FT = methods.get("ft").label
-MTL = _MTL.ablation_label("plain")
-MTL_RANDOM = _MTL.ablation_label("random")
-MTL_HT = _MTL.ablation_label("hard")
-RANDOM_ENCODER = _MTL.ablation_label("random_encoder")
+MTL = "MTL: SS + θ meta-trained, no HT"
+MTL_RANDOM = "MTL + as many random extra tasks (control of HT)"
+MTL_HT = "MTL + HT: hard-task meta-batches"
+RANDOM_ENCODER = "SS + θ meta-trained on a random encoder (mtl's control, not in the paper)"
 SCRATCH = "train from scratch: MAML on the whole network from random initialisation (the paper's row)"
 
 
-def _variant(cfg: Config, *, hard_tasks: bool, bn: str | None = None, mode: str | None = None) -> Config:
+def labels(method: str) -> dict[str, str]:
+    """The labels of the rows the pipeline's ``method`` trains: ``{plain | random | hard |
+    random_encoder: label}`` (MTL's are the paper's words)."""
+    if method == "mtl":
+        return {"plain": MTL, "random": MTL_RANDOM, "hard": MTL_HT, "random_encoder": RANDOM_ENCODER}
+    label = methods.get(method).label
+    return {
+        "plain": f"{label}, no HT",
+        "random": f"{label} + as many random extra tasks (control of HT)",
+        "hard": f"{label} + HT: hard-task meta-batches",
+        "random_encoder": f"{label} on a random encoder (mtl's control, not in the paper)",
+    }
+
+
+def _variant(cfg: Config, *, hard_tasks: bool, mode: str | None = None) -> Config:
     mode = mode or ("softmax" if cfg.meta.hard_tasks.mode == "random" else cfg.meta.hard_tasks.mode)
     ht = dataclasses.replace(cfg.meta.hard_tasks, enabled=hard_tasks, mode=mode)
-    meta = dataclasses.replace(cfg.meta, hard_tasks=ht, bn=bn or cfg.meta.bn)
-    return dataclasses.replace(cfg, meta=meta)
+    return dataclasses.replace(cfg, meta=dataclasses.replace(cfg.meta, hard_tasks=ht))
+
+
+def _random_encoder(cfg: Config) -> Config:
+    """The random-encoder control: no HT; a random encoder has no meaningful running statistics, so
+    MTL's batch norm learns them (and its affine weights) during meta-training, as the official
+    PyTorch code does."""
+    plain = _variant(cfg, hard_tasks=False)
+    if cfg.method != "mtl":
+        return plain
+    affine = dataclasses.replace(cfg.section("mtl"), bn="affine")
+    return dataclasses.replace(plain, sections={**plain.sections, "mtl": affine})
 
 
 def scratch_config(cfg: Config) -> Config:
@@ -75,7 +98,7 @@ def scratch_label(cfg: Config) -> str:
 
 def ablation_rows(cfg: Config) -> list[Row]:
     """The ablation's rows for the pipeline's method, in the table's order."""
-    label = methods.get(cfg.method).ablation_label
+    label = labels(cfg.method).__getitem__
     folder = ABLATION.folder
     rows = []
     if cfg.ablation.scratch:
@@ -88,9 +111,7 @@ def ablation_rows(cfg: Config) -> list[Row]:
         Row(label("hard"), _variant(cfg, hard_tasks=True), f"{folder}/mtl-ht"),
     ]
     if cfg.ablation.random_encoder:
-        # A random encoder has no meaningful running statistics: let batch norm learn them (and its
-        # affine weights) during meta-training, as the official PyTorch code does.
-        control = _variant(cfg, hard_tasks=False, bn="affine")
+        control = _random_encoder(cfg)
         rows.append(Row(label("random_encoder"), control, f"{folder}/random-encoder", from_scratch=True))
     return rows
 

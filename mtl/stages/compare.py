@@ -1,8 +1,9 @@
 """``mtl compare``: the paper's results table, measured. Every method on the same fixed test episodes.
 
-The rows are the methods' variants (:func:`mtl.methods.variants`: ``nc``, ``ft``, ``mtl``, ``mtl-ht``,
-``protonet``, ``protonet-conv4``, ...), each a method plus config overrides, on the pipeline's dataset,
-way and shot. A row that trains is meta-trained into ``<checkpoints>/<name>/compare/<row>/`` (resumed or
+The rows (:func:`known_rows`: ``mtl``, ``mtl-ht``, ``ft``, ``nc``, ``protonet``, ``protonet-conv4``,
+...) are each a method plus config overrides, on the pipeline's dataset, way and shot: the paper's
+networks for the baselines it cites (:data:`ROWS`), and one row of its own for any other registered
+method. A row that trains is meta-trained into ``<checkpoints>/<name>/compare/<row>/`` (resumed or
 reused like any metatrain); rows that start from the pretrained encoder share the pipeline's pretrain
 (trained first if missing). Every row is scored on ``compare.episodes`` shared test episodes and shown
 with its training wall-clock and, where one exists, the published number for that method and setting.
@@ -33,7 +34,48 @@ from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
 from mtl.training.run import Run, holding
 
-__all__ = ["PAPER", "Row", "compare", "rows", "score_rows", "table"]
+__all__ = ["PAPER", "ROWS", "Row", "compare", "known_rows", "rows", "score_rows", "table"]
+
+
+def _conv4(method: str, widths: list[int] | None = None, **sets) -> dict:
+    """Overrides of a row on Conv-4 trained from scratch, the baselines' papers' network: 64 filters a
+    block (ProtoNets, Matching and Siamese networks) or ``widths`` (MAML's and Meta-LSTM's 32)."""
+    return {"backbone.name": "conv4", "backbone.widths": widths, f"{method}.pretrained": False, **sets}
+
+
+_32 = [32, 32, 32, 32]
+
+# ``{row name: (method, label, config overrides)}``, in the results tables' order ("": the method's label).
+ROWS: dict[str, tuple[str, str, dict]] = {
+    "mtl": ("mtl", "MTL: SS + θ meta-trained, no HT", {"meta.hard_tasks.enabled": False}),
+    "mtl-ht": ("mtl", "MTL + HT: hard-task meta-batches", {"meta.hard_tasks.enabled": True}),
+    "ft": ("ft", "", {}),
+    "nc": ("nc", "", {}),
+    "pixels": ("pixels", "", {}),
+    "protonet-conv4": ("protonet", "ProtoNet, Conv-4 trained from scratch", _conv4("protonet")),
+    "protonet": ("protonet", "ProtoNet, from the pretrained encoder", {"protonet.pretrained": True}),
+    "matchingnet-conv4": (
+        "matchingnet", "Matching Networks, Conv-4 trained from scratch", _conv4("matchingnet")
+    ),
+    "siamese-conv4": ("siamese", "Siamese networks, Conv-4 trained from scratch", _conv4("siamese")),
+    "maml-conv4": (
+        "maml", "MAML, Conv-4 (32 filters), second order", _conv4("maml", _32, **{"maml.first_order": False})
+    ),
+    "fomaml-conv4": (
+        "maml", "first-order MAML, Conv-4 (32 filters)", _conv4("maml", _32, **{"maml.first_order": True})
+    ),
+    "meta-lstm-conv4": ("meta-lstm", "Meta-LSTM, Conv-4 (32 filters)", _conv4("meta-lstm", _32)),
+    "tadam": ("tadam", "TADAM: metric scaling, task conditioning, co-training", {"tadam.pretrained": False}),
+    "mann": ("mann", "MANN (Santoro et al. 2016)", {}),
+}  # fmt: skip
+
+
+def known_rows() -> dict[str, tuple[str, str, dict]]:
+    """Every row ``mtl compare`` knows: :data:`ROWS`, then a row named like each registered method that
+    none of them runs (its label, no overrides)."""
+    covered = {method for method, _, _ in ROWS.values()}
+    rows = {**ROWS, **{name: (name, "", {}) for name in methods.METHODS if name not in covered}}
+    return {row: (m, label or methods.get(m).label, sets) for row, (m, label, sets) in rows.items()}
 
 
 @dataclass(frozen=True)
@@ -79,7 +121,7 @@ PAPER = "paper"
 def rows(cfg: Config, names: list[str] | None = None) -> dict[str, Row]:
     """``{row name: row}`` of the requested compare rows (default ``compare.methods``, else all);
     ``paper`` stands for the MTL paper's comparison table (:data:`mtl.results.published.PAPER_TABLE`)."""
-    known = methods.variants()
+    known = known_rows()
     names = names or cfg.compare.methods or list(known)
     names = list(dict.fromkeys(n for name in names for n in (PAPER_TABLE if name == PAPER else (name,))))
     unknown = [n for n in names if n not in known]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtl.config import upgrade
 from mtl.errors import MtlError
 from mtl.runtime import checkpoint
 from mtl.runtime.distributed import World
@@ -136,7 +137,8 @@ def load_resume(
     if not isinstance(ckpt.get("resume"), dict):
         raise MtlError(f"{path} has no resume state (older mtl); run with --fresh to start over")
     matters = matters or (lambda key: not key.startswith(NOT_TRAINING))
-    diff = [k for k in config_diff(ckpt["config"], config) if matters(k)]
+    saved = upgrade(ckpt["config"])  # an earlier version's keys read as today's
+    diff = [k for k in config_diff(saved, config) if matters(k)]
     if diff:
         raise MtlError(
             f"{path} belongs to another configuration (differs in {', '.join(diff)}); "

@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from mtl import __version__
 from mtl.config import Config, from_dict
 from mtl.data.augment import Preprocess
 from mtl.errors import MtlError
 from mtl.models.backbone import backbone_for
 from mtl.runtime import atomic, checkpoint, outputs
 from mtl.runtime.stage_folders import CHECKPOINT_STAGES
+from mtl.version import __version__
 from mtl.weights import card, files
 from mtl.weights.files import EXPORT_WEIGHTS, Source
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mtl.config import Config
+from mtl.config import Config, upgrade
 from mtl.errors import MtlError
 from mtl.methods import Method
 from mtl.weights.convert import Converted, Layout, check_tensors
@@ -38,7 +38,8 @@ def _check(source: Source, cfg: Config, layout: Layout) -> None:
     if info["stage"] == "pretrain":
         return
     method = info.get("method") or "mtl"
-    keys = {"method": (method, cfg.method), "meta.bn": (theirs["meta"]["bn"], cfg.meta.bn)}
+    bn = upgrade(theirs)["mtl"]["bn"]
+    keys = {"method": (method, cfg.method), "mtl.bn": (bn, cfg.section("mtl").bn)}
     for key, (ours, pipeline) in keys.items():
         if ours != pipeline:
             raise MtlError(

@@ -8,7 +8,7 @@ mtl's ``resnet12_tf`` takes them as ``layer{i}.conv{j}.weight`` (OIHW) / ``.bias
 ``layer{i}.shortcut.weight``. The file has no batch-norm variables: TF's BN has no γ, and its β is not in
 the pretraining's ``var_list``, so it stays 0; its moving statistics were never saved (nor read: TF
 normalises with batch statistics everywhere). The importer therefore estimates the running statistics
-from the pipeline's train split (:func:`mtl.weights.batchnorm.recalibrate`), so that every ``meta.bn``
+from the pipeline's train split (:func:`mtl.weights.batchnorm.recalibrate`), so that every ``mtl.bn``
 mode works; with batch statistics they are unused. The network saw pixels / 255, not normalised images.
 """
 

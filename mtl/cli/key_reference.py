@@ -1,6 +1,6 @@
 """The key reference (``mtl config --keys``): every key a pipeline may set, with its type, default,
-allowed values and documentation, read off the schema and the methods' settings, never written by
-hand."""
+allowed values and documentation, read off the schema, the registered methods' settings and timm's
+registry of mtl's backbones, never written by hand."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import textwrap
 import typing
 from typing import Any
 
-from mtl.config import declared, sections
+import mtl.methods  # noqa: F401  (registering the built-in methods hands their sections over)
+from mtl.config import sections
 from mtl.config.schema import Config
+from mtl.models.backbone import own_backbones
 
 __all__ = ["Key", "key_groups", "key_reference"]
 
@@ -32,7 +34,7 @@ def key_groups() -> list[tuple[str, list[Key]]]:
     registry = sections.methods()
     registries = {
         "method": " | ".join(registry),
-        "backbone.name": " | ".join([*_backbones(), "timm:<model>"]),
+        "backbone.name": " | ".join([*own_backbones(), "timm:<model>"]),
     }
     core = [
         dataclasses.replace(k, allowed=registries.get(k.name, k.allowed))
@@ -43,17 +45,6 @@ def key_groups() -> list[tuple[str, list[Key]]]:
         if settings is not None:
             out.append((f"{name}: settings of method '{name}'", list(_walk(settings, f"{name}."))))
     return out
-
-
-def _backbones() -> list[str]:
-    """mtl's own backbones: timm's registry, or their files' reading (:mod:`mtl.config.declared`)."""
-
-    def registered() -> list[str]:
-        from mtl.models.backbone import own_backbones  # timm's registry: only when the reference is asked
-
-        return own_backbones()
-
-    return declared.either("mtl.models", declared.backbones, registered)
 
 
 def key_reference() -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from mtl.config import Config
 from mtl.errors import MtlError
+from mtl.methods import get as method
 from mtl.training.schedule import drops, meta_factor, pretrain_factor
 
 __all__ = ["derived", "train_images"]
@@ -56,13 +57,8 @@ def derived(cfg: Config) -> dict[str, Any]:
         "extra_tasks": (ht.mode if ht.mode == "random" else "hard") if extra else None,
         "meta_tasks": meta_updates * (m.meta_batch + extra),
         "lr_drops_at": drops(lambda n: meta_factor(m, n), meta_updates),
-        "final_lr_ss": m.lr_ss * final,
-        "final_lr_theta": m.lr_theta * final,
+        **method(cfg.method).figures(cfg, final),
         "hard_task_window": ht.window_for(m.way, m.meta_batch) if extra else None,
-        "inner_steps": {
-            "train": m.inner_steps,
-            "test": cfg.eval_inner_steps(),
-        },
         "train_images": images,
         "train_images_from": source,
         "pretrain_steps_per_epoch": steps,
