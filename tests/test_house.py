@@ -16,6 +16,7 @@ import mtl
 from mtl import config, methods
 from mtl.config import pipeline_file, schema, sections
 from mtl.errors import MtlError
+from mtl.training.keys import flatten
 from mtl.training.resume import config_diff
 
 PACKAGE = Path(mtl.__file__).parent
@@ -206,20 +207,10 @@ def test_every_shipped_pipeline_resolves_to_the_run_it_resolved_to_before(name):
     now = config.load(name).to_dict()
     assert "inner_steps" in before["meta"] and "inner_steps" not in now["meta"]
     moved = {old: new for cls in methods.METHODS.values() for old, new in cls.former_keys.items()}
-    for key, value in json.loads(json.dumps(config_leaves(before))).items():
+    for key, value in json.loads(json.dumps(flatten(before))).items():
         new = f"mtl.{moved[key]}" if key in moved else key
-        assert config_leaves(now)[new] == value, (name, key, new)
-    assert set(config_leaves(now)) - {f"mtl.{v}" for v in moved.values()} <= set(config_leaves(before))
-
-
-def config_leaves(raw: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            out.update(config_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+        assert flatten(now)[new] == value, (name, key, new)
+    assert set(flatten(now)) - {f"mtl.{v}" for v in moved.values()} <= set(flatten(before))
 
 
 def test_a_checkpoint_of_the_earlier_version_reads_in_todays_keys():
