@@ -14,7 +14,15 @@ from typing import Any
 from mtl.data.limits import TEXT_BYTES, open_regular, read_capped
 from mtl.errors import MtlError
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "build", "json_bytes", "load_manifest", "read_json"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "build",
+    "json_bytes",
+    "load_manifest",
+    "read_json",
+    "source_format",
+]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -80,6 +88,16 @@ def load_manifest(root: Path) -> dict:
         raise MtlError(f"{path} has format_version {version!r}, mtl reads {FORMAT_VERSION}; prepare again")
     _check_fields(manifest, path)
     return manifest
+
+
+def source_format(root: str | Path) -> str | None:
+    """The ``source_format`` of the prepared dataset at ``root`` (``"omniglot-vinyals"``, ...), or None
+    where none is prepared there or its manifest is damaged (what the published numbers beside a table
+    ask: :mod:`mtl.results.published`)."""
+    try:
+        return load_manifest(Path(root).expanduser())["source_format"]
+    except MtlError:
+        return None
 
 
 def _count(x: Any) -> bool:

@@ -15,24 +15,23 @@ The layout, chosen to show differences of a fraction of a point beside rows tens
 - the published numbers (``published`` per row for compare; the pipeline's ``paper`` number on the
   first row, the pipeline's own method, for metatest; elsewhere as a dashed reference line) as
   diamonds with their CI, and a legend of measured vs published only when there is one.
+
+matplotlib is imported by the first figure drawn (:func:`mtl.results.figures.pyplot`), not with the
+module.
 """
 
 from __future__ import annotations
 
 import math
 import textwrap
+from typing import TYPE_CHECKING
 
-import matplotlib
+from mtl.results.figures import pyplot
+from mtl.runtime.stage_folders import METATEST
 
-matplotlib.use("Agg")  # files only: no display, works headless and in CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from matplotlib.transforms import blended_transform_factory  # noqa: E402
-
-from mtl.runtime.stage_folders import METATEST  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["GAP", "LABEL_WIDTH", "results_figure", "x_panels"]
 
@@ -46,6 +45,10 @@ BAR, PUBLISHED, CHANCE = "tab:blue", "tab:orange", "0.3"
 def results_figure(results: dict, stage: str) -> Figure:
     """The bars of ``results`` (a checked ``results.json``: ``rows`` of ``{"method", "acc", "ci95"}``,
     ``way``, optional ``paper`` / ``published``) that ``stage`` (its folder name) wrote."""
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import blended_transform_factory
+
     rows = results["rows"]
     chance = 100 / results["way"]
     marks, reference, source = _published(results, stage)
@@ -57,7 +60,7 @@ def results_figure(results: dict, stage: str) -> Figure:
     widths = [1.0 if any(lo <= e <= hi for e in ends) else 0.4 for lo, hi in panels]
     labels = [textwrap.fill(r["method"], LABEL_WIDTH) for r in rows]
     height = 1.5 + sum(0.2 + 0.17 * label.count("\n") + 0.2 for label in labels)
-    fig, axes = plt.subplots(
+    fig, axes = pyplot().subplots(
         1, len(panels), sharey=True, figsize=(9, height), width_ratios=widths, squeeze=False,
         layout="constrained",
     )  # fmt: skip
@@ -131,7 +134,7 @@ def _published(results: dict, stage: str) -> tuple[list[tuple[int, float, float 
 
 
 def _draw(
-    ax: plt.Axes, rows: list[dict], marks: list, reference: float | None, chance: float, source: str
+    ax: Axes, rows: list[dict], marks: list, reference: float | None, chance: float, source: str
 ) -> None:
     """One panel's bars, whiskers, chance line and published numbers; the limits clip what is out."""
     y = range(len(rows))
@@ -153,7 +156,7 @@ def _draw(
     ax.tick_params(axis="y", length=0)
 
 
-def _break_marks(axes: list[plt.Axes]) -> None:
+def _break_marks(axes: list[Axes]) -> None:
     """Hide the spines where the axis is broken and draw the usual slanted marks on them."""
     marks = {"marker": [(-0.5, -1), (0.5, 1)], "markersize": 10, "linestyle": "none", "color": "black",
              "mec": "black", "mew": 1, "clip_on": False, "gid": "break"}  # fmt: skip
@@ -165,8 +168,10 @@ def _break_marks(axes: list[plt.Axes]) -> None:
         right.plot([0, 0], [0, 1], transform=right.transAxes, **marks)
 
 
-def _values(ax: plt.Axes, rows: list[dict]) -> None:
+def _values(ax: Axes, rows: list[dict]) -> None:
     """Each row's "acc ± ci95" right of the last panel, level with its bar."""
+    from matplotlib.transforms import blended_transform_factory
+
     at = blended_transform_factory(ax.transAxes, ax.transData)
     for i, r in enumerate(rows):
         ax.text(1.03, i, f"{r['acc']:.2f} ± {r['ci95']:.2f}", transform=at, ha="left", va="center",

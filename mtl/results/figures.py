@@ -10,22 +10,23 @@
 - :func:`breakdown_figure`: a results file's per-episode breakdown (MANN's accuracy by presentation)
   against its column, each row with its 95% CI band, the published numbers as dashed lines and the
   chance line.
+
+matplotlib is imported by the first figure drawn (:func:`pyplot`), not with the module.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import matplotlib
+from mtl.runtime.stage_folders import METATRAIN, PRETRAIN
 
-matplotlib.use("Agg")  # files only: no display, works headless and in CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from mtl.runtime.stage_folders import METATRAIN, PRETRAIN  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ACCURACY",
@@ -35,6 +36,7 @@ __all__ = [
     "breakdown_figure",
     "curves_figure",
     "hard_tasks_figure",
+    "pyplot",
     "stage_key",
 ]
 
@@ -43,6 +45,18 @@ STAGE_ORDER = (PRETRAIN.folder, METATRAIN.folder)
 MIN_SPAN = 10.0  # points of accuracy a curve panel shows at least
 COLUMNS = 4  # panels a row of the curves figure
 TOP_CLASSES = 30
+
+
+@functools.cache
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the Agg backend (files only: no display, works headless and in CI),
+    imported on first use: reading results needs no matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 @dataclass(frozen=True)
@@ -80,12 +94,14 @@ def accuracy_range(series: list[Series]) -> tuple[float, float]:
 
 def curves_figure(run: str, series: list[Series]) -> Figure:
     """The curves of run ``run``: accuracy panels in stage order on one shared y range, then pool sizes."""
+    from matplotlib.ticker import MaxNLocator
+
     accuracy = sorted((s for s in series if s.kind == ACCURACY), key=lambda s: stage_key(s.stage))
     pools = sorted((s for s in series if s.kind == POOL), key=lambda s: stage_key(s.stage))
     panels = accuracy + pools
     columns = min(len(panels), COLUMNS)
     rows = math.ceil(len(panels) / columns)
-    fig, grid = plt.subplots(
+    fig, grid = pyplot().subplots(
         rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False, layout="constrained"
     )
     axes = list(grid.ravel())
@@ -109,7 +125,7 @@ def curves_figure(run: str, series: list[Series]) -> Figure:
     return fig
 
 
-def _accuracy(ax: plt.Axes, s: Series) -> None:
+def _accuracy(ax: Axes, s: Series) -> None:
     """Validation accuracy ± 95% CI: a line and a band, or one marker with its whisker."""
     low, high = s.low or s.values, s.high or s.values
     if len(s.steps) == 1:
@@ -123,8 +139,10 @@ def _accuracy(ax: plt.Axes, s: Series) -> None:
     ax.set_ylabel("accuracy (%)")
 
 
-def _pool(ax: plt.Axes, s: Series) -> None:
+def _pool(ax: Axes, s: Series) -> None:
     """The hard-task pool's size (classes) after each meta-update."""
+    from matplotlib.ticker import MaxNLocator
+
     ax.plot(s.steps, s.values, drawstyle="steps-post", marker="o", ms=3, color="tab:red")
     ax.set_ylim(0, max(s.values) + 1)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a number of classes
@@ -134,9 +152,11 @@ def _pool(ax: plt.Axes, s: Series) -> None:
 def hard_tasks_figure(summary: dict) -> Figure:
     """Failures into the pool and draws into hard tasks per class of a checked ``hard_tasks.json``
     (``classes``: ``{name: {"chosen", "failures"}}``), the most-drawn first, at most ``TOP_CLASSES``."""
+    from matplotlib.ticker import MaxNLocator
+
     classes = sorted(summary["classes"].items(), key=lambda kv: (-kv[1]["chosen"], -kv[1]["failures"]))
     classes = classes[:TOP_CLASSES]
-    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(classes) + 2), 3.8), layout="constrained")
+    fig, ax = pyplot().subplots(figsize=(max(6, 0.3 * len(classes) + 2), 3.8), layout="constrained")
     x = range(len(classes))
     ax.bar([i - 0.2 for i in x], [c["failures"] for _, c in classes], width=0.4, label="failed into the pool")
     ax.bar([i + 0.2 for i in x], [c["chosen"] for _, c in classes], width=0.4, label="drawn into hard tasks")
@@ -157,8 +177,10 @@ BREAKDOWN_AXES = {"by_presentation": "presentation of the class in the support s
 def breakdown_figure(results: dict, name: str, stage: str) -> Figure:
     """Breakdown ``name`` of a checked ``results.json`` (``results["breakdowns"][name]``): accuracy (%)
     at each column, a line and its 95% CI band per row, published rows dashed, chance at 100 / way."""
+    from matplotlib.ticker import MaxNLocator
+
     entry = results["breakdowns"][name]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), layout="constrained")
     for method, row in entry["rows"].items():
         at = list(range(1, len(row["mean"]) + 1))
         low = [m - c for m, c in zip(row["mean"], row["ci95"], strict=True)]

@@ -15,6 +15,8 @@ For every run under the checkpoints folder:
   published numbers (:func:`mtl.results.figures.breakdown_figure`).
 
 The figure functions return matplotlib Figures; this module finds and checks the files and saves.
+matplotlib is imported when the first figure is drawn and TensorBoard's event reader when a run's
+curves are read, not with the module (``mtl report`` without ``--plot`` needs neither).
 """
 
 from __future__ import annotations
@@ -23,37 +25,35 @@ import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display, works headless and in CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-
-from mtl.errors import MtlError  # noqa: E402
-from mtl.results.bars import results_figure  # noqa: E402
-from mtl.results.figures import (  # noqa: E402
+from mtl.errors import MtlError
+from mtl.results.bars import results_figure
+from mtl.results.figures import (
     ACCURACY,
     POOL,
     Series,
     breakdown_figure,
     curves_figure,
     hard_tasks_figure,
+    pyplot,
 )
-from mtl.results.report import MAX_COUNT, is_number, read_results  # noqa: E402
-from mtl.runtime import outputs  # noqa: E402
-from mtl.runtime.atomic import atomic_write  # noqa: E402
-from mtl.runtime.stage_folders import RESULT_FOLDERS, RESULTS_FILE  # noqa: E402
-from mtl.runtime.tb_layout import HARD_TASKS, accuracy_tags, tag  # noqa: E402
+from mtl.results.report import MAX_COUNT, is_number, read_results
+from mtl.runtime import outputs
+from mtl.runtime.atomic import atomic_write
+from mtl.runtime.stage_folders import RESULT_FOLDERS, RESULTS_FILE
+from mtl.runtime.tb_layout import HARD_TASKS, accuracy_tags, tag
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 __all__ = ["FIGURE", "plan_figures", "plot_all", "read_curves", "write_figures"]
 
 FIGURE = outputs.starts_with("a PNG figure", b"\x89PNG\r\n\x1a\n")  # what a figure may replace
 
 
-Figures = list[tuple[Callable[[], Figure], Path]]  # (draw the figure, its file), in the order written
+Figures = list[tuple[Callable[[], "Figure"], Path]]  # (draw the figure, its file), in the order written
 
 
 def plot_all(checkpoints: str | Path, out: str | Path) -> list[Path]:
@@ -146,7 +146,7 @@ def _save(fig: Figure, path: Path) -> Path:
         with atomic_write(path, "wb") as f:
             fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     finally:
-        plt.close(fig)  # also after a failed write: pyplot keeps every open figure alive
+        pyplot().close(fig)  # also after a failed write: pyplot keeps every open figure alive
     return path
 
 
@@ -156,11 +156,7 @@ def read_curves(run: Path) -> list[Series]:
     series = []
     for stage_dir in sorted(p for p in (run / "tb").rglob("*") if p.is_dir() and any(p.glob("events.*"))):
         stage = stage_dir.relative_to(run / "tb").as_posix()
-        try:
-            events = EventAccumulator(str(stage_dir), size_guidance={"scalars": 0})
-            events.Reload()
-        except (OSError, UnicodeError, ValueError, KeyError):
-            raise MtlError(f"cannot read the TensorBoard events in {stage_dir}") from None
+        events = _events(stage_dir)
         tags, pool = set(events.Tags()["scalars"]), tag(stage, "pool size", HARD_TASKS)
         acc = accuracy_tags(stage, "validation accuracy")  # the curve and its CI bounds
         if set(acc) <= tags:
@@ -171,6 +167,19 @@ def read_curves(run: Path) -> list[Series]:
             points = events.Scalars(pool)
             series.append(Series(stage, POOL, [e.step for e in points], [e.value for e in points]))
     return series
+
+
+def _events(folder: Path) -> EventAccumulator:
+    """Every scalar of the TensorBoard event files in ``folder``, read (TensorBoard's reader is
+    imported here: runs without event files never need it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    try:
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        events.Reload()
+    except (OSError, UnicodeError, ValueError, KeyError):
+        raise MtlError(f"cannot read the TensorBoard events in {folder}") from None
+    return events
 
 
 def _read_hard_tasks(path: Path) -> dict:

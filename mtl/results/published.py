@@ -4,18 +4,22 @@ From the papers themselves and the MTL paper's results table (Sun et al. 2019): 
 keyed by the ``mtl compare`` row name whose method and backbone the paper used, then by (dataset,
 shot) for 5-way, (dataset, shot, way) otherwise. Omniglot numbers use the Vinyals et al. split with
 rotations, so they are shown only for an Omniglot prepared with ``--split-lists`` (its manifest says
-``omniglot-vinyals``).
+``omniglot-vinyals``): the caller, which reads the prepared dataset, passes its ``source_format``
+(:func:`mtl.data.manifest.source_format`); this module reads no file.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mtl.config import Config
-from mtl.data.prepared import load_manifest
-from mtl.errors import MtlError
 
-__all__ = ["PAPER_TABLE", "PUBLISHED", "PUBLISHED_BREAKDOWNS", "published", "published_breakdowns"]
+__all__ = [
+    "PAPER_TABLE",
+    "PUBLISHED",
+    "PUBLISHED_BREAKDOWNS",
+    "VINYALS",
+    "published",
+    "published_breakdowns",
+]
 
 # ``mtl compare --methods paper``: the MTL paper's comparison table, in its order, each method on its
 # own backbone (Sun et al. 2019).
@@ -109,22 +113,26 @@ PUBLISHED_BREAKDOWNS: dict[str, dict[str, dict[str, dict]]] = {
 }
 
 
-def published_breakdowns(method: str, cfg: Config) -> dict[str, dict]:
+VINYALS = "omniglot-vinyals"  # the source format of an Omniglot prepared with the Vinyals et al. split
+
+
+def published_breakdowns(method: str, cfg: Config, *, source_format: str | None = None) -> dict[str, dict]:
     """The published breakdowns of ``method`` in the pipeline's setting (``{name: {source: {"at",
     "acc"}}}``): MANN's Table 1 for 5-way Omniglot prepared with the Vinyals et al. split lists (its
-    423 test characters, rotations as classes, are the paper's); none elsewhere."""
+    423 test characters, rotations as classes, are the paper's: ``source_format``, the prepared
+    dataset's, is :data:`VINYALS`); none elsewhere."""
     found = PUBLISHED_BREAKDOWNS.get(method)
     if found is None or cfg.data.dataset != "omniglot" or cfg.meta.way != 5:
         return {}
-    vinyals = _source_format(Path(cfg.data.root).expanduser()) == "omniglot-vinyals"
-    return found if vinyals else {}
+    return found if source_format == VINYALS else {}
 
 
-def published(row: str, cfg: Config) -> dict | None:
-    """``{"acc", "ci95", "source"}`` for ``row`` on the pipeline's dataset, shot and way, or None."""
+def published(row: str, cfg: Config, *, source_format: str | None = None) -> dict | None:
+    """``{"acc", "ci95", "source"}`` for ``row`` on the pipeline's dataset, shot and way, or None;
+    Omniglot's only where ``source_format``, the prepared dataset's, is :data:`VINYALS`."""
     d, m = cfg.data, cfg.meta
     if d.dataset == "omniglot":
-        if _source_format(Path(d.root).expanduser()) != "omniglot-vinyals":
+        if source_format != VINYALS:
             return None
         key: tuple = (d.dataset, m.shot, m.way)
     elif m.way == 5:
@@ -133,10 +141,3 @@ def published(row: str, cfg: Config) -> dict | None:
         return None
     hit = PUBLISHED.get(row, {}).get(key)
     return None if hit is None else {"acc": hit[0], "ci95": hit[1], "source": hit[2]}
-
-
-def _source_format(root: Path) -> str | None:
-    try:
-        return load_manifest(root).get("source_format")
-    except MtlError:
-        return None

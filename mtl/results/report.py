@@ -2,22 +2,23 @@
 per-episode breakdowns (MANN's accuracy by presentation) under them, the collected table of every
 finished metatest, ablation and compare, laid out like the paper's, and the table of ``mtl bench``;
 and the check that keeps an earlier ``results.json`` from being replaced by a table of nothing but
-chance (:func:`refuse_chance_results`)."""
+chance (:func:`refuse_chance_results`).
+
+Everything here reads and writes plain data (JSON, numpy arrays): no torch, no model, no dataset,
+so that ``mtl report`` answers at once; the stages convert their tensors before they call in."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
 from mtl.errors import MtlError
-from mtl.methods import METHODS
-from mtl.methods.episodic import mean_ci
-from mtl.results.paired import difference_cells, differences, per_episode_accuracy, row_name
+from mtl.results.paired import difference_cells, differences, mean_ci, per_episode_accuracy, row_name
 from mtl.runtime.outputs import starts_with
 from mtl.runtime.stage_folders import METATEST, RESULT_FOLDERS, RESULTS_FILE
 
@@ -56,14 +57,17 @@ SHOWN_COLUMNS = (1, 2, 3, 4, 5, 10)  # the paper's Table 1 columns (Santoro et a
 
 
 def summarize_breakdowns(
-    per_episode: dict[str, dict[str, torch.Tensor]], published: dict[str, dict] | None = None
+    per_episode: dict[str, dict[str, np.ndarray | Sequence[Sequence[float]]]],
+    published: dict[str, dict] | None = None,
 ) -> dict:
-    """``{"breakdowns": ...}`` of ``{row: {name: (E, K) accuracies in [0, 1]}}``: each column's mean
-    and 95% CI in %, and the ``published`` numbers of the names that have rows; ``{}`` for none."""
+    """``{"breakdowns": ...}`` of ``{row: {name: (E, K) accuracies in [0, 1]}}`` (numpy arrays or
+    nested sequences; a tensor's ``.float().cpu().numpy()``): each column's mean and 95% CI in % (of
+    the accuracies in float32), and the ``published`` numbers of the names that have rows; ``{}`` for
+    none."""
     out: dict[str, dict] = {}
     for row, breakdowns in per_episode.items():
         for name, acc in breakdowns.items():
-            stats = [mean_ci(column) for column in acc.detach().float().cpu().numpy().T]
+            stats = [mean_ci(column) for column in np.asarray(acc, dtype=np.float32).T]
             entry = out.setdefault(name, {"rows": {}})
             entry["rows"][row] = {
                 "mean": [round(m, 2) for m, _ in stats],
@@ -115,8 +119,6 @@ DATASET_LABELS = {
     "omniglot": "Omniglot",
     "glyphs": "glyphs",
 }
-# Rows in the registry's order of methods (older results' FT label starts with "θ fine-tuned").
-_METHOD_ORDER = (*(cls.label for cls in METHODS.values()), "θ fine-tuned")
 
 
 # What `mtl report --out` may replace: a table it wrote before (collect's first line begins so).
@@ -148,7 +150,8 @@ def collect(checkpoints: str | Path) -> str:
     methods: list[str] = []
     for c in columns:
         methods += [m for m in c["rows"] if m not in methods]
-    methods.sort(key=_method_rank)
+    order = tuple(methods)  # as the stages wrote them: in the method registry's order
+    methods.sort(key=lambda m: _method_rank(m, order))
     lines = [
         "| method | " + " | ".join(c["label"] for c in columns) + " |",
         "|---|" + "---:|" * len(columns),
@@ -178,13 +181,14 @@ def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
-def _method_rank(method: str) -> int:
-    """A row's place: its method's in the registry, by label or else by the label's first word (compare's
-    and the ablation's "MTL: ..." and "MTL + HT: ..." beside metatest's MTL row); unknown ones last."""
+def _method_rank(method: str, order: tuple[str, ...]) -> int:
+    """A row's place: its method's in ``order`` (the rows as the results list them), by label or else
+    by the label's first word (compare's and the ablation's "MTL: ..." and "MTL + HT: ..." beside
+    metatest's MTL row); unknown ones last."""
     first = method.split()[0].rstrip(":,")
-    ranks = [i for i, p in enumerate(_METHOD_ORDER) if method.startswith(p)]
-    ranks += [i for i, p in enumerate(_METHOD_ORDER) if p.split()[0].rstrip(":,") == first]
-    return ranks[0] if ranks else len(_METHOD_ORDER)
+    ranks = [i for i, p in enumerate(order) if method.startswith(p)]
+    ranks += [i for i, p in enumerate(order) if p.split()[0].rstrip(":,") == first]
+    return ranks[0] if ranks else len(order)
 
 
 def _note(columns: list[dict], root: Path) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from mtl import methods
 from mtl.config import Config
+from mtl.data.manifest import source_format
 from mtl.errors import MtlError
 from mtl.results.published import published
 from mtl.runtime import checkpoint
@@ -120,10 +121,11 @@ def paper_numbers(cfg: Config, todo: list[Row]) -> dict[str, dict]:
     """``{row label: published number}`` of the rows the paper's tables give for this setting: the
     train-from-scratch row, and MTL without and with HT when the pipeline's method is MTL."""
     names = {"from-scratch"} | ({"mtl", "mtl-ht"} if cfg.method == "mtl" else set())
+    prepared = source_format(cfg.data.root)
     return {
         row.label: number
         for row in todo
-        if row.name in names and (number := published(row.name, cfg)) is not None
+        if row.name in names and (number := published(row.name, cfg, source_format=prepared)) is not None
     }
 
 

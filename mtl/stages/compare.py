@@ -23,6 +23,7 @@ import torch
 
 from mtl import methods
 from mtl.config import Config, from_dict, pipeline_file
+from mtl.data.manifest import source_format
 from mtl.errors import MtlError
 from mtl.results.paired import difference_cells, row_name
 from mtl.results.published import PAPER_TABLE, published, published_breakdowns
@@ -155,7 +156,12 @@ def compare(
     ``compare`` folder is held from the first row's training to the table. ``allow_chance``: let a
     table of nothing but chance replace an earlier one (:func:`mtl.stages.metatest.publish`)."""
     todo = rows(cfg, names)
-    paper = {row.label: n for name, row in todo.items() if (n := published(name, cfg)) is not None}
+    prepared = source_format(cfg.data.root)
+    paper = {
+        row.label: n
+        for name, row in todo.items()
+        if (n := published(name, cfg, source_format=prepared)) is not None
+    }
     with holding(cfg, checkpoints, COMPARE.folder):
         results = score_rows(
             cfg, checkpoints, list(todo.values()), folder=COMPARE.folder, episodes=cfg.compare.episodes,
@@ -214,7 +220,12 @@ def score_rows(
         scores = {row.label: _scores(scorer, row, runs) for row, runs in scored}
         seconds["total"] = round(time.perf_counter() - start, 1)
         extra_entries = {"seconds": seconds, "kept_epoch": kept, **extra()}
-        papers = {k: v for row in todo for k, v in published_breakdowns(row.cfg.method, cfg).items()}
+        prepared = source_format(cfg.data.root)
+        papers = {
+            k: v
+            for row in todo
+            for k, v in published_breakdowns(row.cfg.method, cfg, source_format=prepared).items()
+        }
         return publish(
             run, scores, episodes, quiet=True, extra=extra_entries, reference=ref.label,
             allow_chance=allow_chance, breakdowns=scorer.breakdowns, published=papers,

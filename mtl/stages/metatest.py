@@ -19,6 +19,7 @@ import torch
 from mtl import methods
 from mtl.config import Config
 from mtl.data.episodes import ImageRows
+from mtl.data.manifest import source_format
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.methods import FeatureMethod, Method
@@ -166,7 +167,14 @@ def publish(
         "episodes": episodes,
         "rows": rows,
         "paper": cfg.paper.__dict__ if cfg.paper.acc is not None else None,
-        **summarize_breakdowns({k: v for k, v in (breakdowns or {}).items() if k in accs}, published),
+        **summarize_breakdowns(
+            {
+                row: {name: acc.detach().float().cpu().numpy() for name, acc in kept.items()}
+                for row, kept in (breakdowns or {}).items()
+                if row in accs
+            },
+            published,
+        ),
         **(extra or {}),
         "differences": paired.differences(accs, reference or next(iter(accs))),
         "per_episode": paired.per_episode_record(accs, cfg.meta.way * cfg.test.query),
@@ -215,7 +223,7 @@ def metatest(
         results = publish(
             run, scores, cfg.test.episodes, quiet=quiet, reference=_reference(reference, scores),
             allow_chance=allow_chance, breakdowns=scorer.breakdowns,
-            published=published_breakdowns(cfg.method, cfg),
+            published=published_breakdowns(cfg.method, cfg, source_format=source_format(cfg.data.root)),
         )  # fmt: skip
     if not quiet and trained is not None and _kept_epoch(trained) == 0:
         print(
