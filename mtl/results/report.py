@@ -188,7 +188,7 @@ def _method_rank(method: str, order: tuple[str, ...]) -> int:
     first = method.split()[0].rstrip(":,")
     ranks = [i for i, p in enumerate(order) if method.startswith(p)]
     ranks += [i for i, p in enumerate(order) if p.split()[0].rstrip(":,") == first]
-    return ranks[0] if ranks else len(order)
+    return min(ranks, default=len(order))
 
 
 def _note(columns: list[dict], root: Path) -> str:
