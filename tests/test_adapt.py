@@ -19,8 +19,8 @@ from fakes import write_image
 from mtl import config
 from mtl.cli import main
 from mtl.data.augment import Preprocess
-from mtl.data.images import to_pixels
-from mtl.data.prepare import prepare
+from mtl.data.prepare.images import to_pixels
+from mtl.data.prepare.preparation import prepare
 from mtl.errors import MtlError
 from mtl.inference.adapt import adapt_folders
 from mtl.models import ss

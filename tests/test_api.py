@@ -45,7 +45,7 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     # the text below the example: other sizes are resized as files are, and files classify in one batch
     from PIL import Image
 
-    from mtl.data.images import to_pixels
+    from mtl.data.prepare.images import to_pixels
 
     images = scope["images"][3:]
     big = [np.asarray(Image.fromarray(x).resize((50, 40))) for x in images]

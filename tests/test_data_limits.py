@@ -22,8 +22,8 @@ from fakes import assert_prepare_refused, pattern_images, write_image, write_py3
 from PIL import Image
 
 from mtl.cli import main
-from mtl.data import safe_pickle
-from mtl.data.images import TooLarge, to_pixels
+from mtl.data.prepare import safe_pickle
+from mtl.data.prepare.images import TooLarge, to_pixels
 from mtl.data.prepared import load_manifest, load_split
 from mtl.errors import MtlError
 

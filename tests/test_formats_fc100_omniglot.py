@@ -13,7 +13,7 @@ import pytest
 from fakes import assert_prepare_refused, write_py2_pickle, write_py3_pickle
 from PIL import Image
 
-from mtl.data.prepare import prepare
+from mtl.data.prepare.preparation import prepare
 from mtl.data.prepared import load_split
 from mtl.errors import MtlError
 

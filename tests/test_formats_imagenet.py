@@ -15,7 +15,7 @@ from fakes import assert_prepare_refused, pattern_images, write_image, write_py2
 from PIL import Image
 
 from mtl.cli import main
-from mtl.data.prepare import prepare
+from mtl.data.prepare.preparation import prepare
 from mtl.data.prepared import load_split
 
 # Listed out of sorted order, so a reader that labels by first appearance gets the labels wrong.

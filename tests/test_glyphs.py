@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtl.data.glyph_families import (
+from mtl.data.glyphs.dataset import PRESETS, ensure_glyphs, generate, render_class, split_class_ids
+from mtl.data.glyphs.families import (
     family_ids,
     family_of_name,
     family_split_ids,
     family_template,
     glyph_families,
 )
-from mtl.data.glyphs import PRESETS, ensure_glyphs, generate, render_class, split_class_ids
 from mtl.data.prepared import load_manifest, load_split
 from mtl.errors import MtlError
 

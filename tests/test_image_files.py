@@ -22,9 +22,9 @@ from fakes import pattern_images, write_image
 from PIL import Image
 
 from mtl.cli import main
-from mtl.data import images
-from mtl.data.file_types import PLAIN_TEXT, identify
-from mtl.data.images import BadImage, to_pixels
+from mtl.data.prepare import images
+from mtl.data.prepare.file_types import PLAIN_TEXT, identify
+from mtl.data.prepare.images import BadImage, to_pixels
 from mtl.data.prepared import load_manifest
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl.data.images import BadImage, to_pixels
+from mtl.data.prepare.images import BadImage, to_pixels
 
 
 def encoded(img: Image.Image, fmt: str, **save_args) -> bytes:

@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mtl import config, methods
 from mtl.cli import main
 from mtl.data.episodes import EpisodeSampler, episode_targets, fixed_episodes
-from mtl.data.manifest import source_format
+from mtl.data.prepare.manifest import source_format
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.methods.mann import MANN, MANNSettings, MemoryCore, State, by_presentation, sequence_inputs
@@ -576,7 +576,7 @@ def _omniglot(root: Path) -> tuple[Path, Path]:
 
 
 def test_the_omniglot_pipeline_shows_the_papers_accuracy_by_presentation(tmp_path):
-    from mtl.data.prepare import prepare
+    from mtl.data.prepare.preparation import prepare
     from mtl.stages.metatest import metatest
     from mtl.stages.metatrain import metatrain
 
@@ -620,7 +620,7 @@ def test_the_omniglot_pipeline_shows_the_papers_accuracy_by_presentation(tmp_pat
 
 def test_bench_row_batched_equals_the_per_task_loop():
     from mtl.bench.mann import bench_mann
-    from mtl.data.glyphs import render_class
+    from mtl.data.glyphs.dataset import render_class
 
     s = SimpleNamespace(image_size=16, way=5, shot=2, query=2, meta_batch=3, min_seconds=0.05)
     images = np.concatenate(

@@ -21,7 +21,7 @@ from mtl.bench.meta_lstm import bench_meta_lstm
 from mtl.cli import main
 from mtl.data.augment import Preprocess
 from mtl.data.episodes import EpisodeSampler, episode_targets
-from mtl.data.glyphs import render_class
+from mtl.data.glyphs.dataset import render_class
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.inference.adapt import adapt_folders

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from fakes import pattern_images, write_image
 
 from mtl.cli import main
-from mtl.data.prepare import prepare
+from mtl.data.prepare.preparation import prepare
 from mtl.data.prepared import load_manifest, load_split
 
 
@@ -204,7 +204,9 @@ def test_prepare_replaces_an_earlier_prepared_dataset_and_writes_through_a_symli
 
 def test_a_full_disk_is_reported_before_any_image_is_decoded(tmp_path, monkeypatch):
     own_images(tmp_path / "own")  # 40 images of 84x84x3: 846,720 bytes prepared
-    monkeypatch.setattr("mtl.data.prepare.shutil.disk_usage", lambda path: SimpleNamespace(free=400_000))
+    monkeypatch.setattr(
+        "mtl.data.prepare.preparation.shutil.disk_usage", lambda path: SimpleNamespace(free=400_000)
+    )
     result = prepare_cli(tmp_path)
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (

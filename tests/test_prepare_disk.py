@@ -26,7 +26,7 @@ from conftest import TINY
 from fakes import pattern_images, write_image
 
 from mtl.cli import main
-from mtl.data.glyphs import ensure_glyphs
+from mtl.data.glyphs.dataset import ensure_glyphs
 from mtl.data.prepared import load_manifest
 from mtl.errors import MtlError
 
@@ -166,7 +166,7 @@ def test_a_write_that_fails_is_one_line_naming_the_file_and_the_earlier_dataset_
         err = errno.EROFS if where == "read-only at write" else errno.ENOSPC
         reason = os.strerror(err)
         monkeypatch.setattr(
-            "mtl.data.prepare.open", FullDisk("_images.npy", allow=128, err=err), raising=False
+            "mtl.data.prepare.preparation.open", FullDisk("_images.npy", allow=128, err=err), raising=False
         )
     elif where == "labels":
         file = "train_labels.npy"
@@ -306,7 +306,7 @@ def test_an_unreadable_image_is_one_line(tmp_path, monkeypatch):
         assert real.exit_code == 0, real.output
     else:
         assert one_error_line(real) == expected
-    import mtl.data.images as images
+    import mtl.data.prepare.images as images
 
     real_open = images.open_regular
 
@@ -323,7 +323,7 @@ def test_an_unreadable_image_is_one_line(tmp_path, monkeypatch):
 
 _STALL = """
 import pathlib, sys, time
-import mtl.data.prepare as prepare
+import mtl.data.prepare.preparation as prepare
 
 def stall(*args, **kwargs):  # the first image: say so, then wait for the signal
     pathlib.Path(sys.argv[1]).touch()

@@ -15,7 +15,7 @@ import pytest
 from test_figures import MTL, NC, PIXELS, metatest_results, write_curves
 
 from mtl import config
-from mtl.data.manifest import source_format
+from mtl.data.prepare.manifest import source_format
 from mtl.results import paired, report
 from mtl.results.published import VINYALS, published, published_breakdowns
 

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from conftest import PIPELINE, digests
 
 from mtl.cli import main
-from mtl.data import disk
-from mtl.data.glyphs import ensure_glyphs
+from mtl.data.glyphs.dataset import ensure_glyphs
+from mtl.data.prepare import disk
 from mtl.errors import MtlError
 from mtl.runtime import checkpoint
 from mtl.training import resume

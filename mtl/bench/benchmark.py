@@ -36,7 +36,7 @@ from mtl.bench.tadam import bench_tadam
 from mtl.config import Config, MetaConfig
 from mtl.data.augment import Preprocess, TrainAugment
 from mtl.data.episodes import EpisodeSampler, fixed_episodes
-from mtl.data.glyphs import render_class
+from mtl.data.glyphs.dataset import render_class
 from mtl.methods import meta_update
 from mtl.methods.episodic import extract_features, finetune_theta
 from mtl.methods.mtl import MTL, MTLSettings

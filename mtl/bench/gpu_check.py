@@ -80,7 +80,7 @@ def _fake_miniimagenet(s: Slice, source: Path) -> None:
     """``train/ val/ test/<wnid>/*.jpg`` at ``s.image_size``: glyph classes rendered as photos."""
     from PIL import Image
 
-    from mtl.data.glyphs import render_class
+    from mtl.data.glyphs.dataset import render_class
 
     label = 0
     for split, count in zip(("train", "val", "test"), s.classes, strict=True):
@@ -140,7 +140,7 @@ def _stage(fn: Callable[[], object], dev: torch.device) -> tuple[float, float, o
 
 def _slice(s: Slice, work: Path, dev: torch.device, lines: list[str]) -> dict:
     """The pipeline slice: rates, peak memory, bf16 against fp32, compile against eager."""
-    from mtl.data.prepare import prepare
+    from mtl.data.prepare.preparation import prepare
     from mtl.stages.metatest import metatest
     from mtl.stages.metatrain import metatrain
     from mtl.stages.pretrain import pretrain

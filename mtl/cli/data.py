@@ -7,7 +7,7 @@ import sys
 import click
 
 from mtl.cli.options import user_errors
-from mtl.data.formats import DATASETS
+from mtl.data.prepare.formats import DATASETS
 
 __all__ = ["data"]
 
@@ -68,8 +68,8 @@ def data_prepare(
 
     SIGTERM or Ctrl-C removes the unfinished folder and exits with 128 + the signal's number.
     """
-    from mtl.data.prepare import prepare
-    from mtl.data.stopping import Interrupted
+    from mtl.data.prepare.preparation import prepare
+    from mtl.data.prepare.stopping import Interrupted
 
     try:
         report = prepare(

@@ -8,7 +8,7 @@ Layout of a prepared folder::
     {split}_classes.json      K class names, index = label
 
 Every stage reads this layout. The folder appears under its name only when complete (:func:`swap_in`);
-:mod:`mtl.data.manifest` reads and writes the manifest.
+:mod:`mtl.data.prepare.manifest` reads and writes the manifest.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from mtl.data import disk
-from mtl.data.manifest import (
+from mtl.data.prepare import disk
+from mtl.data.prepare.manifest import (
     FORMAT_VERSION,
     MANIFEST,
     SPLIT_NAME,

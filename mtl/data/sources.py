@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtl.config import DataConfig
-from mtl.data.glyphs import ensure_glyphs
+from mtl.data.glyphs.dataset import ensure_glyphs
 from mtl.data.prepared import Split, load_manifest, load_split
 from mtl.errors import MtlError
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from mtl.data.formats.common import class_dirs, image_files
+from mtl.data.prepare.formats.common import class_dirs, image_files
 from mtl.errors import MtlError
 from mtl.inference.classifier import CLASSIFIER_FILE, Classifier, embed, load_trained
 from mtl.inference.predictions import CONFUSION, CONFUSION_TABLE, PREDICTIONS, Predictions

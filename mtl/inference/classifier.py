@@ -22,7 +22,7 @@ import torch
 
 from mtl import config, methods
 from mtl.data.augment import Preprocess
-from mtl.data.images import BadImage, to_pixels
+from mtl.data.prepare.images import BadImage, to_pixels
 from mtl.errors import MtlError
 from mtl.methods import Method
 from mtl.methods.episodic import extract_features

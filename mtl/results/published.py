@@ -5,7 +5,7 @@ keyed by the ``mtl compare`` row name whose method and backbone the paper used, 
 shot) for 5-way, (dataset, shot, way) otherwise. Omniglot numbers use the Vinyals et al. split with
 rotations, so they are shown only for an Omniglot prepared with ``--split-lists`` (its manifest says
 ``omniglot-vinyals``): the caller, which reads the prepared dataset, passes its ``source_format``
-(:func:`mtl.data.manifest.source_format`); this module reads no file.
+(:func:`mtl.data.prepare.manifest.source_format`); this module reads no file.
 """
 
 from __future__ import annotations

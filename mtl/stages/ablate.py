@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mtl import methods
 from mtl.config import Config
-from mtl.data.manifest import source_format
+from mtl.data.prepare.manifest import source_format
 from mtl.errors import MtlError
 from mtl.results.published import published
 from mtl.runtime import checkpoint

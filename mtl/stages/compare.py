@@ -23,7 +23,7 @@ import torch
 
 from mtl import methods
 from mtl.config import Config, from_dict, pipeline_file
-from mtl.data.manifest import source_format
+from mtl.data.prepare.manifest import source_format
 from mtl.errors import MtlError
 from mtl.results.paired import difference_cells, row_name
 from mtl.results.published import PAPER_TABLE, published, published_breakdowns

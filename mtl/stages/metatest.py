@@ -19,7 +19,7 @@ import torch
 from mtl import methods
 from mtl.config import Config
 from mtl.data.episodes import ImageRows
-from mtl.data.manifest import source_format
+from mtl.data.prepare.manifest import source_format
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.methods import FeatureMethod, Method

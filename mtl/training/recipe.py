@@ -22,8 +22,8 @@ __all__ = ["derived", "train_images"]
 
 def train_images(cfg: Config) -> tuple[int | None, str]:
     """Images in the train split, and where the number comes from."""
-    from mtl.data import glyphs
-    from mtl.data.formats import DATASETS
+    from mtl.data.glyphs import dataset as glyphs
+    from mtl.data.prepare.formats import DATASETS
     from mtl.data.prepared import load_manifest
 
     d = cfg.data

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtl.data import safe_pickle
+from mtl.data.prepare import safe_pickle
 from mtl.errors import MtlError
 
 __all__ = ["HUB_PREFIX", "MAX_BYTES", "Source", "read"]

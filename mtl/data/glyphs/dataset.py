@@ -8,7 +8,7 @@ per image, so that raw pixels separate classes poorly while the shared strokes s
 
 The ``families`` preset groups classes into families of 1-6 look-alikes (one base of 3 strokes, plus a
 short mark of each member's own at a spot the family shares), with mild nuisances and one mark-like
-distractor per image, and splits whole families; see :mod:`mtl.data.glyph_families`.
+distractor per image, and splits whole families; see :mod:`mtl.data.glyphs.families`.
 
 Image ``j`` of class ``c`` depends only on ``(seed, preset, c, j, image_size, channels)``: never on the
 split, the other classes or how many images are rendered at once.
@@ -26,10 +26,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mtl.data import glyph_families
-from mtl.data.glyph_splits import SPLITS, split_class_ids
+from mtl.data.glyphs import families as glyph_families
+from mtl.data.glyphs.splits import SPLITS, split_class_ids
+from mtl.data.glyphs.strokes import Template, assemble, cubic, curve_points, splat, stroke
 from mtl.data.prepared import Split, load_manifest, load_split, save_dataset
-from mtl.data.strokes import Template, assemble, cubic, curve_points, splat, stroke
 from mtl.errors import MtlError
 from mtl.runtime import outputs
 

@@ -32,8 +32,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from mtl.data.archives import UNPACK_ERRORS, read_zip_entries, reason
-from mtl.data.formats.common import (
+from mtl.data.prepare.archives import UNPACK_ERRORS, read_zip_entries, reason
+from mtl.data.prepare.formats.common import (
     IMAGE_SUFFIXES,
     SplitSource,
     class_dirs,
@@ -41,9 +41,9 @@ from mtl.data.formats.common import (
     image_files,
     unknown_layout,
 )
-from mtl.data.formats.miniimagenet import search_roots
-from mtl.data.images import Rotated
-from mtl.data.limits import TEXT_BYTES, open_regular, read_capped
+from mtl.data.prepare.formats.miniimagenet import search_roots
+from mtl.data.prepare.images import Rotated
+from mtl.data.prepare.limits import TEXT_BYTES, open_regular, read_capped
 from mtl.errors import MtlError
 
 BACKGROUND = "images_background"
@@ -84,7 +84,7 @@ def _zip_alphabets(path: Path) -> list[tuple[str, Characters]]:
     """The alphabets of a downloaded zip (entries ``<name>/<Alphabet>/characterNN/*.png``), as bytes.
 
     The entries are unpacked into memory, so their declared sizes are checked first and every read is
-    capped (:mod:`mtl.data.archives`): a small zip cannot unpack to gigabytes."""
+    capped (:mod:`mtl.data.prepare.archives`): a small zip cannot unpack to gigabytes."""
     try:
         with open_regular(path) as f, zipfile.ZipFile(f) as z:
             keys, entries = [], []

@@ -18,7 +18,7 @@ folder, and a folder whose only sub-folder holds the layout (an archive's wrappe
 
 Label ``i`` is the ``i``-th class in sorted-wnid order, except in the category-split pickles, whose
 integer labels already order the classes (numerically). Pickles, from Python 2 or 3, are read with
-:mod:`mtl.data.safe_pickle`, so they cannot run code.
+:mod:`mtl.data.prepare.safe_pickle`, so they cannot run code.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from mtl.data import safe_pickle
-from mtl.data.formats.common import (
+from mtl.data.prepare import safe_pickle
+from mtl.data.prepare.formats.common import (
     SPLITS,
     SplitSource,
     class_dirs,

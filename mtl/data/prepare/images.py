@@ -1,15 +1,15 @@
 """Decoding and resizing single images to the uint8 ``(S, S, C)`` pixels a prepared dataset stores.
 
-An image may have at most ``MTL_MAX_PIXELS`` pixels (:mod:`mtl.data.limits`; default 100 million, far
+An image may have at most ``MTL_MAX_PIXELS`` pixels (:mod:`mtl.data.prepare.limits`; default 100 million, far
 above any dataset photo): a PNG of a few MB can declare 30,000 × 30,000 pixels and would take gigabytes
 to decode. PIL's own decompression-bomb checks (which also cover GIF frames and TIFF tiles) enforce the
 same limit and end as :class:`TooLarge`, never as a warning. Only regular files are opened, so a FIFO
 named ``x.png`` is refused instead of blocking.
 
-A file that does not decode is named for what it is, from its first bytes (:mod:`mtl.data.file_types`):
-empty, a PDF document, a PyTorch checkpoint, an HTML page, ..., or a truncated or damaged image of a
-format PIL reads. PIL's warnings about damaged files (corrupt EXIF data and the like) are not shown: the image
-either decodes or is refused with its reason.
+A file that does not decode is named for what it is, from its first bytes
+(:mod:`mtl.data.prepare.file_types`): empty, a PDF document, a PyTorch checkpoint, an HTML page, ..., or a
+truncated or damaged image of a format PIL reads. PIL's warnings about damaged files (corrupt EXIF data
+and the like) are not shown: the image either decodes or is refused with its reason.
 
 Deep single-channel images (16-bit or 32-bit integers, PIL modes ``I;16*`` and ``I``, and 32-bit floats,
 mode ``F``, as TIFF, PNG and FITS hold them) carry no convention for which value is black and which is
@@ -35,8 +35,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mtl.data.file_types import describe, identify
-from mtl.data.limits import PIXELS, NotRegular, human, open_regular
+from mtl.data.prepare.file_types import describe, identify
+from mtl.data.prepare.limits import PIXELS, NotRegular, human, open_regular
 
 RESAMPLE = Image.Resampling.BICUBIC
 _BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)

@@ -1,4 +1,4 @@
-"""Reading entries out of the archives datasets come in (zip, tar, npz) within :mod:`mtl.data.limits`.
+"""Reading entries out of the archives datasets come in (zip, tar, npz) within :mod:`mtl.data.prepare.limits`.
 
 An archive's declared sizes are checked before anything is unpacked (a 3 MB zip can declare a 3 GiB
 entry of zeros), and reads stop at the limit whatever the sizes claim, since declared sizes can lie.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtl.data.limits import ARCHIVE_BYTES, ENTRY_BYTES, human, read_capped
+from mtl.data.prepare.limits import ARCHIVE_BYTES, ENTRY_BYTES, human, read_capped
 from mtl.errors import MtlError
 
 __all__ = ["UNPACK_ERRORS", "Budget", "check_npz_array", "check_zip_entry", "reason", "read_zip_entries"]

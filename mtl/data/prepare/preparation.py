@@ -1,11 +1,11 @@
 """``mtl data prepare``: any supported source -> the one prepared-dataset format every stage reads.
 
-The dataset's reader (:mod:`mtl.data.formats`) finds the split layout; here each image is decoded
+The dataset's reader (:mod:`mtl.data.prepare.formats`) finds the split layout; here each image is decoded
 and resized (in worker processes for image files) and streamed into one ``.npy`` per split inside a
 hidden folder, which replaces the destination only when complete (see
 :mod:`mtl.data.prepared`): an interrupted prepare never leaves a dataset that loads. Before the first
 image is decoded, the space every file will take is checked and the image arrays' space reserved
-(:mod:`mtl.data.disk`); a full or read-only disk, SIGTERM or Ctrl-C removes the hidden folder and
+(:mod:`mtl.data.prepare.disk`); a full or read-only disk, SIGTERM or Ctrl-C removes the hidden folder and
 leaves an earlier dataset in the destination as it was.
 """
 
@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mtl.data import disk, prepared
-from mtl.data.formats import DATASETS, DatasetSpec
-from mtl.data.formats.common import SplitSource
-from mtl.data.images import BadImage, TooLarge, to_pixels
-from mtl.data.limits import PIXELS, human
-from mtl.data.stopping import Interrupted, StopSignals, terminate_workers, worker_signals
+from mtl.data import prepared
+from mtl.data.prepare import disk
+from mtl.data.prepare.formats import DATASETS, DatasetSpec
+from mtl.data.prepare.formats.common import SplitSource
+from mtl.data.prepare.images import BadImage, TooLarge, to_pixels
+from mtl.data.prepare.limits import PIXELS, human
+from mtl.data.prepare.stopping import Interrupted, StopSignals, terminate_workers, worker_signals
 from mtl.errors import MtlError
 from mtl.runtime.outputs import Input, check_not_input, check_run_folder
 from mtl.runtime.progress import progress, show_progress
@@ -76,8 +77,8 @@ def prepare(
     classes, seeded by ``seed``) applies to a ``folder`` dataset without ``train/val/test`` folders;
     ``split_lists`` (a folder of ``train.txt``, ``val.txt``, ``test.txt``) to Omniglot: the Vinyals et
     al. protocol with rotated classes. ``max_pixels`` bounds one source image (default
-    ``MTL_MAX_PIXELS``, see :mod:`mtl.data.limits`). A stop signal (SIGTERM, SIGINT) while writing raises
-    :class:`~mtl.data.stopping.Interrupted` once the temporary folder is removed.
+    ``MTL_MAX_PIXELS``, see :mod:`mtl.data.prepare.limits`). A stop signal (SIGTERM, SIGINT) while writing
+    raises :class:`~mtl.data.prepare.stopping.Interrupted` once the temporary folder is removed.
     """
     spec, source, dest, size = _check_request(dataset, source, dest, image_size, split_lists)
     opts = _Options(size, spec.channels, skip_bad, workers, quiet, max_pixels or PIXELS.get())

@@ -24,8 +24,8 @@ import re
 
 import numpy as np
 
-from mtl.data.glyph_splits import FRACTIONS, SPLITS
-from mtl.data.strokes import Template, assemble, cubic, curve_points, stroke
+from mtl.data.glyphs.splits import FRACTIONS, SPLITS
+from mtl.data.glyphs.strokes import Template, assemble, cubic, curve_points, stroke
 from mtl.errors import MtlError
 
 _SIZES = np.arange(1, 7)  # the family sizes of one block, shuffled per block
@@ -78,7 +78,7 @@ def family_split_ids(classes: int, seed: int) -> dict[str, np.ndarray]:
     """Class ids of each split, whole families only: lowest ids train, then val, then test.
 
     Each split ends at the family boundary nearest its miniImageNet share (64 / 16 / 20 %), so the
-    counts differ slightly from :func:`~mtl.data.glyph_splits.split_class_ids`; every split gets >= 1 family.
+    counts differ slightly from :func:`~mtl.data.glyphs.splits.split_class_ids`; every split gets >= 1 family.
     """
     if not isinstance(classes, int) or classes < len(SPLITS):
         raise MtlError(f"glyphs classes must be an integer >= {len(SPLITS)}, got {classes!r}")

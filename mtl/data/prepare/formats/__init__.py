@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mtl.data.formats import fc100, folder, miniimagenet, omniglot, tieredimagenet
+from mtl.data.prepare.formats import fc100, folder, miniimagenet, omniglot, tieredimagenet
 
 
 @dataclass(frozen=True)

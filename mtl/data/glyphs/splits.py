@@ -1,6 +1,6 @@
 """How the glyphs dataset divides its class ids into train / val / test: lowest ids first, in about
-miniImageNet's shares (64 / 16 / 20 %). :mod:`mtl.data.glyphs` splits class by class
-(:func:`split_class_ids`), :mod:`mtl.data.glyph_families` whole families at a time; both read the
+miniImageNet's shares (64 / 16 / 20 %). :mod:`mtl.data.glyphs.dataset` splits class by class
+(:func:`split_class_ids`), :mod:`mtl.data.glyphs.families` whole families at a time; both read the
 shares here.
 """
 

@@ -2,7 +2,7 @@
 
 A reader turns a source folder (in one of the formats circulating for its dataset) into one
 :class:`SplitSource` per split. Images are not decoded or resized here: ``items`` holds, per image,
-the file to decode, its encoded bytes, or its pixels, and :mod:`mtl.data.prepare` does the rest.
+the file to decode, its encoded bytes, or its pixels, and :mod:`mtl.data.prepare.preparation` does the rest.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mtl.data.limits import TEXT_BYTES, open_regular, read_capped
+from mtl.data.prepare.limits import TEXT_BYTES, open_regular, read_capped
 from mtl.errors import MtlError
 
 __all__ = [
@@ -53,7 +53,8 @@ def build(
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file mtl wrote (a few KB; a file over :data:`~mtl.data.limits.TEXT_BYTES` is not one)."""
+    """A JSON file mtl wrote (a few KB; a file over :data:`~mtl.data.prepare.limits.TEXT_BYTES` is not
+    one)."""
     try:
         with open_regular(path) as f:
             data = read_capped(f, TEXT_BYTES)

@@ -17,7 +17,7 @@ folder, and a folder whose only sub-folder holds the layout (an archive's wrappe
 
 The labels files' integers order the classes (numerically) and ``label_specific_str`` names them
 (classes without a name are called by their number); class folders are ordered by sorted name.
-Pickles, from Python 2 or 3, are read with :mod:`mtl.data.safe_pickle`, so they cannot run code.
+Pickles, from Python 2 or 3, are read with :mod:`mtl.data.prepare.safe_pickle`, so they cannot run code.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from mtl.data import safe_pickle
-from mtl.data.archives import UNPACK_ERRORS, check_npz_array, reason
-from mtl.data.formats.common import SPLITS, SplitSource, from_arrays, unknown_layout
-from mtl.data.formats.miniimagenet import int_labels, need, search_roots, split_class_folders
-from mtl.data.limits import open_regular
+from mtl.data.prepare import safe_pickle
+from mtl.data.prepare.archives import UNPACK_ERRORS, check_npz_array, reason
+from mtl.data.prepare.formats.common import SPLITS, SplitSource, from_arrays, unknown_layout
+from mtl.data.prepare.formats.miniimagenet import int_labels, need, search_roots, split_class_folders
+from mtl.data.prepare.limits import open_regular
 from mtl.errors import MtlError
 
 EXPECTED = (
@@ -86,7 +86,7 @@ def _npz(root: Path, split: str) -> SplitSource:
 
 def _npz_images(path: Path) -> np.ndarray:
     """The ``images`` array of an ``.npz`` file, read whole, once its entry is checked
-    (:func:`~mtl.data.archives.check_npz_array`)."""
+    (:func:`~mtl.data.prepare.archives.check_npz_array`)."""
     expected = f"{path}: expected an .npz archive with an 'images' array"
     try:
         with open_regular(path) as f:

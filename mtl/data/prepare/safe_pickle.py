@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from mtl.data.limits import PICKLE_BYTES, PICKLE_DEPTH, human, open_regular
+from mtl.data.prepare.limits import PICKLE_BYTES, PICKLE_DEPTH, human, open_regular
 from mtl.errors import MtlError
 
 ALLOC_FACTOR = 16  # sets and dicts of small ints legitimately take ~10x their pickled size

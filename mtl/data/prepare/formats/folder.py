@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtl.data.formats.common import (
+from mtl.data.prepare.formats.common import (
     SPLITS,
     SplitSource,
     class_dirs,

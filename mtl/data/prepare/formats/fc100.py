@@ -27,7 +27,7 @@ split of its superclass (coarse label), as in TADAM:
 Within a split, label ``i`` is the split's ``i``-th fine class in CIFAR's fine-label order (which is
 alphabetical) and is named by ``fine_label_names``; its images are the ``train`` ones, then the ``test``
 ones, each in file order. Pickles, from Python 2 or 3, are read with the restricted unpickler of
-:mod:`mtl.data.safe_pickle`, so they cannot run code.
+:mod:`mtl.data.prepare.safe_pickle`, so they cannot run code.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from mtl.data import safe_pickle
-from mtl.data.archives import Budget
-from mtl.data.formats.common import SPLITS, SplitSource, from_arrays, unknown_layout
-from mtl.data.formats.miniimagenet import fields, int_labels, need, search_roots
+from mtl.data.prepare import safe_pickle
+from mtl.data.prepare.archives import Budget
+from mtl.data.prepare.formats.common import SPLITS, SplitSource, from_arrays, unknown_layout
+from mtl.data.prepare.formats.miniimagenet import fields, int_labels, need, search_roots
 from mtl.errors import MtlError
 
 FOLDER = "cifar-100-python"

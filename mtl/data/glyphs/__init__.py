@@ -1,0 +1,1 @@
+"""The built-in procedural dataset: glyph families drawn from strokes, split by family or class."""
