@@ -35,9 +35,13 @@ def load_config(pipeline=None, overrides=()):
     """A pipeline as the command line reads it: a file or a shipped pipeline's name (None: the
     defaults), ``key=value`` overrides applied, validated against every registered method's section
     (:func:`mtl.config.load`, after importing the methods that register them)."""
-    import mtl.methods  # noqa: F401  (registering the built-in methods hands their sections over)
-    from mtl.config import load
+    import sys
 
+    import mtl.methods  # noqa: F401  (registering the built-in methods hands their sections over)
+    from mtl.config import load, pipeline_file
+
+    if pipeline is not None and (note := pipeline_file.shadowed(pipeline)):
+        print(note, file=sys.stderr)
     return load(pipeline, overrides)
 
 

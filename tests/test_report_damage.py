@@ -147,16 +147,32 @@ SKIPPED = [
 
 @pytest.mark.parametrize(("correct", "queries", "literal"), SKIPPED)
 def test_a_damaged_per_episode_record_leaves_the_paired_lines_out(tmp_path, correct, queries, literal):
-    """As for a file written before the record was kept: the table, without the paired differences."""
+    """As for a file written before the record was kept: the table, without the paired differences,
+    and one line naming the file and the field left out."""
     plain = table(tmp_path / "plain", results())
     good = table(tmp_path / "good", per_episode())
     assert "paired 95% CI" in good and good.startswith(plain.rstrip("\n"))
-    assert table(tmp_path / "bad", per_episode(correct, queries), literal) == plain
+    head, ignored = without_last_line(table(tmp_path / "bad", per_episode(correct, queries), literal))
+    assert head == plain
+    field = "per_episode.queries" if correct == {} else f"per_episode.correct[{MTL!r}]"
+    assert ignored.startswith(f"CK/run/compare/results.json: {field} ")
+    assert ignored.endswith("; its paired differences are not shown") and "nan" not in ignored
+
+
+def without_last_line(output: str) -> tuple[str, str]:
+    """``mtl report``'s output without its last line, and that line."""
+    head, _, last = output.rstrip("\n").rpartition("\n")
+    return head + "\n", last
 
 
 def test_a_per_episode_record_that_is_no_mapping_is_left_out(tmp_path):
     plain = table(tmp_path / "plain", results())
-    assert table(tmp_path / "bad", {**results(), "per_episode": PLACE}, HUGE) == plain
+    head, ignored = without_last_line(table(tmp_path / "bad", {**results(), "per_episode": PLACE}, HUGE))
+    assert head == plain
+    assert (
+        ignored
+        == "CK/run/compare/results.json: per_episode is not a mapping; its paired differences are not shown"
+    )
     assert table(tmp_path / "list", {**per_episode(), "differences": {"reference": [1]}}) == table(
         tmp_path / "good", per_episode()
     )  # a reference that names no row: the first row is the reference
@@ -216,3 +232,13 @@ def test_a_full_disk_says_which_figures_were_written(tmp_path, monkeypatch, runs
         assert all((figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in written)
     else:
         assert not figures.exists()  # the folder it made for the first figure is removed
+
+
+def test_a_truncated_row_of_the_per_episode_record_is_named(tmp_path):
+    plain = table(tmp_path / "plain", results())
+    head, ignored = without_last_line(table(tmp_path / "bad", per_episode({NC: [60, 62]})))
+    assert head == plain
+    assert ignored == (
+        f"CK/run/compare/results.json: per_episode.correct[{NC!r}] has 2 episodes, [{MTL!r}] 3; "
+        "its paired differences are not shown"
+    )

@@ -77,3 +77,17 @@ def test_metatest_shows_a_progress_bar_on_a_terminal_and_none_in_a_pipe(tmp_path
     assert "episodes  [" not in piped and "metatest: wrote" in piped
     on_tty = _metatest_output(tmp_path, tty=True)
     assert "\r" in on_tty and "3000 episodes  [" in on_tty and "metatest: wrote" in on_tty
+
+
+def test_a_folder_named_like_a_shipped_pipeline_does_not_shadow_it(tmp_path, monkeypatch):
+    """``--checkpoints .`` makes ``./glyphs-1shot/``: the bare name still means the shipped pipeline."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "glyphs-1shot" / "metatrain").mkdir(parents=True)
+    assert resolve("glyphs-1shot") == shipped()["glyphs-1shot"]
+    result = CliRunner().invoke(main, ["config", "glyphs-1shot"])
+    assert result.exit_code == 0 and result.stdout.startswith("name: glyphs-1shot\n")
+    note = "note: ./glyphs-1shot is a folder, not a pipeline; using the shipped pipeline glyphs-1shot\n"
+    assert result.stderr == note
+    (tmp_path / "mine").mkdir()
+    refused = CliRunner().invoke(main, ["config", "mine"])
+    assert refused.exit_code == 2 and "mine is a folder, not a pipeline file" in refused.output

@@ -19,7 +19,7 @@ import yaml
 
 from mtl.errors import MtlError
 
-__all__ = ["DEFAULT", "read", "resolve", "set_key", "shipped"]
+__all__ = ["DEFAULT", "read", "resolve", "set_key", "shadowed", "shipped"]
 
 DEFAULT = "glyphs-1shot"  # the pipeline every stage command runs when given none
 MAX_BYTES = 1 << 20  # a pipeline is a page of YAML; anything larger is some other file
@@ -60,11 +60,27 @@ _SENTENCE_END = re.compile(r"(?<!\bal)\.(\s|$)")  # "et al." ends no sentence
 
 def resolve(pipeline: str | Path) -> Path:
     """A pipeline argument as a file: an existing path as it is, else a shipped pipeline's bare name
-    (``glyphs-1shot`` or ``glyphs-1shot.yaml``)."""
+    (``glyphs-1shot`` or ``glyphs-1shot.yaml``). A folder is never a pipeline: a bare name that names
+    one (a run folder that ``--checkpoints .`` made) is the shipped pipeline of that name, if any."""
     path = Path(pipeline).expanduser()
-    if path.exists() or len(path.parts) > 1:
+    if len(path.parts) > 1 or (path.exists() and not (path.is_dir() and _shipped_name(path))):
         return path
-    return shipped().get(path.name.removesuffix(".yaml"), path)
+    return shipped().get(_shipped_name(path) or "", path)
+
+
+def shadowed(pipeline: str | Path) -> str | None:
+    """The note to print when a folder here bears a shipped pipeline's bare name (:func:`resolve`
+    takes the shipped pipeline); None otherwise."""
+    path = Path(pipeline).expanduser()
+    if len(path.parts) == 1 and path.is_dir() and (name := _shipped_name(path)):
+        return f"note: ./{path} is a folder, not a pipeline; using the shipped pipeline {name}"
+    return None
+
+
+def _shipped_name(path: Path) -> str | None:
+    """The shipped pipeline's name that a bare ``path`` names, if one does."""
+    name = path.name.removesuffix(".yaml")
+    return name if name in shipped() else None
 
 
 def read(

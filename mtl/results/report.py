@@ -161,7 +161,10 @@ def collect(checkpoints: str | Path) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("| paper | " + " | ".join(_paper(c) for c in columns) + " |")
     lines.append("| ours (MTL) − paper | " + " | ".join(_difference(c) for c in columns) + " |")
-    return "\n".join([*lines, "", _note(columns, root), *_paired_lines(columns)])
+    ignored = [
+        f"{c['path']}: {c['ignored']}; its paired differences are not shown" for c in columns if c["ignored"]
+    ]
+    return "\n".join([*lines, "", _note(columns, root), *_paired_lines(columns), *ignored])
 
 
 def _paired_lines(columns: list[dict]) -> list[str]:
@@ -361,20 +364,40 @@ def _numbers(entry: dict, *keys: str, optional: bool = False) -> bool:
     return all((optional and entry.get(key) is None) or is_number(entry.get(key), *PERCENT) for key in keys)
 
 
-def _per_episode(results: dict[str, Any]) -> bool:
-    """Whether ``results`` has a per-episode record :func:`per_episode_accuracy` can read: ``queries``
-    a positive integer, ``correct`` a mapping of rows to their correct queries per episode, each count
-    in ``[0, queries]`` (a row of several seeds: a list of those lists, one per seed)."""
+def _per_episode_problem(results: dict[str, Any]) -> str | None:
+    """What keeps ``results``' per-episode record from giving paired differences: its first field that
+    is not what metatest writes (``queries`` a positive integer; ``correct`` a mapping of the table's
+    rows to their correct queries per episode, each count in ``[0, queries]``, as many episodes in each;
+    a row of several seeds: a list of such lists, one per seed), in a few words naming it. None: the
+    record is sound, or there is none (a file written before it was kept)."""
     record = results.get("per_episode")
-    if not isinstance(record, dict) or not is_number(record.get("queries"), 1, MAX_COUNT, integer=True):
-        return False
-    correct = record.get("correct")
-    return isinstance(correct, dict) and all(_counts(c, record["queries"]) for c in correct.values())
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        return "per_episode is not a mapping"
+    queries = record.get("queries")
+    if not is_number(queries, 1, MAX_COUNT, integer=True):
+        return "per_episode.queries is not a positive whole number"
+    correct, rows = record.get("correct"), [r["method"] for r in results["rows"]]
+    if not isinstance(correct, dict) or set(correct) != set(rows):
+        return "per_episode.correct does not hold one entry per row of the table"
+    lengths: dict[int, str] = {}
+    for row, counts in correct.items():
+        if not _counts(counts, queries):
+            return f"per_episode.correct[{row!r}] is not counts of correct queries in [0, {queries}]"
+        for n in {len(counts)} if not isinstance(counts[0], list) else {len(c) for c in counts}:
+            lengths.setdefault(n, row)
+    if len(lengths) > 1:
+        (n, first), (m, other) = sorted(lengths.items())[:2]
+        if first == other:
+            return f"per_episode.correct[{first!r}] has seeds of {n:,} and of {m:,} episodes"
+        return f"per_episode.correct[{first!r}] has {n:,} episodes, [{other!r}] {m:,}"
+    return None
 
 
 def _counts(value: Any, queries: int, seeds: bool = True) -> bool:
     """Whether ``value`` is a non-empty list of counts in ``[0, queries]`` or, where ``seeds``, a
-    non-empty list of such lists (lists of unequal lengths are left to numpy, which refuses them)."""
+    non-empty list of such lists."""
     if not isinstance(value, list) or not value:
         return False
     if all(is_number(c, 0, queries, integer=True) for c in value):
@@ -402,23 +425,20 @@ def _column(path: Path) -> dict[str, Any]:
         "paper": results.get("paper"),
         "episodes": episodes,
         "differences": _differences(results),
+        "ignored": _per_episode_problem(results),
+        "path": path,
     }
 
 
 def _differences(results: dict[str, Any]) -> dict | None:
-    """The paired differences of a results file's rows, from its per-episode record (None: it has
-    none, or one that does not fit its rows or holds what is not a count of correct queries)."""
-    if not _per_episode(results):
+    """The paired differences of a results file's rows, from its per-episode record (None: it has none,
+    or one that :func:`_per_episode_problem` finds fault with)."""
+    if results.get("per_episode") is None or _per_episode_problem(results) is not None:
         return None
-    try:
-        accs = per_episode_accuracy(results)
-        rows = [r["method"] for r in results["rows"]]
-        if set(accs) != set(rows) or len({a.shape[-1] for a in accs.values()}) != 1:
-            return None
-        ref = (results.get("differences") or {}).get("reference", rows[0])
-        return differences(accs, ref if isinstance(ref, str) and ref in accs else rows[0])
-    except (TypeError, ValueError, KeyError, AttributeError):  # a damaged record: the table still reads
-        return None
+    accs = per_episode_accuracy(results)
+    rows = [r["method"] for r in results["rows"]]
+    ref = (results.get("differences") or {}).get("reference", rows[0])
+    return differences(accs, ref if isinstance(ref, str) and ref in accs else rows[0])
 
 
 def _label(setting: str, notes: list[str]) -> str:
