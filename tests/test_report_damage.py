@@ -120,8 +120,8 @@ def test_a_huge_integer_among_good_results_is_refused(tmp_path):
 
 
 def per_episode(correct: dict | None = None, queries: object = 75) -> dict:
-    """``results()`` with a per-episode record of three episodes of its three rows."""
-    record = {MTL: [70, 71, 69], CLOSE[1][0]: [68, 70, 70], NC: [60, 62, 61]}
+    """``results()`` with a per-episode record of its 600 episodes of its three rows."""
+    record = {MTL: [70, 71, 69] * 200, CLOSE[1][0]: [68, 70, 70] * 200, NC: [60, 62, 61] * 200}
     return {**results(), "per_episode": {"queries": queries, "correct": {**record, **(correct or {})}}}
 
 
@@ -239,6 +239,16 @@ def test_a_truncated_row_of_the_per_episode_record_is_named(tmp_path):
     head, ignored = without_last_line(table(tmp_path / "bad", per_episode({NC: [60, 62]})))
     assert head == plain
     assert ignored == (
-        f"CK/run/compare/results.json: per_episode.correct[{NC!r}] has 2 episodes, [{MTL!r}] 3; "
+        f"CK/run/compare/results.json: per_episode.correct[{NC!r}] has 2 episodes, [{MTL!r}] 600; "
+        "its paired differences are not shown"
+    )
+
+
+def test_a_per_episode_record_of_other_episodes_than_the_file_is_named(tmp_path):
+    short = {row: counts[:3] for row, counts in per_episode()["per_episode"]["correct"].items()}
+    head, ignored = without_last_line(table(tmp_path / "bad", per_episode(short)))
+    assert head == table(tmp_path / "plain", results())
+    assert ignored == (
+        f"CK/run/compare/results.json: per_episode.correct[{MTL!r}] has 3 episodes, the file 600; "
         "its paired differences are not shown"
     )

@@ -367,8 +367,8 @@ def _numbers(entry: dict, *keys: str, optional: bool = False) -> bool:
 def _per_episode_problem(results: dict[str, Any]) -> str | None:
     """What keeps ``results``' per-episode record from giving paired differences: its first field that
     is not what metatest writes (``queries`` a positive integer; ``correct`` a mapping of the table's
-    rows to their correct queries per episode, each count in ``[0, queries]``, as many episodes in each;
-    a row of several seeds: a list of such lists, one per seed), in a few words naming it. None: the
+    rows to their correct queries per episode, each count in ``[0, queries]``, ``episodes`` of them in
+    each; a row of several seeds: a list of such lists, one per seed), in a few words naming it. None: the
     record is sound, or there is none (a file written before it was kept)."""
     record = results.get("per_episode")
     if record is None:
@@ -392,6 +392,8 @@ def _per_episode_problem(results: dict[str, Any]) -> str | None:
         if first == other:
             return f"per_episode.correct[{first!r}] has seeds of {n:,} and of {m:,} episodes"
         return f"per_episode.correct[{first!r}] has {n:,} episodes, [{other!r}] {m:,}"
+    if lengths and (n := next(iter(lengths))) != results["episodes"]:
+        return f"per_episode.correct[{lengths[n]!r}] has {n:,} episodes, the file {results['episodes']:,}"
     return None
 
 
