@@ -236,3 +236,43 @@ def test_intervals_past_0_or_100_stay_on_a_0_100_axis():
     assert x_panels([(-3.0, 2.0), (97.0, 104.0)]) == [(0.0, 4.0), (96.0, 100.0)]
     fig = results_figure(metatest_results([("wide", 99.0, 5.0), ("narrow", 1.0, 3.0)], way=2), "metatest")
     assert all(0 <= ax.get_xlim()[0] < ax.get_xlim()[1] <= 100 for ax in bar_axes(fig))
+
+
+def test_the_paired_differences_are_a_panel_level_with_their_rows():
+    """MTL and FT's own CIs overlap; their paired difference does not reach 0, and the figure shows it."""
+    diffs = {FT: {"diff": -0.59, "ci95": 0.14, "p": 0.0001}, NC: {"diff": -2.19, "ci95": 0.28, "p": 0.0001}}
+    fig = results_figure(
+        {**metatest_results(CLOSE), "differences": {"reference": MTL, "rows": diffs}}, "metatest"
+    )
+    (points,) = lines(fig, "difference")
+    assert list(points.get_xdata()) == [-0.59, -2.19] and list(points.get_ydata()) == [1, 2]
+    (panel,) = [ax for ax in fig.axes if points in ax.get_lines()]
+    assert panel not in bar_axes(fig) and panel.get_xlim()[0] < -2.19 - 0.28 and panel.get_xlim()[1] > 0
+    whiskers = [c for c in panel.containers if getattr(c, "has_xerr", False)]
+    (segments,) = [c.lines[2][0].get_segments() for c in whiskers]
+    assert [round(hi[0] - lo[0], 6) for lo, hi in segments] == [0.28, 0.56]  # ± the paired CI
+    assert all(hi[0] < 0 for _, hi in segments)  # FT's difference excludes 0, as the table says
+    (ref,) = lines(fig, "reference")
+    assert (list(ref.get_xdata()), list(ref.get_ydata())) == ([0], [0])
+    values = {t.get_text() for t in panel.texts if t.get_gid() == "value"}
+    assert values == {"84.77 ± 0.64", "84.18 ± 0.64", "82.58 ± 0.67"}  # still right of the last panel
+
+
+def test_no_difference_panel_without_paired_differences():
+    fig = results_figure(metatest_results(CLOSE), "metatest")
+    assert not lines(fig, "difference") and len(fig.axes) == len(bar_axes(fig))
+    broken = {**metatest_results(CLOSE), "differences": {"reference": MTL, "rows": {FT: {"diff": "x"}}}}
+    assert len(results_figure(broken, "metatest").axes) == len(bar_axes(fig))
+
+
+def test_a_far_difference_keeps_the_close_ones_apart():
+    diffs = {
+        FT: {"diff": -0.59, "ci95": 0.14, "p": 0.0001},
+        PIXELS: {"diff": -64.48, "ci95": 0.76, "p": 0.0001},
+    }
+    results = {**metatest_results(FAR), "differences": {"reference": MTL, "rows": diffs}}
+    (points,) = lines(results_figure(results, "metatest"), "difference")
+    panel = points.axes
+    assert panel.get_xscale() == "symlog" and panel.get_xlim()[0] < -64.48 - 0.76
+    at = panel.transData.transform
+    assert abs(at((-0.59, 0))[0] - at((0, 0))[0]) > 0.1 * panel.bbox.width  # not squashed onto 0

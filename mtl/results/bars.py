@@ -12,6 +12,10 @@ The layout, chosen to show differences of a fraction of a point beside rows tens
 - each row's value and CI ("84.77 ± 0.64") printed at the end of its bar's row, in a column right of
   the last panel, so that no label collides with a bar, a whisker or a break;
 - a dotted chance line at 100 / way %, named above it;
+- where the file holds paired differences (``differences``), a panel right of the bars with each
+  row's difference from the reference row in points and its paired 95% CI, level with its bar, the
+  reference row at 0: two rows whose own CIs overlap can still differ beyond doubt, and this panel
+  shows it as the table does;
 - the published numbers (``published`` per row for compare; the pipeline's ``paper`` number on the
   first row, the pipeline's own method, for metatest; elsewhere as a dashed reference line) as
   diamonds with their CI, and a legend of measured vs published only when there is one.
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["GAP", "LABEL_WIDTH", "results_figure", "x_panels"]
 
 GAP = 12.0  # points of accuracy with nothing in them that break the x axis
+DIFF_WIDTH = 0.7  # of a full bar panel: the paired differences' panel
 LABEL_WIDTH = 36  # characters of a method label per line on the y axis
 MOST_PANELS = 3
 BAR_HEIGHT = 0.5  # of a row: room below each bar for its published number
@@ -60,12 +65,13 @@ def results_figure(results: dict, stage: str) -> Figure:
     widths = [1.0 if any(lo <= e <= hi for e in ends) else 0.4 for lo, hi in panels]
     labels = [textwrap.fill(r["method"], LABEL_WIDTH) for r in rows]
     height = 1.5 + sum(0.2 + 0.17 * label.count("\n") + 0.2 for label in labels)
-    fig, axes = pyplot().subplots(
-        1, len(panels), sharey=True, figsize=(9, height), width_ratios=widths, squeeze=False,
-        layout="constrained",
+    diffs = _paired(results)
+    fig, grid = pyplot().subplots(
+        1, len(panels) + bool(diffs), sharey=True, figsize=(9 + 2 * bool(diffs), height),
+        width_ratios=[*widths, *([DIFF_WIDTH] if diffs else [])], squeeze=False, layout="constrained",
     )  # fmt: skip
     fig.get_layout_engine().set(wspace=0.02, w_pad=0.02)
-    axes = list(axes[0])
+    axes = list(grid[0][: len(panels)])
     for ax, (lo, hi), width in zip(axes, panels, widths, strict=True):
         _draw(ax, rows, marks, reference, chance, source)
         ax.set_xlim(lo, hi)
@@ -77,7 +83,9 @@ def results_figure(results: dict, stage: str) -> Figure:
     axes[0].set_yticks(range(len(rows)), labels, fontsize=8)
     axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the table's first row on top
     _break_marks(axes)
-    _values(axes[-1], rows)
+    if diffs:
+        _draw_differences(grid[0][-1], *diffs)
+    _values(grid[0][-1], rows)
     setting = f"{results['way']}-way {results['shot']}-shot, {results['episodes']} episodes"
     fig.suptitle(f"{results['pipeline']} {stage}: {setting}", fontsize=11)
     fig.supxlabel("accuracy (%), bars: mean, whiskers: 95% CI", fontsize=9)
@@ -154,6 +162,49 @@ def _draw(
         ax.axvline(reference, color=PUBLISHED, ls="--", lw=1.3, label=source, gid="published")
     ax.grid(axis="x", alpha=0.3)
     ax.tick_params(axis="y", length=0)
+
+
+def _paired(results: dict) -> tuple[int, list[tuple[int, float, float]]] | None:
+    """The reference row's index and ``(row index, difference, its 95% CI)`` of the other rows, in
+    points, from ``results["differences"]``; None where the file has none (or none that reads)."""
+    record = results.get("differences")
+    index = {r["method"]: i for i, r in enumerate(results["rows"])}
+    if not isinstance(record, dict) or not isinstance(record.get("rows"), dict):
+        return None
+    diffs = [
+        (index[label], float(d["diff"]), float(d["ci95"]))
+        for label, d in record["rows"].items()
+        if label in index and isinstance(d, dict) and _points(d.get("diff")) and _points(d.get("ci95"))
+    ]
+    ref = record.get("reference")
+    return (index[ref], diffs) if diffs and isinstance(ref, str) and ref in index else None
+
+
+def _points(value: object) -> bool:
+    """A finite number of accuracy points, a difference or a CI (at most 100 either way)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= 100
+
+
+def _draw_differences(ax: Axes, reference: int, diffs: list[tuple[int, float, float]]) -> None:
+    """Each row's paired difference from row ``reference`` and its 95% CI, level with its bar; the
+    reference row at 0."""
+    ax.axvline(0, color=CHANCE, lw=1, gid="no difference")
+    line, _, _ = ax.errorbar(
+        [d for _, d, _ in diffs], [i for i, _, _ in diffs], xerr=[ci for _, _, ci in diffs], fmt="o", ms=5,
+        color=BAR, ecolor="black", capsize=3, elinewidth=1,
+    )  # fmt: skip
+    line.set_gid("difference")
+    ax.plot([0], [reference], marker="|", ms=14, mew=2, color="black", gid="reference")
+    span = max(abs(d) + ci for _, d, ci in diffs)
+    ax.set_xlim(-1.15 * span - 0.1, 1.15 * span + 0.1)
+    if span > GAP:  # a row far below (raw pixels) would squash the close rows' differences onto 0
+        ax.set_xscale("symlog", linthresh=1.0, linscale=1.5)
+        ticks = [t for t in (-100, -10, -1, 0, 1, 10, 100) if abs(t) <= 1.15 * span]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=7)
+    ax.set_title("− reference, paired 95% CI", fontsize=8)
+    ax.set_xlabel("points", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(axis="y", length=0, left=False)
 
 
 def _break_marks(axes: list[Axes]) -> None:
