@@ -36,7 +36,7 @@ from mtl.runtime import device as devices
 
 __all__ = [
     "MAML", "EncoderWithHead", "MAMLSettings", "TaskBatchNorm2d", "adapt_network", "replace_batch_norms_",
-    "task_batch_norm_",
+    "task_batch_norm_", "task_images",
 ]  # fmt: skip
 
 
@@ -61,6 +61,24 @@ class MAMLSettings:
 
 
 Params = dict[str, Tensor]
+
+
+def task_images(
+    images: Tensor | ImageStore, tasks: np.ndarray, transform: Callable[[Tensor], Tensor], shot: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Tasks ``(T, way, shot + query)`` of image ids -> model input of the support sets
+    ``(T, way * shot, C, H, W)``, their labels ``(way * shot,)``, the query sets ``(T, way * query, C, H,
+    W)`` and their targets ``(way * query,)``: what a method that adapts the network takes."""
+    T, way, n = tasks.shape
+    x = transform(images[torch.from_numpy(tasks).reshape(-1)])
+    x = x.view(T, way, n, *x.shape[1:])
+    support, query = x[:, :, :shot].flatten(1, 2), x[:, :, shot:].flatten(1, 2)
+    return (
+        support,
+        episode_targets(way, shot, device=x.device),
+        query,
+        episode_targets(way, n - shot, device=x.device),
+    )
 
 
 def adapt_network(
@@ -187,14 +205,8 @@ class MAML(Method):
     def task_logits(
         self, images: torch.Tensor | ImageStore, tasks: np.ndarray, transform: Callable[[Tensor], Tensor]
     ) -> tuple[Tensor, Tensor]:
-        T, way, n = tasks.shape
-        x = transform(images[torch.from_numpy(tasks).reshape(-1)])
-        x = x.view(T, way, n, *x.shape[1:])
-        support, query = x[:, :, : self.shot].flatten(1, 2), x[:, :, self.shot :].flatten(1, 2)
-        y_s = episode_targets(way, self.shot, device=x.device)
-        return self.query_logits(support, y_s, query, way), episode_targets(
-            way, n - self.shot, device=x.device
-        )
+        support, y_s, query, targets = task_images(images, tasks, transform, self.shot)
+        return self.query_logits(support, y_s, query, tasks.shape[1]), targets
 
     def embed(self, x: Tensor) -> Tensor:
         """The preprocessed images themselves: the network adapts to each task, so nothing is fixed."""

@@ -57,12 +57,12 @@ from mtl.config import Config
 from mtl.config.limits import MAX_STEPS, MAX_WIDTH
 from mtl.config.validation import option
 from mtl.data.augment import Preprocess
-from mtl.data.episodes import ImageRows, episode_targets
+from mtl.data.episodes import ImageRows
 from mtl.data.store import ImageStore
 from mtl.errors import MtlError
 from mtl.methods.base import SCHEDULE_KEYS, Encode, Method
 from mtl.methods.episodic import chunked_accuracy
-from mtl.methods.maml import EncoderWithHead, replace_batch_norms_
+from mtl.methods.maml import EncoderWithHead, replace_batch_norms_, task_images
 from mtl.methods.registry import register
 from mtl.runtime import checkpoint
 from mtl.runtime import device as devices
@@ -378,14 +378,8 @@ class MetaLSTM(Method):
     def task_logits(
         self, images: Tensor | ImageStore, tasks: np.ndarray, transform: Callable[[Tensor], Tensor]
     ) -> tuple[Tensor, Tensor]:
-        T, way, n = tasks.shape
-        x = transform(images[torch.from_numpy(tasks).reshape(-1)])
-        x = x.view(T, way, n, *x.shape[1:])
-        support, query = x[:, :, : self.shot].flatten(1, 2), x[:, :, self.shot :].flatten(1, 2)
-        y_s = episode_targets(way, self.shot, device=x.device)
-        return self.query_logits(support, y_s, query, way), episode_targets(
-            way, n - self.shot, device=x.device
-        )
+        support, y_s, query, targets = task_images(images, tasks, transform, self.shot)
+        return self.query_logits(support, y_s, query, tasks.shape[1]), targets
 
     # Evaluation and mtl adapt.
 
