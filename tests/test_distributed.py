@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +172,145 @@ def test_the_ranks_are_one_run_to_the_run_folder_lock(runs, tmp_path):
     assert done.returncode != 0
     assert f"{out} is in use by another mtl run (process {holder.pid})" in done.stderr, done.stderr[-3000:]
     assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # neither rank wrote anything
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_nodes(stage: str, sets: list[str], ckpts: list[Path]) -> list[subprocess.Popen]:
+    """``stage`` as two nodes of one process each, as on a cluster: one torchrun per node (each in a
+    session of its own, as on its own machine), meeting at a c10d rendezvous, here on localhost; node
+    k runs with ``--checkpoints ckpts[k]``."""
+    port, args = free_port(), [a for o in sets for a in ("--set", o)]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=mtl-test",
+                "-m", "mtl", stage, "pipelines/glyphs-1shot.yaml", *args, "--checkpoints", str(folder),
+            ],
+            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )
+        for folder in ckpts
+    ]  # fmt: skip
+
+
+def launch_nodes(stage: str, sets: list[str], ckpts: list[Path]) -> list[subprocess.CompletedProcess]:
+    """:func:`start_nodes`, waiting for both to end."""
+    procs = start_nodes(stage, sets, ckpts)
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+@pytest.fixture(scope="module")
+def nodes(runs, tmp_path_factory):
+    """Pretrain, then metatrain, as 2 nodes x 1 process into one checkpoints folder, on a dataset
+    cache that neither node has yet (both reach it at once)."""
+    tmp = tmp_path_factory.mktemp("nodes")
+    ckpts, sets = tmp / "ckpts", [*SETS, f"data.root={tmp / 'data'}"]
+    logs = {}
+    for stage in ("pretrain", "metatrain"):
+        logs[stage] = launch_nodes(stage, sets, [ckpts, ckpts])
+        assert all(d.returncode == 0 for d in logs[stage]), [d.stderr[-3000:] for d in logs[stage]]
+    return runs[0], ckpts, logs, tmp
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "metatrain"])
+def test_two_nodes_of_one_process_train_what_one_process_trains(nodes, stage):
+    one, two, _, _ = nodes
+    tag = {"pretrain": "1 pretrain/loss", "metatrain": "2 metatrain/loss"}[stage]
+    single, double = curve(one, stage, tag), curve(two, stage, tag)
+    assert len(single) == len(double) >= 2
+    assert double == pytest.approx(single, rel=2e-3, abs=1e-4)
+    a, b = (checkpoint.load(c / "tiny" / stage / "last.pt", stage=stage) for c in (one, two))
+    assert b["metric"]["epoch"] == a["metric"]["epoch"]
+    assert b["metric"]["val_acc"] == pytest.approx(a["metric"]["val_acc"], abs=0.5)
+    parts = ("encoder",) if stage == "pretrain" else ("encoder", "theta")
+    for part in parts:
+        assert a[part].keys() == b[part].keys()
+        floats = [k for k in a[part] if a[part][k].is_floating_point()]
+        wa, wb = (torch.cat([w[part][k].double().flatten() for k in floats]) for w in (a, b))
+        assert (wb - wa).norm() < 1e-2 * wa.norm(), part
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part] if k not in floats), part
+
+
+def test_of_two_nodes_rank_0_alone_writes_and_reports(nodes):
+    _, two, logs, _ = nodes
+    for stage in ("pretrain", "metatrain"):
+        assert len(list((two / "tiny" / "tb" / stage).iterdir())) == 1, stage  # one event file
+        said = "".join(d.stdout for d in logs[stage])
+        assert said.count(f"{stage}: wrote {two / 'tiny' / stage / 'best.pt'}") == 1, said
+        assert said.count(f"[{stage}] epoch 1/") == 1, said  # the other node prints nothing
+    assert not list(two.rglob(LOCK_NAME))  # one lock, rank 0's, released at the end
+
+
+def test_two_nodes_share_one_dataset_cache_made_once(nodes):
+    _, _, _, tmp = nodes
+    made = sorted(p.name for p in (tmp / "data").iterdir())
+    assert len(made) == 1 and made[0].startswith("glyphs-"), made  # no lock or temporary folder left
+
+
+def test_a_node_that_does_not_see_the_checkpoints_folder_stops_the_run(nodes, tmp_path):
+    """Each node names its own --checkpoints, as a node-local path would: the node that does not hold
+    the lock cannot see rank 0's lock file, and both nodes stop at once, nothing written."""
+    _, _, _, tmp = nodes
+    mine, other = tmp_path / "a", tmp_path / "b"
+    done = launch_nodes("pretrain", [*SETS, f"data.root={tmp / 'data'}"], [mine, other])
+    assert all(d.returncode != 0 for d in done)
+    said = "".join(d.stderr for d in done)
+    lock = re.escape(f"/tiny/pretrain/{LOCK_NAME}")
+    pattern = (
+        rf"error: rank 1 \({re.escape(socket.gethostname())}\): does not see \S+{lock}, which rank 0 holds: "
+        r"every node must read and write one checkpoints folder "
+        r"\(--checkpoints on a filesystem all nodes share\)"
+    )
+    assert len(re.findall(pattern, said)) == 2, said[-3000:]  # the same line from both nodes
+    # The workers exit 2 with that line alone; the traceback under it is torchrun's failure report.
+    assert f'File "{ROOT / "mtl"}' not in said and said.count("exitcode  : 2") == 2, said[-3000:]
+    assert not mine.exists() and not other.exists()
+
+
+def lose_node(node: subprocess.Popen) -> None:
+    """SIGKILL to a node's torchrun and to its workers, which torchrun starts in sessions of their own."""
+    children = Path(f"/proc/{node.pid}/task/{node.pid}/children").read_text().split()
+    for pid in (*map(int, children), node.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    node.communicate(timeout=60)
+
+
+def test_a_node_lost_mid_run_then_the_same_launch_resumes_bit_identical(nodes, tmp_path):
+    """A node dies (SIGKILL to its torchrun and worker, as a machine that fails): the other stops with
+    an error instead of waiting, and the same two-node launch, run again, resumes from ``last.pt`` and
+    ends where an uninterrupted run ends."""
+    one, two, _, tmp = nodes
+    sets = [*SETS, f"data.root={tmp / 'data'}", "meta.epochs=30", "checkpoint_every=1"]
+    straight, lost = tmp_path / "straight", tmp_path / "lost"
+    for ckpts in (straight, lost):
+        shutil.copytree(two / "tiny" / "pretrain", ckpts / "tiny" / "pretrain")
+    assert all(d.returncode == 0 for d in launch_nodes("metatrain", sets, [straight, straight]))
+
+    survivor, failing = start_nodes("metatrain", sets, [lost, lost])
+    wait_for_mid_epoch_checkpoint(survivor, lost / "tiny" / "metatrain" / "last.pt")
+    lose_node(failing)
+    survivor.communicate(timeout=120)  # it stops within seconds: its peer is gone
+    assert survivor.returncode != 0
+    resumed = launch_nodes("metatrain", sets, [lost, lost])
+    assert all(d.returncode == 0 for d in resumed), [d.stderr[-3000:] for d in resumed]
+    for name in ("best.pt", "last.pt"):
+        a = checkpoint.load(straight / "tiny" / "metatrain" / name, stage="metatrain")
+        b = checkpoint.load(lost / "tiny" / "metatrain" / name, stage="metatrain")
+        assert a["metric"] == b["metric"]
+        for part in ("encoder", "theta"):
+            assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (name, part)
+    assert not list(lost.rglob(LOCK_NAME))
 
 
 @pytest.mark.parametrize(("n", "size"), [(3, 2), (4, 2), (5, 3), (2, 2)])

@@ -253,3 +253,33 @@ def test_ensure_glyphs_records_the_families_version(tmp_path):
     assert load_manifest(root)["glyphs"]["families_version"] >= 1
     easy = ensure_glyphs(tmp_path, preset="easy", **TINY)
     assert "families_version" not in load_manifest(easy)["glyphs"]
+
+
+def test_processes_that_reach_a_missing_cache_at_once_draw_it_once(tmp_path, monkeypatch):
+    """The ranks of a run (on every node, with the cache on a shared disk) all ask for the dataset at
+    start-up: one draws it while the others wait for it, and nothing of the wait is left behind."""
+    import threading
+    import time
+
+    from mtl.data.glyphs import dataset
+
+    drawn, real = [], dataset.generate
+
+    def slow_generate(**params):
+        drawn.append(threading.get_ident())
+        time.sleep(0.5)  # the others arrive while it draws
+        return real(**params)
+
+    monkeypatch.setattr(dataset, "generate", slow_generate)
+    found: list[Path] = []
+    workers = [
+        threading.Thread(target=lambda: found.append(ensure_glyphs(tmp_path, preset="easy", **TINY)))
+        for _ in range(3)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert len(drawn) == 1 and len(found) == 3 and len(set(found)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [found[0].name]  # no lock or temporary folder left
+    assert load_split(found[0], "test") is not None

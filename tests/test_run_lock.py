@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from click.testing import CliRunner
 from conftest import wait_for_mid_epoch_checkpoint
 
 from mtl.cli import main
+from mtl.errors import MtlError
 from mtl.runtime.run_lock import LOCK_NAME, acquire
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,17 +35,18 @@ HOLDER = """
 import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
 fcntl.flock(fd, fcntl.LOCK_EX)
-os.write(fd, b"%d\\n" % os.getpid())
+os.write(fd, (sys.argv[2] if len(sys.argv) > 2 else str(os.getpid())).encode() + b"\\n")
 print("held", flush=True)
 sys.stdin.read()
 """
 
 
 @contextmanager
-def held(folder: Path) -> Iterator[subprocess.Popen]:
-    """A helper process holds ``folder``'s lock until the block ends."""
+def held(folder: Path, holder: str | None = None) -> Iterator[subprocess.Popen]:
+    """A helper process holds ``folder``'s lock until the block ends (writing ``holder`` in it, as a
+    process of another node would, else its pid)."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(folder / LOCK_NAME)],
+        [sys.executable, "-c", HOLDER, str(folder / LOCK_NAME), *([holder] if holder else [])],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -87,7 +90,7 @@ def wait_mid_run(proc: subprocess.Popen, out: Path) -> None:
     deadline = time.monotonic() + 300
     lock = out / LOCK_NAME
     while time.monotonic() < deadline and proc.poll() is None:
-        if lock.is_file() and lock.read_text().strip() == str(proc.pid):
+        if lock.is_file() and lock.read_text().split()[:1] == [str(proc.pid)]:
             break
         time.sleep(0.02)
     assert proc.poll() is None, proc.communicate(timeout=60)[0][-3000:]
@@ -143,7 +146,7 @@ def test_the_lock_of_a_killed_run_is_taken_over_with_a_note(tiny_copy):
     wait_mid_run(killed, out)
     killed.kill()
     killed.communicate(timeout=60)
-    assert (out / LOCK_NAME).read_text().strip() == str(killed.pid)
+    assert (out / LOCK_NAME).read_text() == f"{killed.pid} {socket.gethostname()}\n"
 
     second = start("metatrain", [*long, "--set", "meta.epochs=1"], ckpts, "--fresh")
     output = second.communicate(timeout=300)[0]
@@ -165,7 +168,7 @@ def test_the_lock_is_per_process_and_reentrant_within_one(tmp_path):
     folder = tmp_path / "run" / "metatrain"
     outer = acquire(folder)
     inner = acquire(folder)
-    assert inner is outer and (folder / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    assert inner is outer and (folder / LOCK_NAME).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
     other = subprocess.run(
         [sys.executable, "-c", "import sys; from pathlib import Path; "
          "from mtl.runtime.run_lock import acquire; acquire(Path(sys.argv[1]))", str(folder)],
@@ -184,3 +187,19 @@ def test_a_folder_made_for_the_lock_goes_when_the_run_fails(tiny_copy):
     code, output = invoke("metatest", PIPELINE, *sets, "--set", "name=other", "--checkpoints", ckpts)
     assert code == 2 and "no metatrain checkpoint" in output, output
     assert not (ckpts / "other").exists()
+
+
+def test_a_holder_on_another_node_is_named_with_its_host(tmp_path):
+    """Nodes of a cluster share the run folder: the holder's line names its host where it is not this
+    one, and a lock file left by a lost node is taken over naming that node."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / LOCK_NAME).write_text("4242 node-b\n")
+    with held(folder, "4343 node-b"), pytest.raises(MtlError) as err:
+        acquire(folder)
+    assert str(err.value).startswith(f"{folder} is in use by another mtl run (process 4343 on node-b); ")
+    (folder / LOCK_NAME).write_text("4242 node-b\n")  # what a node that was lost leaves
+    lock = acquire(folder)
+    assert lock.stale == "4242 on node-b"
+    assert (folder / LOCK_NAME).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+    lock.release()

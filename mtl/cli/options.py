@@ -48,8 +48,9 @@ def printable(text: str) -> str:
 
 
 def done(what: str, started: float, quiet: bool) -> None:
-    """Every command's last line: what it wrote where, and how long it took."""
-    if not quiet:
+    """Every command's last line: what it wrote where, and how long it took (under torchrun, from
+    rank 0 alone: the processes are one run)."""
+    if not quiet and os.environ.get("RANK", "0") == "0":
         seconds = time.perf_counter() - started
         took = f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
         click.echo(printable(f"{what} in {took}"))

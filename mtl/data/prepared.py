@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,8 @@ def save_dataset(
     counts = {name: (s.class_names, len(s)) for name, s in splits.items()}
     sizes = file_sizes(counts, next(iter(shapes)), source_format, extra)
     disk.check_space(dest.parent, disk.on_disk(sizes, dest.parent), dest if dest.is_dir() else None)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    # The host too: nodes sharing the disk may run processes of one id.
+    tmp = dest.parent / f".{dest.name}.tmp-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mtl.errors import MtlError
 from mtl.models.norm import ShiftBatchNorm2d, fix_scale, has_fixed_scale
 
 __all__ = ["DistBatchNorm2d", "World", "world"]
@@ -71,6 +75,34 @@ class World:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def agree(self, problem: str | None) -> None:
+        """Stop every rank if any has a ``problem`` (one line), a collective: each node reads its own
+        files (data, checkpoints), and a rank that stopped alone would leave the others waiting in
+        their next collective. The line is the lowest such rank's, naming it and its host unless it
+        is rank 0."""
+        if not self.active:
+            if problem is not None:
+                raise MtlError(problem)
+            return
+        found: list[tuple[str, str | None]] = [("", None)] * self.size
+        dist.all_gather_object(found, (socket.gethostname(), problem))
+        for rank, (host, line) in enumerate(found):
+            if line is not None:
+                raise MtlError(line if rank == 0 else f"rank {rank} ({host}): {line}")
+
+    @contextmanager
+    def agreeing(self) -> Iterator[None]:
+        """A block every rank runs with no collective in it: a user error (:class:`MtlError`) on any
+        rank stops them all after it with that rank's line (:meth:`agree`)."""
+        problem = None
+        try:
+            yield
+        except MtlError as exc:
+            if not self.active:
+                raise
+            problem = str(exc)
+        self.agree(problem)
 
     def gather(self, tensor: torch.Tensor, n: int) -> torch.Tensor:
         """Concatenate every rank's :meth:`slice` of ``n`` rows, in rank order: the full ``(n, ...)``."""

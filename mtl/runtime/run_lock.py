@@ -1,5 +1,5 @@
 """One process at a time in a run folder: an advisory lock on ``<folder>/.mtl.lock`` that holds the
-holder's process id.
+holder's process id and host name.
 
 The lock is ``flock(LOCK_EX | LOCK_NB)`` on that file. The kernel drops it when the holder exits in any
 way, SIGKILL included, so a run never waits on a dead one. The file itself is removed when the lock is
@@ -8,6 +8,12 @@ second run into a held folder stops at once, in one line naming the holder's pro
 
 Locks are re-entrant within a process: ``mtl ablate`` holds its ``ablation`` folder while its
 meta-training runs take their own sub-folders, and its scoring takes the ``ablation`` folder again.
+
+Across the nodes of a cluster the lock is as good as the shared filesystem's ``flock``: NFSv4, Lustre
+mounted with ``flock``, GPFS and BeeGFS lock for every node; a filesystem that locks per node only
+(Lustre's ``localflock``) lets two nodes both hold it. The messages name the holder's host where it
+is another one. :func:`exclusive` is the waiting kind, for work any process may do once for all (the
+glyphs dataset cache).
 """
 
 from __future__ import annotations
@@ -15,14 +21,16 @@ from __future__ import annotations
 import atexit
 import fcntl
 import os
+import socket
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtl.errors import MtlError
 
-__all__ = ["LOCK_NAME", "RunLock", "acquire"]
+__all__ = ["LOCK_NAME", "RunLock", "acquire", "exclusive"]
 
 LOCK_NAME = ".mtl.lock"
 
@@ -34,7 +42,7 @@ class RunLock:
     folder: Path
     fd: int
     created: list[Path] = field(default_factory=list)  # folders made to hold the lock, outermost first
-    stale: int | None = None  # the process whose left-behind lock file this one took over
+    stale: str | None = None  # the process whose left-behind lock file this one took over
     count: int = 1
 
     @property
@@ -91,8 +99,8 @@ def _make_folders(folder: Path) -> list[Path]:
     return list(reversed(missing))
 
 
-def _lock_file(folder: Path) -> tuple[int, int | None]:
-    """``(fd, stale pid)`` of the locked lock file, our pid written in it."""
+def _lock_file(folder: Path) -> tuple[int, str | None]:
+    """``(fd, stale holder)`` of the locked lock file, our pid and host written in it."""
     path = folder / LOCK_NAME
     for _ in range(100):  # each retry means a holder released in between: rare, and short
         try:
@@ -116,14 +124,14 @@ def _lock_file(folder: Path) -> tuple[int, int | None]:
         os.close(fd)  # the holder we raced with removed the file on release: lock the current one
     else:
         raise MtlError(f"cannot lock {path}: it keeps being replaced")
-    stale = _pid(fd)
+    stale = _holder_of(fd)
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
     except OSError as exc:
         os.close(fd)
         raise MtlError(f"cannot write to {folder}: {exc.strerror or exc}") from None
-    return fd, stale if stale != os.getpid() else None
+    return fd, stale if stale not in (None, str(os.getpid())) else None
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -134,22 +142,52 @@ def _same_file(fd: int, path: Path) -> bool:
     return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
 
 
-def _pid(fd: int) -> int | None:
-    """The process id written in the lock file, if any (a short file of our own format)."""
+def _holder_of(fd: int) -> str | None:
+    """The process written in the lock file, if any (a short file of our own format): its id, then
+    ``on <host>`` where the host is not this one (a node of a cluster sharing the filesystem)."""
     try:
-        text = os.pread(fd, 32, 0).decode("ascii").strip()
+        pid, _, host = os.pread(fd, 300, 0).decode("ascii").strip().partition(" ")
     except (OSError, UnicodeDecodeError):
         return None
-    return int(text) if text.isdigit() else None
+    if not pid.isdigit():
+        return None
+    return pid if host in ("", socket.gethostname()) or not host.isprintable() else f"{pid} on {host}"
 
 
 def _holder(fd: int) -> str:
-    """The holder's process id; it writes it just after locking, so wait briefly for it."""
+    """The holder's process; it writes it just after locking, so wait briefly for it."""
     for _ in range(20):
-        if (pid := _pid(fd)) is not None:
-            return str(pid)
+        if (holder := _holder_of(fd)) is not None:
+            return holder
         time.sleep(0.05)
     return "id unknown"
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an ``flock`` on the file ``path`` (made, then removed at the end), waiting while another
+    process holds it: work that one process does for all, as the others wait and then find it done."""
+    for _ in range(100):  # as in _lock_file: a holder that removed the file on release means retry
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise MtlError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            raise MtlError(f"cannot lock {path}: {exc.strerror or exc}") from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)
+    else:
+        raise MtlError(f"cannot lock {path}: it keeps being replaced")
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            path.unlink()
+        os.close(fd)
 
 
 @atexit.register

@@ -73,7 +73,8 @@ def metatrain(
     if not methods.get(cfg.method).trains:
         raise MtlError(f"method '{cfg.method}' has nothing to meta-train: metatest scores it as it is")
     with Run.open(cfg, "metatrain", checkpoints, quiet=quiet, folder=folder) as run:
-        training = MetaTraining(run, build_method(run, from_scratch=from_scratch))
+        with run.world.agreeing():  # each node reads its own data and pretrain: one that cannot stops all
+            training = MetaTraining(run, build_method(run, from_scratch=from_scratch))
         training.start(fresh)
         return training.fit()
 

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mtl.config import Config
 from mtl.data.augment import TrainAugment
+from mtl.data.prepared import Split
 from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.methods.episodic import mean_ci, nearest_centroid
@@ -96,7 +97,9 @@ def pretrain(
                 f"val {done['val_acc']:.2f} ± {done['val_ci95']:.2f}%); use --fresh to train again"
             )
             return done
-        training = Pretraining(run)
+        with run.world.agreeing():  # each node reads its own data: one that cannot stops them all
+            splits = load_splits(cfg.data, ("train", "val"))
+        training = Pretraining(run, splits)
         training.start(fresh, matters=keys.pretrain_reads(cfg.to_dict()))
         return training.fit()
 
@@ -106,9 +109,9 @@ class Pretraining(Training):
 
     stage = "pretrain"
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, splits: dict[str, Split]) -> None:
+        """``splits``: the dataset's ``train`` and ``val`` splits."""
         cfg, p, dev, world = run.cfg, run.cfg.pretrain, run.device, run.world
-        splits = load_splits(cfg.data, ("train", "val"))
         self.train, val = splits["train"], splits["val"]
         self.shot = p.val_shot or cfg.meta.shot
         self.val = run.eval_episodes(val, "val", p.val_episodes, shot=self.shot, seed=cfg.seed + 1)

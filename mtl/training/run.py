@@ -99,22 +99,28 @@ class Run:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def previous_path(self, stage: str) -> Path:
-        """Where the ``best.pt`` of an earlier stage of this pipeline is."""
-        return checkpoint.stage_dir(self.checkpoints, self.cfg.run_name(stage), stage) / "best.pt"
+    def previous_path(self, stage: str, cfg: Config | None = None) -> Path:
+        """Where the ``best.pt`` of an earlier stage of this pipeline (or of ``cfg``'s) is."""
+        cfg = cfg or self.cfg
+        return checkpoint.stage_dir(self.checkpoints, cfg.run_name(stage), stage) / "best.pt"
 
-    def previous(self, stage: str) -> dict:
-        """The ``best.pt`` of an earlier stage of this pipeline, checked against this config."""
-        path = self.previous_path(stage)
+    def previous(self, stage: str, cfg: Config | None = None) -> dict:
+        """The ``best.pt`` of an earlier stage of this pipeline (or of ``cfg``'s: a row of compare
+        on a pretraining seed of its own), checked against that config."""
+        cfg = cfg or self.cfg
+        path = self.previous_path(stage, cfg)
         ckpt = checkpoint.load(path, stage=stage)
-        checkpoint.check_compatible(ckpt, self.cfg.to_dict(), path, MODEL_KEYS)
+        checkpoint.check_compatible(ckpt, cfg.to_dict(), path, MODEL_KEYS)
         return ckpt
 
-    def load_pretrained(self, encoder: nn.Module, ckpt: dict | None = None) -> None:
-        """Load the pretrain ``best.pt``'s encoder (``ckpt``, if already loaded) into ``encoder``; a
-        checkpoint whose tensors do not fit is one line naming the first keys that differ."""
-        ckpt = ckpt if ckpt is not None else self.previous("pretrain")
-        with checkpoint.fitting(self.previous_path("pretrain")):
+    def load_pretrained(
+        self, encoder: nn.Module, ckpt: dict | None = None, cfg: Config | None = None
+    ) -> None:
+        """Load the pretrain ``best.pt``'s encoder (``ckpt``, if already loaded; of ``cfg``'s pretrain
+        run, default the run's) into ``encoder``; a checkpoint whose tensors do not fit is one line
+        naming the first keys that differ."""
+        ckpt = ckpt if ckpt is not None else self.previous("pretrain", cfg)
+        with checkpoint.fitting(self.previous_path("pretrain", cfg)):
             checkpoint.load_weights(encoder, ckpt["encoder"], "encoder")
 
     def backbone(self, *, pretraining: bool = False, cfg: Config | None = None) -> nn.Module:
@@ -189,19 +195,46 @@ class Run:
 def take_folder(out: Path, world: World) -> run_lock.RunLock | None:
     """Lock the run folder ``out`` for this run, or raise one line naming the process that holds it.
     Under torchrun only rank 0 takes the lock (the ranks are one run) and every rank learns whether
-    it got it, so all stop together."""
-    lock, error = None, None
+    it got it, so all stop together. Every other rank then reads rank 0's lock file: each node reads
+    the checkpoints rank 0 writes, so a node that does not see the folder stops the run at once."""
+    lock, error, holder = None, None, None
     if world.main:
         try:
             _check_writable(out)
             lock = run_lock.acquire(out)
-        except MtlError as exc:
-            error = str(exc)
+            holder = lock.path.read_text(encoding="ascii")
+        except (MtlError, OSError, UnicodeDecodeError) as exc:
+            if lock is not None:
+                lock.release()
+            error = (
+                str(exc) if isinstance(exc, MtlError) else f"cannot read {out / run_lock.LOCK_NAME}: {exc}"
+            )
     if world.active:
-        error = world.share(error)
+        error, holder = world.share((error, holder))
     if error is not None:
         raise MtlError(error)
+    if world.active:
+        try:
+            world.agree(None if world.main else _sees(out / run_lock.LOCK_NAME, holder))
+        except MtlError:
+            if lock is not None:
+                lock.release()
+            raise
     return lock
+
+
+def _sees(lock_file: Path, holder: str) -> str | None:
+    """None if ``lock_file`` holds rank 0's ``holder`` line; else why not, in one line."""
+    try:
+        seen = lock_file.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        seen = None
+    if seen == holder:
+        return None
+    return (
+        f"does not see {lock_file}, which rank 0 holds: every node must read and write one checkpoints "
+        "folder (--checkpoints on a filesystem all nodes share)"
+    )
 
 
 @contextmanager

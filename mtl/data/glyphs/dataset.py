@@ -31,7 +31,7 @@ from mtl.data.glyphs.splits import SPLITS, split_class_ids
 from mtl.data.glyphs.strokes import Template, assemble, cubic, curve_points, splat, stroke
 from mtl.data.prepared import Split, load_manifest, load_split, save_dataset
 from mtl.errors import MtlError
-from mtl.runtime import outputs
+from mtl.runtime import outputs, run_lock
 
 
 @dataclass(frozen=True)
@@ -230,8 +230,14 @@ def ensure_glyphs(
             f"cannot write the glyphs dataset cache: {where}; nothing was written; "
             "use --set data.root=DIR with a writable folder"
         )
+    # Every process of a run (on every node, when the cache is on a shared disk) may get here at once:
+    # one draws the images while the others wait, then find them.
     try:
-        return save_dataset(dest, generate(**params), source_format="glyphs", extra={"glyphs": recorded})
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with run_lock.exclusive(dest.parent / f".{dest.name}.lock"):
+            if _cached(dest, recorded):
+                return dest
+            return save_dataset(dest, generate(**params), source_format="glyphs", extra={"glyphs": recorded})
     except OSError as exc:  # a full or read-only disk: save_dataset has removed its temporary folder
         failed = Path(os.fsdecode(exc.filename)) if exc.filename else dest
         where = f" ({failed.name})" if failed.parent.name.startswith(f".{dest.name}.tmp-") else ""
