@@ -19,7 +19,7 @@ from mtl.cli.options import (
     user_errors,
 )
 from mtl.errors import MtlError
-from mtl.runtime.stage_folders import COMPARE, FOLDERS, MissingCheckpoint
+from mtl.runtime.stage_folders import COMPARE, FOLDERS, METATRAIN, PRETRAIN, MissingCheckpoint
 
 __all__ = ["STAGES", "compare_command", "pipelines_command", "show_config", "stage_command"]
 
@@ -68,7 +68,7 @@ def stage_command(name: str) -> click.Command:
     if name in ("metatest", "ablate"):
         command = reference_option(command)
     if name == "ablate":
-        command = seeds_option(command)
+        command = seeds_option(seeds_from_option(command))
     if name in ("metatest", "ablate"):
         command = allow_chance_option(command)
     return pipeline_help(click.command(name=name, help=doc, short_help=doc)(command))
@@ -99,6 +99,18 @@ seeds_option = click.option(
 )
 
 
+seeds_from_option = click.option(
+    "--seeds-from",
+    type=click.Choice([METATRAIN.folder, PRETRAIN.folder]),
+    metavar="STAGE",
+    default=METATRAIN.folder,
+    show_default=False,  # said in the help, which click's "  [default: …]" would pad
+    help="Where each extra seed starts: metatrain (meta-training again, on the pipeline's pretrain) or "
+    "pretrain (pretraining anew, into <run>-seed<k>; NC and FT get seeds too, and the spread covers "
+    "every training run of a row). Default: metatrain.",
+)
+
+
 @click.command("compare", short_help="Every method on the same test episodes, side by side.")
 @pipeline
 @click.option(
@@ -111,6 +123,7 @@ seeds_option = click.option(
 @click.option("--list", "list_rows", is_flag=True, help="List the rows mtl compare knows and exit.")
 @reference_option
 @seeds_option
+@seeds_from_option
 @allow_chance_option
 @overrides
 @checkpoints
@@ -122,6 +135,7 @@ def compare_command(
     list_rows: bool,
     reference: str | None,
     seeds: int,
+    seeds_from: str,
     allow_chance: bool,
     overrides: tuple,
     checkpoints: str,
@@ -147,8 +161,8 @@ def compare_command(
     rows = [n.strip() for n in names.split(",") if n.strip()] if names else None
     try:
         compare(
-            cfg, checkpoints, names=rows, reference=reference, seeds=seeds, quiet=quiet,
-            allow_chance=allow_chance,
+            cfg, checkpoints, names=rows, reference=reference, seeds=seeds, seeds_from=seeds_from,
+            quiet=quiet, allow_chance=allow_chance,
         )  # fmt: skip
     except MissingCheckpoint as exc:
         raise rerun_hint(exc, pipeline, overrides, checkpoints) from None

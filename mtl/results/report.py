@@ -298,6 +298,8 @@ def _results_problem(results: Any) -> str | None:
             isinstance(row, dict) and isinstance(row.get("method"), str) and _numbers(row, "acc", "ci95")
         ):
             return f"rows[{i}] is not a row of method, acc and ci95"
+        if (problem := _seeds_problem(row)) is not None:
+            return f"rows[{i}]: {problem}"
     paper = results.get("paper")
     if paper is not None and not (
         isinstance(paper, dict)
@@ -313,6 +315,28 @@ def _results_problem(results: Any) -> str | None:
     ):  # fmt: skip
         return "'published' is not a mapping of rows to published numbers"
     return _breakdowns_problem(results.get("breakdowns"))
+
+
+def _seeds_problem(row: dict) -> str | None:
+    """What is wrong with a row's seeds (absent: one seed, nothing to check): ``seeds`` a whole number,
+    ``seed_sd`` in points, ``per_seed`` one accuracy a seed, ``seeds_from`` a training stage."""
+    if "seeds" not in row:
+        return None
+    seeds = row["seeds"]
+    if not is_number(seeds, 1, MAX_COUNT, integer=True):
+        return "'seeds' is not a positive integer"
+    if not _numbers(row, "seed_sd"):
+        return "'seed_sd' is not a number of points"
+    per_seed = row.get("per_seed")
+    if not (
+        isinstance(per_seed, list)
+        and len(per_seed) == seeds
+        and all(is_number(a, *PERCENT) for a in per_seed)
+    ):
+        return f"'per_seed' is not {seeds:,} accuracies"
+    if row.get("seeds_from", "metatrain") not in ("metatrain", "pretrain"):
+        return "'seeds_from' is neither metatrain nor pretrain"
+    return None
 
 
 def _breakdowns_problem(breakdowns: Any) -> str | None:

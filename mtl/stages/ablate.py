@@ -36,7 +36,7 @@ from mtl.data.prepare.manifest import source_format
 from mtl.errors import MtlError
 from mtl.results.published import published
 from mtl.runtime import checkpoint
-from mtl.runtime.stage_folders import ABLATION
+from mtl.runtime.stage_folders import ABLATION, METATRAIN
 from mtl.stages.compare import Row, score_rows, table
 from mtl.training.run import holding
 
@@ -135,6 +135,7 @@ def ablate(
     *,
     reference: str | None = None,
     seeds: int = 1,
+    seeds_from: str = METATRAIN.folder,
     quiet: bool = False,
     allow_chance: bool = False,
 ) -> dict:
@@ -142,8 +143,9 @@ def ablate(
     row's training query accuracy per epoch and the published numbers). Paired differences are taken
     from row ``reference`` (``from-scratch``, ``nc``, ``ft``, ``mtl``, ``mtl-random``, ``mtl-ht``,
     ``random-encoder``; default ``mtl``); ``seeds`` training runs per meta-trained row, scored on the
-    same episodes. ``allow_chance``: let a table of nothing but chance replace an earlier one
-    (:func:`mtl.stages.metatest.publish`)."""
+    same episodes, from meta-training or, ``seeds_from="pretrain"``, from pretraining (then NC and
+    FT have seeds too: :meth:`~mtl.stages.compare.Row.runs`). ``allow_chance``: let a table of
+    nothing but chance replace an earlier one (:func:`mtl.stages.metatest.publish`)."""
     todo = ablation_rows(cfg)
     reference = reference or "mtl"  # the pipeline's method, no HT
     paper = paper_numbers(cfg, todo)
@@ -151,7 +153,7 @@ def ablate(
         results = score_rows(
             cfg, checkpoints, todo, folder=ABLATION.folder, episodes=cfg.ablation.episodes, quiet=quiet,
             extra=lambda: {"query_acc_per_epoch": _per_epoch(cfg, todo, checkpoints), "published": paper},
-            reference=reference, seeds=seeds, allow_chance=allow_chance,
+            reference=reference, seeds=seeds, seeds_from=seeds_from, allow_chance=allow_chance,
         )  # fmt: skip
     if not quiet:
         print(table(results))

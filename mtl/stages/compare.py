@@ -29,13 +29,16 @@ from mtl.results.paired import difference_cells, row_name
 from mtl.results.published import PAPER_TABLE, published, published_breakdowns
 from mtl.results.report import breakdown_table
 from mtl.runtime import checkpoint
-from mtl.runtime.stage_folders import COMPARE
+from mtl.runtime.stage_folders import COMPARE, METATRAIN, PRETRAIN
 from mtl.stages.metatest import Scorer, publish, test_episodes
 from mtl.stages.metatrain import metatrain
 from mtl.stages.pretrain import pretrain
 from mtl.training.run import Run, holding
 
-__all__ = ["PAPER", "ROWS", "Row", "compare", "known_rows", "rows", "score_rows", "table"]
+__all__ = [
+    "PAPER", "ROWS", "Row", "compare", "known_rows", "pretraining_seed", "rows", "score_rows",
+    "table",
+]  # fmt: skip
 
 
 def _conv4(method: str, widths: list[int] | None = None, **sets) -> dict:
@@ -102,17 +105,32 @@ class Row:
     def needs_pretrained(self) -> bool:
         return not self.from_scratch and methods.get(self.cfg.method).needs_pretrained(self.cfg)
 
-    def runs(self, seeds: int) -> list[Row]:
+    def runs(self, seeds: int, seeds_from: str = METATRAIN.folder) -> list[Row]:
         """The row's training runs: seeds ``seed``, ``seed + 1``, ... (the first in the row's folder,
-        the others in ``<folder>-seed<k>``); one run for a row that does not train."""
-        if not self.trains:
+        the others in ``<folder>-seed<k>``); one run for a row that trains nothing.
+
+        ``seeds_from="pretrain"``: each seed ``k`` > 0 also pretrains the encoder anew, with its own
+        seed, into the run folder ``<pretrain run>-seed<k>`` (:func:`pretraining_seed`), and the row
+        starts from that one (meta-trained into ``<folder>-pretrain-seed<k>``, apart from the runs of
+        meta-training seeds); then a row that only reads the pretrained encoder (NC, FT) has seeds
+        too. Seed 0 is the pipeline's own pretrain and meta-training either way."""
+        repeats = self.trains or (seeds_from == PRETRAIN.folder and self.needs_pretrained)
+        if not repeats:
             return [self]
-        again = [
-            Row(self.label, dataclasses.replace(self.cfg, seed=self.cfg.seed + k), f"{self.folder}-seed{k}",
-                self.from_scratch)
-            for k in range(1, seeds)
-        ]  # fmt: skip
+        again = []
+        for k in range(1, seeds):
+            cfg, folder = dataclasses.replace(self.cfg, seed=self.cfg.seed + k), f"{self.folder}-seed{k}"
+            if seeds_from == PRETRAIN.folder and self.needs_pretrained:
+                cfg, folder = pretraining_seed(cfg, k), f"{self.folder}-pretrain-seed{k}"
+            again.append(Row(self.label, cfg, folder, self.from_scratch))
         return [self, *again]
+
+
+def pretraining_seed(cfg: Config, k: int) -> Config:
+    """``cfg`` reading the pretrain of its seed ``k``, kept apart from the pipeline's in the run
+    folder ``<pretrain run>-seed<k>`` (pipelines that share a ``pretrain.name`` share it too)."""
+    name = f"{cfg.run_name(PRETRAIN.folder)}-seed{k}"
+    return dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, name=name))
 
 
 # The name of a set of rows: the MTL paper's comparison table, in its order.
@@ -147,12 +165,15 @@ def compare(
     names: list[str] | None = None,
     reference: str | None = None,
     seeds: int = 1,
+    seeds_from: str = METATRAIN.folder,
     quiet: bool = False,
     allow_chance: bool = False,
 ) -> dict:
     """Train what needs training, score every row; writes ``compare/results.json`` (metatest's shape
     plus ``seconds`` of training per row and ``published`` numbers) and returns it. Each row's paired
-    difference is taken from row ``reference`` (default: the first row of the pipeline's method). The
+    difference is taken from row ``reference`` (default: the first row of the pipeline's method);
+    ``seeds`` runs of each row that trains, from meta-training or from pretraining (``seeds_from``,
+    :meth:`Row.runs`). The
     ``compare`` folder is held from the first row's training to the table. ``allow_chance``: let a
     table of nothing but chance replace an earlier one (:func:`mtl.stages.metatest.publish`)."""
     todo = rows(cfg, names)
@@ -166,7 +187,7 @@ def compare(
         results = score_rows(
             cfg, checkpoints, list(todo.values()), folder=COMPARE.folder, episodes=cfg.compare.episodes,
             quiet=quiet, extra=lambda: {"published": paper}, reference=reference, seeds=seeds,
-            allow_chance=allow_chance,
+            seeds_from=seeds_from, allow_chance=allow_chance,
         )  # fmt: skip
     if not quiet:
         print(table(results))
@@ -184,6 +205,7 @@ def score_rows(
     extra: Callable[[], dict] = dict,
     reference: str | None = None,
     seeds: int = 1,
+    seeds_from: str = METATRAIN.folder,
     allow_chance: bool = False,
 ) -> dict:
     """Meta-train the rows that train (after the pipeline's pretrain, if a row starts from it), then
@@ -191,16 +213,21 @@ def score_rows(
     shape plus ``seconds`` (of training, per row, and in all), ``kept_epoch`` and what ``extra()``
     returns once the training is done. Paired differences are taken from the row named ``reference``
     (default: the first row of the pipeline's method, else the first row). ``seeds``: each trained row
-    is trained that many times (:meth:`Row.runs`), every run scored on the same episodes. The table is
+    is trained that many times (:meth:`Row.runs`; ``seeds_from="pretrain"``: pretraining included, and
+    the rows that read the pretrained encoder then have seeds too), every run scored on the same
+    episodes. The table is
     the caller's to print. Scores of nothing but chance keep an earlier ``results.json`` unless
     ``allow_chance`` (:func:`mtl.stages.metatest.publish`); the rows' training is kept either way."""
     ref = reference_row(cfg, todo, reference)
     start = time.perf_counter()
     seconds: dict[str, float] = {}
     kept: dict[str, int] = {}
-    if any(row.needs_pretrained for row in todo):
+    runs = {row.label: row.runs(seeds, seeds_from) for row in todo}
+    if any(r.needs_pretrained for rs in runs.values() for r in rs):
         t0 = time.perf_counter()
-        pretrain(cfg, checkpoints, quiet=quiet)  # reuses a finished one
+        for k in range(seeds if seeds_from == PRETRAIN.folder else 1):  # the pipeline's, then each seed's
+            seed_cfg = pretraining_seed(dataclasses.replace(cfg, seed=cfg.seed + k), k) if k else cfg
+            pretrain(seed_cfg, checkpoints, quiet=quiet)  # reuses a finished one
         seconds["pretrain"] = round(time.perf_counter() - t0, 1)
     for row in todo:
         if row.trains:
@@ -209,15 +236,15 @@ def score_rows(
                 metatrain(r.cfg, checkpoints, quiet=quiet, folder=r.folder, from_scratch=r.from_scratch)[
                     "epoch"
                 ]
-                for r in row.runs(seeds)
+                for r in runs[row.label]
             ]  # 0: validation never beat the untrained start
             seconds[row.label] = round(time.perf_counter() - t0, 1)
             kept[row.label] = epochs[0] if seeds == 1 else epochs
     with Run.open(cfg, folder, checkpoints, quiet=quiet) as run:
         scorer = Scorer(run, *test_episodes(run, episodes))
         # Every checkpoint is read and checked before the first row is scored.
-        scored = [(row, [_method(scorer, r, checkpoints, cfg.name) for r in row.runs(seeds)]) for row in todo]
-        scores = {row.label: _scores(scorer, row, runs) for row, runs in scored}
+        scored = [(row, [_method(scorer, r, checkpoints, cfg.name) for r in runs[row.label]]) for row in todo]
+        scores = {row.label: _scores(scorer, row, runs[row.label], methods_) for row, methods_ in scored}
         seconds["total"] = round(time.perf_counter() - start, 1)
         extra_entries = {"seconds": seconds, "kept_epoch": kept, **extra()}
         prepared = source_format(cfg.data.root)
@@ -226,9 +253,13 @@ def score_rows(
             for row in todo
             for k, v in published_breakdowns(row.cfg.method, cfg, source_format=prepared).items()
         }
+        pretrained_seeds = {
+            label: PRETRAIN.folder for label, rs in runs.items() if len(rs) > 1 and rs[1].needs_pretrained
+        } if seeds_from == PRETRAIN.folder else {}  # fmt: skip
         return publish(
             run, scores, episodes, quiet=True, extra=extra_entries, reference=ref.label,
             allow_chance=allow_chance, breakdowns=scorer.breakdowns, published=papers,
+            seeds_from=pretrained_seeds,
         )  # fmt: skip
 
 
@@ -242,11 +273,18 @@ def reference_row(cfg: Config, todo: list[Row], name: str | None) -> Row:
     return next((row for row in todo if row.cfg.method == cfg.method), todo[0])
 
 
-def _scores(scorer: Scorer, row: Row, runs: list[methods.Method]) -> torch.Tensor:
-    """Per-episode accuracy of the row: ``(E,)``, or ``(S, E)`` for a trained row of several seeds."""
+def _scores(scorer: Scorer, row: Row, runs: list[Row], fitted: list[methods.Method]) -> torch.Tensor:
+    """Per-episode accuracy of the row: ``(E,)``, or ``(S, E)`` for a row of several seeds. Rows that
+    encode with the pretrained encoder as it is share its features (per pretraining seed)."""
+    shares = [r.cfg.run_name(PRETRAIN.folder) if _plain(r) else None for r in runs]
     if len(runs) == 1:
-        return scorer.score(runs[0], shares_pretrained=_plain(row), label=row.label)
-    return torch.stack([scorer.score(m, label=f"{row.label} (seed {k})") for k, m in enumerate(runs)])
+        return scorer.score(fitted[0], shares=shares[0], label=row.label)
+    return torch.stack(
+        [
+            scorer.score(m, shares=s, label=f"{row.label} (seed {k})")
+            for k, (m, s) in enumerate(zip(fitted, shares, strict=True))
+        ]
+    )
 
 
 def _method(scorer: Scorer, row: Row, checkpoints: str | Path, name: str) -> methods.Method:
@@ -257,7 +295,8 @@ def _method(scorer: Scorer, row: Row, checkpoints: str | Path, name: str) -> met
 
 
 def _plain(row: Row) -> bool:
-    """Whether the row's features are the pretrained encoder's (computed once for every such row)."""
+    """Whether the row's features are the pretrained encoder's (computed once for every such row of
+    one pretraining)."""
     cls = methods.get(row.cfg.method)
     return not row.trains and row.needs_pretrained and cls.features is methods.FeatureMethod.features
 
@@ -282,7 +321,13 @@ def table(results: dict) -> str:
         diff, pval = difference_cells(results, r["method"])
         cells = [row_name(r), f"{r['acc']:.2f}", f"± {r['ci95']:.2f}", diff, pval, train, epoch, pub]
         lines.append("| " + " | ".join(cells) + " |")
-    if "pretrain" in seconds:
+    pretrainings = max((r["seeds"] for r in results["rows"] if r.get("seeds_from") == "pretrain"), default=1)
+    if "pretrain" in seconds and pretrainings > 1:
+        lines.append(
+            f"pretraining, {pretrainings} seeds (each shared by the rows that start from it): "
+            f"{seconds['pretrain']:.0f} s"
+        )
+    elif "pretrain" in seconds:
         lines.append(f"pretraining (shared by the rows that start from it): {seconds['pretrain']:.0f} s")
     lines.append(f"wall-clock in all: {seconds['total'] / 60:.1f} min")
     if "differences" in results:

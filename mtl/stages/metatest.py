@@ -58,21 +58,24 @@ class Scorer:
         self.run, self.images, self.episodes = run, images, episodes
         # {row label: {breakdown: (E, K)}} of the scored methods that give breakdowns
         self.breakdowns: dict[str, dict[str, torch.Tensor]] = {}
-        self._pretrained: dict | None = None
-        self._pretrained_features: torch.Tensor | None = None
+        self._pretrained: dict[str, dict] = {}  # {pretrain run folder: its best.pt}
+        self._features: dict[str, torch.Tensor] = {}  # {shared encoder's name: its features}
 
-    def pretrained(self) -> dict:
-        """The pipeline's pretrain ``best.pt`` (loaded once)."""
-        if self._pretrained is None:
-            self._pretrained = self.run.previous("pretrain")
-        return self._pretrained
+    def pretrained(self, cfg: Config | None = None) -> dict:
+        """The pretrain ``best.pt`` of ``cfg`` (default: the pipeline's), loaded once per run folder:
+        a row of ``--seeds-from pretrain`` has a pretraining of its own for each seed."""
+        cfg = cfg or self.run.cfg
+        name = cfg.run_name("pretrain")
+        if name not in self._pretrained:
+            self._pretrained[name] = self.run.previous("pretrain", cfg)
+        return self._pretrained[name]
 
     def method(self, cfg: Config, trained: dict | None = None, path: Path | None = None) -> Method:
         """``cfg.method`` in eval mode: from ``trained`` (a metatrain checkpoint, read from ``path``),
         else on the pretrained encoder (or a random one, for a method that starts without it)."""
         encoder = self.run.backbone(cfg=cfg)
         if trained is None and methods.get(cfg.method).needs_pretrained(cfg):
-            self.run.load_pretrained(encoder, self.pretrained())
+            self.run.load_pretrained(encoder, self.pretrained(cfg), cfg)
         if trained is not None and methods.method_of(trained) != cfg.method:
             raise MtlError(
                 f"{path or 'the checkpoint'} is of method '{methods.method_of(trained)}', not '{cfg.method}'"
@@ -81,20 +84,19 @@ class Scorer:
         method = methods.build(cfg, encoder, state=trained, source=source, fits="this pipeline's model")
         return method.to(self.run.device).eval()
 
-    def score(
-        self, method: Method, *, shares_pretrained: bool = False, label: str | None = None
-    ) -> torch.Tensor:
-        """Per-episode accuracy ``(E,)`` of ``method`` (its row: ``label``, default the method's);
-        ``shares_pretrained``: its features are the pretrained encoder's, computed once for every
-        such method. The method's breakdowns, if it gives any, are kept in :attr:`breakdowns`."""
+    def score(self, method: Method, *, shares: str | None = None, label: str | None = None) -> torch.Tensor:
+        """Per-episode accuracy ``(E,)`` of ``method`` (its row: ``label``, default the method's).
+        ``shares``: the name of the unchanged encoder its features come from (a pretrain run folder):
+        methods naming the same one encode the images once. The method's breakdowns, if it gives any,
+        are kept in :attr:`breakdowns`."""
         label = label or method.label
         self.run.monitor.line(f"scoring {label} on {len(self.episodes)} episodes")
-        if shares_pretrained and self._pretrained_features is not None:
-            feats = self._pretrained_features
+        if shares is not None and shares in self._features:
+            feats = self._features[shares]
         else:
             feats = method.features(self.images, self.run.features, self.run.device)
-            if shares_pretrained:
-                self._pretrained_features = feats
+            if shares is not None:
+                self._features[shares] = feats
         acc, extra = method.evaluate_breakdowns(feats, self.episodes, self.run.cfg.meta.shot)
         if extra:
             self.breakdowns[label] = extra
@@ -116,7 +118,8 @@ class Scorer:
                 self.run.monitor.line(f"no pretrain checkpoint: the '{cls.label}' row is left out")
                 continue
             plain = cls.features is FeatureMethod.features  # encodes with its (pretrained) encoder
-            scores[cls.label] = self.score(self.method(cfg), shares_pretrained=needs and plain)
+            shares = cfg.run_name("pretrain") if needs and plain else None
+            scores[cls.label] = self.score(self.method(cfg), shares=shares)
         return scores
 
     def _has_pretrained(self) -> bool:
@@ -138,6 +141,7 @@ def publish(
     allow_chance: bool = False,
     breakdowns: dict[str, dict[str, torch.Tensor]] | None = None,
     published: dict[str, dict] | None = None,
+    seeds_from: dict[str, str] | None = None,
 ) -> dict:
     """Turn per-episode accuracies (``(E,)``, or ``(S, E)`` for a row of S training seeds) into
     ``results.json`` (written atomically) and print the table. Every row is compared with
@@ -148,7 +152,8 @@ def publish(
     earlier file they are written, with a warning on stderr (with ``quiet`` too, as an error would be).
     ``breakdowns`` (``{row: {name: (E, K)}}``, :attr:`Scorer.breakdowns`) of the rows that have them
     are kept as each column's mean and CI, beside ``published`` ones (``{name: {source: {"at",
-    "acc"}}}``), printed under the table and logged as curves over the K columns."""
+    "acc"}}}``), printed under the table and logged as curves over the K columns. ``seeds_from``
+    (``{row: "pretrain"}``) marks the rows of several seeds whose pretraining each seed repeats."""
     cfg = run.cfg
     accs = {label: acc.detach().cpu().numpy() for label, acc in scores.items()}
     rows = []
@@ -158,6 +163,8 @@ def publish(
         if acc.ndim == 2:  # several training seeds: (S, E)
             per_seed = [round(100 * float(m), 2) for m in acc.mean(1)]
             row.update(seeds=len(acc), seed_sd=round(sd, 2), per_seed=per_seed)
+            if (origin := (seeds_from or {}).get(method)) is not None:
+                row["seeds_from"] = origin
         rows.append(row)
     results = {
         "pipeline": cfg.name,
