@@ -34,7 +34,7 @@ def test_bench_json_has_the_headline_ratios(bench):
         assert isinstance(written[key], float) and written[key] > 0
     assert written["metatest_speedup"] == written["metatest"]["speedup"]
     assert written["setup"]["widths"] == [4, 4, 8, 8]
-    assert written["precision"] == ("bf16" if devices.native_bf16(torch.device("cpu")) else "fp32")
+    assert written["precision"] == ("bf16" if devices.bf16_by_default(torch.device("cpu")) else "fp32")
     for key in ("fast_peak_mb", "reference_peak_mb"):
         assert written["metatest"][key] >= 0 and written["metatrain"][key] >= 0
 

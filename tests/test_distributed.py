@@ -180,28 +180,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_nodes(stage: str, sets: list[str], ckpts: list[Path]) -> list[subprocess.Popen]:
+def start_nodes(
+    stage: str, sets: list[str], ckpts: list[Path], own: tuple[list[str], list[str]] = ([], [])
+) -> list[subprocess.Popen]:
     """``stage`` as two nodes of one process each, as on a cluster: one torchrun per node (each in a
     session of its own, as on its own machine), meeting at a c10d rendezvous, here on localhost; node
-    k runs with ``--checkpoints ckpts[k]``."""
-    port, args = free_port(), [a for o in sets for a in ("--set", o)]
+    k runs with ``--checkpoints ckpts[k]`` and the settings ``own[k]`` after ``sets``."""
+    port = free_port()
     return [
         subprocess.Popen(
             [
                 sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                 "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=mtl-test",
-                "-m", "mtl", stage, "pipelines/glyphs-1shot.yaml", *args, "--checkpoints", str(folder),
+                "-m", "mtl", stage, "pipelines/glyphs-1shot.yaml",
+                *(a for o in [*sets, *mine] for a in ("--set", o)), "--checkpoints", str(folder),
             ],
             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True,
         )
-        for folder in ckpts
+        for folder, mine in zip(ckpts, own, strict=True)
     ]  # fmt: skip
 
 
-def launch_nodes(stage: str, sets: list[str], ckpts: list[Path]) -> list[subprocess.CompletedProcess]:
+def launch_nodes(
+    stage: str, sets: list[str], ckpts: list[Path], own: tuple[list[str], list[str]] = ([], [])
+) -> list[subprocess.CompletedProcess]:
     """:func:`start_nodes`, waiting for both to end."""
-    procs = start_nodes(stage, sets, ckpts)
+    procs = start_nodes(stage, sets, ckpts, own)
     done = []
     for proc in procs:
         out, err = proc.communicate(timeout=600)
@@ -275,6 +280,23 @@ def test_a_node_that_does_not_see_the_checkpoints_folder_stops_the_run(nodes, tm
     # The workers exit 2 with that line alone; the traceback under it is torchrun's failure report.
     assert f'File "{ROOT / "mtl"}' not in said and said.count("exitcode  : 2") == 2, said[-3000:]
     assert not mine.exists() and not other.exists()
+
+
+def test_a_node_that_cannot_read_its_data_stops_every_node_with_its_line(nodes, tmp_path):
+    """Each node reads its own copy of the data (a node-local data.root): one that cannot stops the
+    run on both nodes, in its own words, instead of leaving the other waiting for it."""
+    _, _, _, tmp = nodes
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the data would go")
+    ckpts = tmp_path / "ckpts"
+    own = ([f"data.root={tmp / 'data'}"], [f"data.root={blocked}"])
+    done = launch_nodes("pretrain", SETS, [ckpts, ckpts], own)
+    assert all(d.returncode != 0 for d in done)
+    said = "".join(d.stderr for d in done)
+    line = rf"error: (rank 1 \({re.escape(socket.gethostname())}\): )?cannot write the glyphs dataset cache: "
+    assert len(re.findall(line + re.escape(str(blocked)), said)) == 2, said[-3000:]  # on both nodes
+    assert f'File "{ROOT / "mtl"}' not in said and said.count("exitcode  : 2") == 2, said[-3000:]
+    assert not list(ckpts.rglob("*.pt")) and not list(ckpts.rglob(LOCK_NAME))
 
 
 def lose_node(node: subprocess.Popen) -> None:

@@ -23,7 +23,26 @@ def test_autocast_choices():
     with devices.autocast(CPU, "bf16"):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     auto = devices.autocast(CPU, "auto")
-    assert isinstance(auto, contextlib.nullcontext) != devices.native_bf16(CPU)
+    assert isinstance(auto, contextlib.nullcontext) != devices.bf16_by_default(CPU)
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "auto"), [(True, True, "bf16"), (False, True, "fp32"), (False, False, "fp32")]
+)
+def test_auto_is_bf16_only_where_it_was_measured_to_keep_accuracy(monkeypatch, amx, avx512_bf16, auto):
+    """CPUs with AMX: bf16; AVX512-BF16 without AMX (AMD Zen 4), older CPUs and GPUs: fp32, unless
+    asked for."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert devices.encoder_precision(CPU, "auto") == auto
+    assert (
+        devices.encoder_precision(CPU, "bf16") == "bf16" and devices.encoder_precision(CPU, "fp32") == "fp32"
+    )
+    cuda = torch.device("cuda")
+    assert (
+        devices.encoder_precision(cuda, "auto") == "fp32"
+        and devices.encoder_precision(cuda, "bf16") == "bf16"
+    )
 
 
 def test_precision_is_validated():

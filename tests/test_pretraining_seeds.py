@@ -82,6 +82,19 @@ def test_the_table_gives_the_spread_over_pretraining_seeds(seeded):
     )
 
 
+def test_mtl_report_gives_each_cell_its_seeds(seeded):
+    from mtl.results.report import collect
+
+    _, root, _, two = seeded
+    report = collect(root).splitlines()
+    for row in two["rows"]:
+        low, high = min(row["per_seed"]), max(row["per_seed"])
+        seeds = f"[2 seeds from pretraining, sd {row['seed_sd']:.2f}, {low:.2f}–{high:.2f}]"
+        cell = f"{row['acc']:.2f} ± {row['ci95']:.2f} {seeds}"
+        line = next(line for line in report if line.startswith(f"| {row['method']} |"))
+        assert f" | {cell} |" in line  # the compare's column (the metatest of another test may be beside it)
+
+
 def test_a_row_from_scratch_keeps_meta_training_seeds(tiny_cfg):
     row = rows(tiny_cfg, ["protonet-conv4"])["protonet-conv4"]
     runs = row.runs(3, "pretrain")

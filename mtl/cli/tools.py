@@ -127,7 +127,7 @@ def _summary(command: str, result: dict) -> str:
     type=click.Choice(["auto", "fp32", "bf16"]),
     default="auto",
     show_default=True,
-    help="mtl's encoder precision (auto: bf16 where native); the references run in fp32.",
+    help="mtl's encoder precision (auto: bf16 on CPUs with AMX, else fp32); the references run in fp32.",
 )
 @user_errors
 def bench(quick: bool, out: str, device: str, precision: str) -> None:

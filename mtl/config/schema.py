@@ -255,7 +255,7 @@ class Config:
     precision: str = option(
         "auto",
         choices=("auto", "fp32", "bf16"),
-        doc="encoder autocast; auto: bf16 where native (Ampere+ GPUs, AMX CPUs)",
+        doc="encoder autocast; auto: bf16 on CPUs with AMX (measured to keep accuracy), else fp32",
     )
     compile: bool = option(False, doc="torch.compile the encoder for pretrain and metatrain (CUDA)")
     checkpoint_every: int = option(0, min=0, doc="also write last.pt every N training steps (0: every epoch)")

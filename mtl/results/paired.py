@@ -29,7 +29,9 @@ __all__ = [
     "paired",
     "per_episode_accuracy",
     "per_episode_record",
+    "row_name",
     "seed_summary",
+    "seeds_note",
 ]
 
 
@@ -165,12 +167,17 @@ def _p_text(p: float) -> str:
 
 def row_name(row: dict) -> str:
     """A results row's name in a table, with its seeds when it has several: ``MTL [3 seeds, sd 0.12]``
-    (``sd``: the between-seed standard deviation of its accuracy, in points); seeds that each repeat
-    the pretraining add their range: ``MTL [3 seeds from pretraining, sd 0.35, 83.10–84.02]``."""
-    if row.get("seeds", 1) > 1:
-        if row.get("seeds_from") == "pretrain":
-            low, high = min(row["per_seed"]), max(row["per_seed"])
-            spread = f"sd {row['seed_sd']:.2f}, {low:.2f}–{high:.2f}"
-            return f"{row['method']} [{row['seeds']} seeds from pretraining, {spread}]"
-        return f"{row['method']} [{row['seeds']} seeds, sd {row['seed_sd']:.2f}]"
-    return row["method"]
+    (:func:`seeds_note`)."""
+    return row["method"] + seeds_note(row)
+
+
+def seeds_note(row: dict) -> str:
+    """`` [3 seeds, sd 0.12]`` for a results row of several seeds (``sd``: the between-seed standard
+    deviation of its accuracy, in points), seeds that each repeat the pretraining with their range:
+    `` [3 seeds from pretraining, sd 0.35, 83.10–84.02]``; ``""`` for a row of one."""
+    if row.get("seeds", 1) <= 1:
+        return ""
+    if row.get("seeds_from") == "pretrain":
+        low, high = min(row["per_seed"]), max(row["per_seed"])
+        return f" [{row['seeds']} seeds from pretraining, sd {row['seed_sd']:.2f}, {low:.2f}–{high:.2f}]"
+    return f" [{row['seeds']} seeds, sd {row['seed_sd']:.2f}]"

@@ -18,7 +18,14 @@ import numpy as np
 import yaml
 
 from mtl.errors import MtlError
-from mtl.results.paired import difference_cells, differences, mean_ci, per_episode_accuracy, row_name
+from mtl.results.paired import (
+    difference_cells,
+    differences,
+    mean_ci,
+    per_episode_accuracy,
+    row_name,
+    seeds_note,
+)
 from mtl.runtime.outputs import starts_with
 from mtl.runtime.stage_folders import METATEST, RESULT_FOLDERS, RESULTS_FILE
 
@@ -482,7 +489,7 @@ def _dataset(config_path: Path) -> str | None:
 
 
 def _cell(row: dict | None) -> str:
-    return "" if row is None else f"{row['acc']:.2f} ± {row['ci95']:.2f}"
+    return "" if row is None else f"{row['acc']:.2f} ± {row['ci95']:.2f}{seeds_note(row)}"
 
 
 def _paper(column: dict) -> str:
