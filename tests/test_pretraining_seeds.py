@@ -128,3 +128,27 @@ def test_a_damaged_seed_field_is_one_line(seeded, tmp_path, change, problem):
     with pytest.raises(MtlError) as err:
         read_results(path)
     assert str(err.value) == f"{path} is not a metatest results file ({problem})"
+
+
+def test_mtl_ablate_takes_seeds_from_pretraining(tmp_path):
+    """The command line: every ablation row that reads the pretrain gets a seed of its own pretraining;
+    the random-encoder control, which reads none, keeps meta-training seeds."""
+    from click.testing import CliRunner
+
+    from mtl.cli import main
+
+    sets = [*TINY, f"data.root={tmp_path / 'data'}", "ablation.scratch=false", "ablation.random_encoder=true"]
+    sets += ["ablation.episodes=20"]
+    args = ["ablate", "pipelines/glyphs-1shot.yaml", *(a for s in sets for a in ("--set", s))]
+    result = CliRunner().invoke(
+        main, [*args, "--seeds", "2", "--seeds-from", "pretrain", "--checkpoints", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "tiny" / "ablation" / "results.json").read_text())["rows"]
+    origin = {r["method"]: (r["seeds"], r.get("seeds_from")) for r in rows}
+    assert len(origin) == 6 and origin.pop(rows[-1]["method"]) == (2, None)  # the random encoder
+    assert set(origin.values()) == {(2, "pretrain")}
+    assert (tmp_path / "tiny-seed1" / "pretrain" / "best.pt").is_file()
+    assert "[2 seeds from pretraining, sd " in result.output
+    bad = CliRunner().invoke(main, [*args, "--seeds-from", "elsewhere", "--checkpoints", str(tmp_path)])
+    assert bad.exit_code == 2 and "'elsewhere' is not one of 'metatrain', 'pretrain'" in bad.output
