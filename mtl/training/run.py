@@ -202,7 +202,7 @@ def take_folder(out: Path, world: World) -> run_lock.RunLock | None:
         try:
             _check_writable(out)
             lock = run_lock.acquire(out)
-            holder = lock.path.read_text(encoding="ascii")
+            holder = lock.path.read_text(encoding="ascii") if world.active else None
         except (MtlError, OSError, UnicodeDecodeError) as exc:
             if lock is not None:
                 lock.release()
