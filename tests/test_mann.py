@@ -29,13 +29,8 @@ from mtl.data.sources import load_splits
 from mtl.errors import MtlError
 from mtl.methods.mann import MANN, MANNSettings, MemoryCore, State, by_presentation, sequence_inputs
 from mtl.results.published import published_breakdowns
-from mtl.results.report import (
-    breakdown_table,
-    ordinal,
-    read_results,
-    results_table,
-    summarize_breakdowns,
-)
+from mtl.results.report import breakdown_table, ordinal, results_table, summarize_breakdowns
+from mtl.results.results_file import read_results
 from mtl.training.run import Run
 
 PIPELINE = str(Path(__file__).resolve().parents[1] / "pipelines" / "glyphs-1shot.yaml")

@@ -12,7 +12,7 @@ from conftest import TINY
 
 from mtl import config
 from mtl.results.paired import row_name
-from mtl.results.report import read_results
+from mtl.results.results_file import read_results
 from mtl.runtime import checkpoint
 from mtl.stages.compare import compare, rows, table
 from mtl.stages.metatest import metatest

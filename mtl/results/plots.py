@@ -38,7 +38,7 @@ from mtl.results.figures import (
     hard_tasks_figure,
     pyplot,
 )
-from mtl.results.report import MAX_COUNT, is_number, read_results
+from mtl.results.results_file import MAX_COUNT, is_number, read_results
 from mtl.runtime import outputs
 from mtl.runtime.atomic import atomic_write
 from mtl.runtime.stage_folders import RESULT_FOLDERS, RESULTS_FILE

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FILE = "best.pt"  # the kept checkpoint of a training stage (``last.pt`` beside it)
-RESULTS_FILE = "results.json"  # a scored table (:func:`mtl.results.report.read_results` reads it)
+RESULTS_FILE = "results.json"  # a scored table (:func:`mtl.results.results_file.read_results` reads it)
 
 
 @dataclass(frozen=True)
