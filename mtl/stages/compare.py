@@ -121,16 +121,18 @@ class Row:
         for k in range(1, seeds):
             cfg, folder = dataclasses.replace(self.cfg, seed=self.cfg.seed + k), f"{self.folder}-seed{k}"
             if seeds_from == PRETRAIN.folder and self.needs_pretrained:
-                cfg, folder = pretraining_seed(cfg, k), f"{self.folder}-pretrain-seed{k}"
+                cfg, folder = pretraining_seed(self.cfg, k), f"{self.folder}-pretrain-seed{k}"
             again.append(Row(self.label, cfg, folder, self.from_scratch))
         return [self, *again]
 
 
 def pretraining_seed(cfg: Config, k: int) -> Config:
-    """``cfg`` reading the pretrain of its seed ``k``, kept apart from the pipeline's in the run
-    folder ``<pretrain run>-seed<k>`` (pipelines that share a ``pretrain.name`` share it too)."""
+    """``cfg``'s extra seed ``k`` that pretrains too: seed ``seed + k``, its pretrain kept apart from
+    the pipeline's in the run folder ``<pretrain run>-seed<k>`` (pipelines that share a
+    ``pretrain.name`` share it too)."""
     name = f"{cfg.run_name(PRETRAIN.folder)}-seed{k}"
-    return dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, name=name))
+    pretrain = dataclasses.replace(cfg.pretrain, name=name)
+    return dataclasses.replace(cfg, seed=cfg.seed + k, pretrain=pretrain)
 
 
 # The name of a set of rows: the MTL paper's comparison table, in its order.
@@ -173,9 +175,9 @@ def compare(
     plus ``seconds`` of training per row and ``published`` numbers) and returns it. Each row's paired
     difference is taken from row ``reference`` (default: the first row of the pipeline's method);
     ``seeds`` runs of each row that trains, from meta-training or from pretraining (``seeds_from``,
-    :meth:`Row.runs`). The
-    ``compare`` folder is held from the first row's training to the table. ``allow_chance``: let a
-    table of nothing but chance replace an earlier one (:func:`mtl.stages.metatest.publish`)."""
+    :meth:`Row.runs`). The ``compare`` folder is held from the first row's training to the table.
+    ``allow_chance``: let a table of nothing but chance replace an earlier one
+    (:func:`mtl.stages.metatest.publish`)."""
     todo = rows(cfg, names)
     prepared = source_format(cfg.data.root)
     paper = {
@@ -226,8 +228,9 @@ def score_rows(
     if any(r.needs_pretrained for rs in runs.values() for r in rs):
         t0 = time.perf_counter()
         for k in range(seeds if seeds_from == PRETRAIN.folder else 1):  # the pipeline's, then each seed's
-            seed_cfg = pretraining_seed(dataclasses.replace(cfg, seed=cfg.seed + k), k) if k else cfg
-            pretrain(seed_cfg, checkpoints, quiet=quiet)  # reuses a finished one
+            pretrain(
+                pretraining_seed(cfg, k) if k else cfg, checkpoints, quiet=quiet
+            )  # reuses a finished one
         seconds["pretrain"] = round(time.perf_counter() - t0, 1)
     for row in todo:
         if row.trains:
